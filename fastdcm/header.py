@@ -1,0 +1,423 @@
+"""Source -> PixelSpec: read a DICOM header with pydicom and validate the pixel module.
+
+This is the only module that parses DICOM. The header is read once, stopping before the
+pixel data; for native (uncompressed) little-endian data we then locate the pixel data
+element ourselves so that frames are numpy views of the file's bytes (no copy, no Python
+objects per pixel). Everything unusual (deflated, big endian, encapsulated) keeps pydicom's
+full dataset and goes through pydicom's decoders (see decode.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import struct
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UID,
+)
+
+from .errors import (
+    FastDcmError,
+    InvalidPixelModuleError,
+    NoImageError,
+    NotDicomError,
+    TruncatedPixelDataError,
+)
+
+log = logging.getLogger(__name__)
+
+SourceLike = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Dataset]
+
+PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+PALETTE = "PALETTE COLOR"
+NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+#: Upper bound on the bytes one decoded frame may claim (FASTDCM_MAX_FRAME_BYTES).
+MAX_FRAME_BYTES = int(os.environ.get("FASTDCM_MAX_FRAME_BYTES", str(1 << 30)))
+#: Upper bound on the number of frames (FASTDCM_MAX_FRAMES).
+MAX_FRAMES = int(os.environ.get("FASTDCM_MAX_FRAMES", "100000"))
+#: Inputs larger than this are refused before reading (FASTDCM_MAX_FILE_BYTES).
+MAX_FILE_BYTES = int(os.environ.get("FASTDCM_MAX_FILE_BYTES", str(8 << 30)))
+
+
+@dataclass(frozen=True)
+class PixelSpec:
+    """The validated pixel module of one object, plus where its pixel data lies.
+
+    Small and picklable: this is what crosses process boundaries, never the dataset.
+    """
+
+    transfer_syntax_uid: str
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    pixel_representation: int
+    photometric_interpretation: str
+    planar_configuration: int
+    number_of_frames: int
+    pixel_keyword: str  # PixelData, FloatPixelData or DoubleFloatPixelData
+    is_encapsulated: bool
+    sop_class_uid: str = ""
+    modality: str = ""
+    # Native little-endian data only: where the pixel bytes start and how many there are.
+    pixel_offset: int = -1
+    pixel_length: int = -1
+
+    @property
+    def is_float(self) -> bool:
+        return self.pixel_keyword != "PixelData"
+
+    @property
+    def is_grayscale(self) -> bool:
+        return self.photometric_interpretation in GRAYSCALE
+
+    @property
+    def is_palette(self) -> bool:
+        return self.photometric_interpretation == PALETTE
+
+    @property
+    def is_signed(self) -> bool:
+        return self.pixel_representation == 1
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one frame as stored natively (bit-packed for Bits Allocated 1)."""
+        bits = self.rows * self.columns * self.samples_per_pixel * self.bits_allocated
+        return (bits + 7) // 8
+
+    @property
+    def is_native_view(self) -> bool:
+        """True when frames can be numpy views of the file's bytes (see decode.py)."""
+        return self.pixel_offset >= 0
+
+    @property
+    def transfer_syntax_name(self) -> str:
+        return UID(self.transfer_syntax_uid).name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "transfer_syntax_name": self.transfer_syntax_name}
+
+
+@dataclass
+class Header:
+    """A parsed header: the validated spec, pydicom's dataset (without pixel data when native)
+    and the bytes of the file (frames of native data are views into them)."""
+
+    spec: PixelSpec
+    dataset: Dataset
+    buffer: bytes | None
+    path: str | None
+
+
+def source_name(src: Any) -> str:
+    """A name for messages: the path, or a short description of an in-memory source."""
+    if isinstance(src, (str, os.PathLike)):
+        return os.fspath(src)
+    if isinstance(src, Dataset):
+        return str(getattr(src, "filename", None) or "<Dataset>")
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return f"<{len(src)} bytes>"
+    return str(getattr(src, "name", None) or f"<{type(src).__name__}>")
+
+
+def read_bytes(src: SourceLike) -> tuple[bytes, str | None]:
+    """The whole input as bytes, with its path when it has one."""
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        try:
+            size = os.path.getsize(path)
+            if size > MAX_FILE_BYTES:
+                raise InvalidPixelModuleError(
+                    f"file is {size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)",
+                    path=path,
+                )
+            with open(path, "rb") as f:
+                return f.read(), path
+        except IsADirectoryError:
+            raise NotDicomError("is a directory, not a file", path=path) from None
+        except FileNotFoundError:
+            raise NotDicomError("no such file", path=path) from None
+        except PermissionError as exc:
+            raise NotDicomError(f"cannot be read: {exc.strerror}", path=path) from None
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src), None
+    if hasattr(src, "read"):
+        data = src.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError("a file object given to fastdcm must be opened in binary mode")
+        return bytes(data), getattr(src, "name", None) if isinstance(getattr(src, "name", None), str) else None
+    raise TypeError(
+        f"cannot read a DICOM object from {type(src).__name__}: "
+        "give a path, bytes, a binary file object or a pydicom Dataset"
+    )
+
+
+def read_header(src: SourceLike) -> Header:
+    """Parse and validate the header of ``src``; raise a FastDcmError subclass naming it."""
+    name = source_name(src)
+    try:
+        if isinstance(src, Dataset):
+            return _header_from_dataset(src, buffer=None, path=name, pixel_pos=None)
+        buffer, path = read_bytes(src)
+        return _header_from_bytes(buffer, path or name)
+    except FastDcmError as exc:
+        raise exc.with_path(name)
+
+
+def _header_from_bytes(buffer: bytes, name: str) -> Header:
+    if len(buffer) < 8:
+        raise NotDicomError(f"only {len(buffer)} bytes long")
+    fp = io.BytesIO(buffer)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise NotDicomError(f"not a DICOM file ({exc})") from None
+    except (EOFError, OSError) as exc:
+        raise TruncatedPixelDataError(f"file ends inside its header ({exc})") from None
+    except Exception as exc:  # pydicom raises many types on malformed headers
+        raise NotDicomError(f"header cannot be parsed: {type(exc).__name__}: {exc}") from None
+    if len(ds) == 0 and not ds.file_meta:
+        raise NotDicomError("no DICOM elements found")
+    return _header_from_dataset(ds, buffer=buffer, path=name, pixel_pos=fp.tell())
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts:
+        return UID(str(ts))
+    # No meta: pydicom guessed the encoding while reading.
+    if getattr(ds, "original_encoding", (None, None))[0] is not None:
+        implicit, little = ds.original_encoding
+        if little:
+            return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        return UID("1.2.840.10008.1.2.2")
+    return ImplicitVRLittleEndian
+
+
+def _header_from_dataset(
+    ds: Dataset, *, buffer: bytes | None, path: str | None, pixel_pos: int | None
+) -> Header:
+    ts = _transfer_syntax(ds)
+    has_image_module = "Rows" in ds or "Columns" in ds or "BitsAllocated" in ds
+    pixel_keyword = next((kw for tag, kw in PIXEL_TAGS.items() if tag in ds), None)
+    offset = length = -1
+    encapsulated = ts.is_compressed if ts.is_transfer_syntax else False
+
+    if buffer is not None and ts.is_transfer_syntax and (
+        ts == DeflatedExplicitVRLittleEndian or not ts.is_little_endian
+    ):
+        # The bytes after the header are not plain little-endian elements: pydicom reads all.
+        ds = _read_full(buffer)
+        pixel_keyword = next((kw for tag, kw in PIXEL_TAGS.items() if tag in ds), None)
+    elif buffer is not None and pixel_keyword is None:
+        pixel_keyword, offset, length, undefined = _locate_pixel_element(buffer, pixel_pos, ds, has_image_module)
+        encapsulated = undefined
+    if pixel_keyword is None:
+        if has_image_module:
+            raise TruncatedPixelDataError("the header describes an image but the pixel data is missing")
+        sop = ds.get("SOPClassUID")
+        what = UID(str(sop)).name if sop else "this object"
+        raise NoImageError(f"no pixel data ({what})")
+    if not has_image_module:
+        raise InvalidPixelModuleError("pixel data without Rows, Columns and Bits Allocated")
+
+    native_view = (
+        buffer is not None
+        and ts in NATIVE_LE
+        and offset >= 0
+        and not encapsulated
+        and ds.get("BitsAllocated") in (8, 16, 32, 64)
+        and not str(ds.get("PhotometricInterpretation", "")).strip().upper().startswith("YBR")
+    )
+    if buffer is not None and not native_view:
+        # Deflated, big endian or encapsulated: pydicom reads the whole object, decode.py
+        # hands it to pydicom's decoders.
+        ds = _read_full(buffer)
+        offset = length = -1
+    if offset < 0 and not encapsulated and pixel_keyword in ds:
+        # Read by pydicom (big endian, deflated, YBR, 1-bit): check the length it found.
+        offset, length = 0, len(ds[pixel_keyword].value or b"")
+        spec = _validate(ds, ts, pixel_keyword, encapsulated, offset, length)
+        spec = dataclasses.replace(spec, pixel_offset=-1, pixel_length=-1)
+    else:
+        spec = _validate(ds, ts, pixel_keyword, encapsulated, offset, length)
+    return Header(spec=spec, dataset=ds, buffer=buffer if native_view else None, path=path)
+
+
+def _read_full(buffer: bytes) -> Dataset:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(io.BytesIO(buffer))
+    except Exception as exc:
+        raise TruncatedPixelDataError(f"pixel data cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
+
+
+def _locate_pixel_element(
+    buffer: bytes, pos: int | None, ds: Dataset, has_image_module: bool
+) -> tuple[str | None, int, int, bool]:
+    """Read the pixel data element header where pydicom stopped: (keyword, offset, length, undefined)."""
+    n = len(buffer)
+    if pos is None or pos >= n:
+        return None, -1, -1, False
+    if pos + 8 > n:
+        raise TruncatedPixelDataError(f"file ends {n - pos} bytes into the pixel data element")
+    group, elem = struct.unpack_from("<HH", buffer, pos)
+    tag = group << 16 | elem
+    keyword = PIXEL_TAGS.get(tag)
+    if keyword is None:
+        if has_image_module:
+            raise TruncatedPixelDataError(
+                f"the header parser stopped at byte {pos} of {n} "
+                f"(element ({group:04X},{elem:04X})): pixel data missing"
+            )
+        return None, -1, -1, False
+    vr = buffer[pos + 4 : pos + 6]
+    if vr in _LONG_VRS and buffer[pos + 6 : pos + 8] == b"\0\0":
+        if pos + 12 > n:
+            raise TruncatedPixelDataError("file ends inside the pixel data element header")
+        (length,) = struct.unpack_from("<I", buffer, pos + 8)
+        start = pos + 12
+    else:
+        (length,) = struct.unpack_from("<I", buffer, pos + 4)
+        start = pos + 8
+    if length == 0xFFFFFFFF:
+        return keyword, -1, -1, True
+    if start + length > n:
+        raise TruncatedPixelDataError(
+            f"pixel data element claims {length} bytes but only {n - start} follow"
+        )
+    return keyword, start, length, False
+
+
+def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+    value = ds.get(keyword, default)
+    if value is None or value == "":
+        if default is None:
+            raise InvalidPixelModuleError(f"{keyword} is missing")
+        return default
+    try:
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            raise InvalidPixelModuleError(f"{keyword} has {len(value)} values, expected one")
+        return int(value)
+    except (TypeError, ValueError):
+        raise InvalidPixelModuleError(f"{keyword} is not a number: {value!r}") from None
+
+
+def _validate(
+    ds: Dataset, ts: UID, pixel_keyword: str, encapsulated: bool, offset: int, length: int
+) -> PixelSpec:
+    """Range and consistency checks of RENDERING.md section 1, before anything is allocated."""
+    try:
+        rows = _int(ds, "Rows")
+        columns = _int(ds, "Columns")
+        spp = _int(ds, "SamplesPerPixel", 1)
+        ba = _int(ds, "BitsAllocated")
+        is_float = pixel_keyword != "PixelData"
+        bs = _int(ds, "BitsStored", ba if is_float else None)
+        hb = _int(ds, "HighBit", bs - 1 if is_float else None)
+        pr = _int(ds, "PixelRepresentation", 0 if is_float else None)
+        pi = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+        planar = _int(ds, "PlanarConfiguration", 0) if spp > 1 else 0
+        frames = _int(ds, "NumberOfFrames", 1)
+    except InvalidPixelModuleError:
+        raise
+    except Exception as exc:  # a value pydicom cannot convert
+        raise InvalidPixelModuleError(f"pixel module cannot be read: {type(exc).__name__}: {exc}") from None
+
+    def bad(reason: str) -> InvalidPixelModuleError:
+        return InvalidPixelModuleError(reason)
+
+    if not 1 <= rows <= 65535 or not 1 <= columns <= 65535:
+        raise bad(f"Rows x Columns = {rows} x {columns} is out of range 1..65535")
+    if spp not in (1, 3):
+        raise bad(f"Samples per Pixel is {spp}, expected 1 or 3")
+    if is_float:
+        expected = 32 if pixel_keyword == "FloatPixelData" else 64
+        if ba != expected:
+            raise bad(f"{pixel_keyword} needs Bits Allocated {expected}, not {ba}")
+    elif ba not in (1, 8, 16, 32):
+        raise bad(f"Bits Allocated is {ba}, expected 1, 8, 16 or 32")
+    if not 1 <= bs <= ba:
+        raise bad(f"Bits Stored is {bs}, expected 1..{ba} (Bits Allocated)")
+    if hb != bs - 1:
+        raise bad(f"High Bit is {hb}, expected Bits Stored - 1 = {bs - 1}")
+    if pr not in (0, 1):
+        raise bad(f"Pixel Representation is {pr}, expected 0 or 1")
+    if planar not in (0, 1):
+        raise bad(f"Planar Configuration is {planar}, expected 0 or 1")
+    if not 1 <= frames <= MAX_FRAMES:
+        raise bad(f"Number of Frames is {frames}, expected 1..{MAX_FRAMES}")
+    if not pi:
+        raise bad("Photometric Interpretation is missing")
+    if pi in GRAYSCALE or pi == PALETTE:
+        if spp != 1:
+            raise bad(f"{pi} needs Samples per Pixel 1, not {spp}")
+    elif pi in COLOR:
+        if spp != 3:
+            raise bad(f"{pi} needs Samples per Pixel 3, not {spp}")
+    else:
+        raise bad(f"Photometric Interpretation {pi!r} is not supported")
+    if pi == PALETTE and (pr != 0 and ba > 16 or ba > 16):
+        raise bad(f"PALETTE COLOR with Bits Allocated {ba} is not supported")
+    if pi not in GRAYSCALE and pi != PALETTE and is_float:
+        raise bad(f"{pixel_keyword} with {pi} is not supported")
+
+    frame_bytes = (rows * columns * spp * ba + 7) // 8
+    if frame_bytes > MAX_FRAME_BYTES:
+        raise bad(
+            f"one frame of {rows} x {columns} x {spp} x {ba} bits is {frame_bytes} bytes, "
+            f"over the limit of {MAX_FRAME_BYTES} (FASTDCM_MAX_FRAME_BYTES)"
+        )
+    if offset >= 0:
+        # YBR_FULL_422 native data holds two samples per pixel (PS3.3 C.7.6.3.1.2).
+        samples = 2 if pi == "YBR_FULL_422" else spp
+        needed = (rows * columns * samples * ba * frames + 7) // 8
+        if length < needed:
+            raise TruncatedPixelDataError(
+                f"pixel data is {length} bytes but {frames} frame(s) of "
+                f"{rows} x {columns} x {spp} x {ba} bits need {needed}"
+            )
+    return PixelSpec(
+        transfer_syntax_uid=str(ts),
+        rows=rows,
+        columns=columns,
+        samples_per_pixel=spp,
+        bits_allocated=ba,
+        bits_stored=bs,
+        high_bit=hb,
+        pixel_representation=pr,
+        photometric_interpretation=pi,
+        planar_configuration=planar,
+        number_of_frames=frames,
+        pixel_keyword=pixel_keyword,
+        is_encapsulated=encapsulated,
+        sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
+        modality=str(ds.get("Modality", "") or ""),
+        pixel_offset=offset,
+        pixel_length=length,
+    )

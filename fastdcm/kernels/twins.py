@@ -1,0 +1,90 @@
+"""Plain-numpy twins of the kernels: the definition the tests hold each kernel to, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .voi import MODE_LUT, quantize, voi_values
+
+
+def lut_gather(raw, mask, flip, table, out):
+    out[...] = table[(raw & mask) ^ flip]
+
+
+lut_gather_rgb = lut_gather
+
+
+def stored_presence(raw, mask, flip, present):
+    present[(raw & mask) ^ flip] = True
+
+
+def _signed(raw, mask, flip):
+    return ((raw.astype(np.int64) & np.int64(mask)) ^ np.int64(flip)) - np.int64(flip)
+
+
+def int_minmax(raw, mask, flip, out):
+    v = _signed(raw, mask, flip)
+    out[0], out[1] = v.min(), v.max()
+
+
+def float_minmax(raw, out):
+    v = raw.astype(np.float64)
+    v = v[np.isfinite(v)]
+    out[0], out[1] = (v.min(), v.max()) if v.size else (np.nan, np.nan)
+
+
+def _apply(x, mode, p1, p2, ymax, invert, lut, lut_first):
+    if mode == MODE_LUT:
+        with np.errstate(invalid="ignore"):
+            j = np.floor(x) - lut_first
+        idx = np.where(j >= lut.shape[0] - 1, lut.shape[0] - 1, np.where(j >= 0, j, 0))
+        q = lut[np.nan_to_num(idx, nan=0).astype(np.int64)].astype(np.float64)
+        q = np.where(np.isnan(x), 0.0, q)
+        return ymax - q if invert else q
+    return quantize(voi_values(x, mode, p1, p2, ymax), ymax, invert)
+
+
+def voi_int(raw, mask, flip, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first, out):
+    x = _signed(raw, mask, flip).astype(np.float64) * slope + intercept
+    out[...] = _apply(x, mode, p1, p2, ymax, invert, lut, lut_first)
+
+
+def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first, out):
+    x = raw.astype(np.float64) * slope + intercept
+    out[...] = _apply(x, mode, p1, p2, ymax, invert, lut, lut_first)
+
+
+def warmup_arrays():
+    """(kernel, args) pairs covering the signatures the renderer compiles."""
+    from . import (
+        float_minmax as k_float_minmax,
+        int_minmax as k_int_minmax,
+        lut_gather as k_lut_gather,
+        lut_gather_rgb as k_lut_gather_rgb,
+        stored_presence as k_stored_presence,
+        voi_float as k_voi_float,
+        voi_int as k_voi_int,
+    )
+
+    calls = []
+    for raw_dtype in (np.uint8, np.uint16, np.uint32):
+        raw = np.zeros(4, raw_dtype)
+        for out_dtype in (np.uint8, np.uint16):
+            calls.append((k_lut_gather, (raw, 255, 0, np.zeros(256, out_dtype), np.zeros(4, out_dtype))))
+            calls.append(
+                (k_lut_gather_rgb, (raw, 255, 0, np.zeros((256, 3), out_dtype), np.zeros((4, 3), out_dtype)))
+            )
+        calls.append((k_stored_presence, (raw, 255, 0, np.zeros(256, np.bool_))))
+        calls.append((k_int_minmax, (raw, 255, 0, np.zeros(2, np.int64))))
+    for raw_dtype in (np.float32, np.float64):
+        calls.append((k_float_minmax, (np.zeros(4, raw_dtype), np.zeros(2, np.float64))))
+    for out_dtype in (np.uint8, np.uint16):
+        lut = np.zeros(2, out_dtype)
+        calls.append(
+            (k_voi_int, (np.zeros(4, np.uint32), 255, 0, 1.0, 0.0, 0, 40.0, 400.0, 255.0, False, lut, 0, np.zeros(4, out_dtype)))
+        )
+        for raw_dtype in (np.float32, np.float64):
+            calls.append(
+                (k_voi_float, (np.zeros(4, raw_dtype), 1.0, 0.0, 0, 40.0, 400.0, 255.0, False, lut, 0, np.zeros(4, out_dtype)))
+            )
+    return calls

@@ -1,0 +1,259 @@
+"""One JSON line per discovered input: status, reason, outputs, timings; resume reads it back.
+
+The manifest (``manifest.jsonl`` in the output folder by default) is append-only and
+written by the one process that owns the run. Each line is one :class:`Record`. A run that
+crashes may leave a truncated last line: :func:`read_manifest` skips it, and
+:class:`ManifestWriter` starts a fresh line before appending, so the fragment never glues
+itself to a good record. For ``--resume``, :func:`done_index` gives the inputs that already
+have a successful record for the same size and mtime; a changed source is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable, Iterator
+
+from .errors import Status
+
+__all__ = [
+    "Record",
+    "ManifestWriter",
+    "read_manifest",
+    "done_index",
+    "source_key",
+    "DONE_STATUSES",
+    "summarize",
+    "format_summary",
+    "MANIFEST_NAME",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.jsonl"
+
+#: Statuses that mean "this input needs no more work" for ``--resume``.
+DONE_STATUSES = frozenset({Status.CONVERTED, Status.SKIPPED})
+
+
+@dataclass
+class Record:
+    """The outcome of one input. ``source`` is the input's path (absolute), ``rel`` the
+    relative path output names mirror; ``outputs`` are relative to the output folder;
+    ``frames`` is the number of frames written; ``voi`` names the VOI step used (e.g.
+    ``window``, ``voi_lut``, ``minmax``); ``timings`` maps stage -> seconds; ``time`` is
+    when the record was made (Unix seconds). Unknown keys read from a newer manifest are
+    kept in ``extra``."""
+
+    source: str
+    status: Status
+    reason: str = ""
+    size: int | None = None
+    mtime_ns: int | None = None
+    rel: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    frames: int | None = None
+    transfer_syntax: str | None = None
+    voi: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    time: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
+    @classmethod
+    def from_source(cls, source: Any, status: Status | str, reason: str = "", **kwargs: Any) -> "Record":
+        """A record for a :class:`~fastdcm.discover.Source` or :class:`~fastdcm.discover.Rejected`."""
+        return cls(
+            source=source.path,
+            status=Status(status),
+            reason=reason,
+            size=getattr(source, "size", None),
+            mtime_ns=getattr(source, "mtime_ns", None),
+            rel=getattr(source, "rel", None),
+            **kwargs,
+        )
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline). ASCII-only, so any path, even one with bytes that
+        are not UTF-8, round-trips and the file is valid UTF-8 whatever the names."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        extra = data.pop("extra")
+        if self.time is None:
+            data["time"] = round(time.time(), 3)
+        data = {k: v for k, v in data.items() if v is not None}
+        for k, v in extra.items():
+            data.setdefault(k, v)
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> "Record":
+        """Parse one line; ``ValueError`` if it is not a complete record."""
+        data = json.loads(line)
+        if not isinstance(data, dict) or "source" not in data or "status" not in data:
+            raise ValueError("not a manifest record (needs 'source' and 'status')")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**kwargs, extra=extra)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in DONE_STATUSES
+
+
+class ManifestWriter:
+    """Appends records to a manifest file, one JSON object per line.
+
+    ``write`` buffers; ``write_batch`` writes a batch's lines and flushes them to the OS
+    (so a crashed run loses at most the batch in flight); ``close`` flushes and fsyncs.
+    Use it as a context manager. If the file ends with a truncated line (a crash mid-write),
+    a newline is written first so the next record starts on a line of its own.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fsync_batches: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.fsync_batches = fsync_batches
+        self.count = 0
+        self._file = open(self.path, "a+b")
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        self._file.seek(0, os.SEEK_END)
+        if self._file.tell() > 0:
+            self._file.seek(-1, os.SEEK_END)
+            last = self._file.read(1)
+            self._file.seek(0, os.SEEK_END)
+            if last != b"\n":
+                log.warning("manifest %s ends with a truncated record; starting a new line", self.path)
+                self._file.write(b"\n")
+                self._file.flush()
+
+    def write(self, record: Record) -> None:
+        self._file.write(record.to_json().encode("ascii") + b"\n")
+        self.count += 1
+
+    def write_batch(self, records: Iterable[Record]) -> None:
+        data = b"".join(r.to_json().encode("ascii") + b"\n" for r in records)
+        self._file.write(data)
+        self.count += data.count(b"\n")
+        self.flush(fsync=self.fsync_batches)
+
+    def flush(self, *, fsync: bool = False) -> None:
+        self._file.flush()
+        if fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            self.flush(fsync=True)
+        finally:
+            self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_manifest(path: str | os.PathLike, *, strict: bool = False) -> Iterator[Record]:
+    """Stream the records of a manifest.
+
+    A line that does not parse (the truncated tail of a crashed run, possibly followed by
+    later runs' records) is skipped with a warning; ``strict=True`` raises ``ValueError``
+    for any bad line except a last line without a newline (a crash mid-write is expected).
+    """
+    with open(path, "rb") as stream:
+        number = 0
+        for raw in stream:
+            number += 1
+            complete = raw.endswith(b"\n")
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                record = Record.from_json(line.decode("utf-8"))
+            except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                if strict and complete:
+                    raise ValueError(f"{os.fspath(path)}:{number}: bad manifest line: {exc}") from exc
+                log.warning("%s:%d: skipping a bad manifest line (%s)", os.fspath(path), number, exc)
+                continue
+            yield record
+
+
+def source_key(path: str, size: int | None, mtime_ns: int | None) -> bytes:
+    """A 16-byte digest of (path, size, mtime): resume keys cost ~100 bytes each in a set."""
+    text = f"{path}\x00{size}\x00{mtime_ns}"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def done_index(
+    path: str | os.PathLike, *, statuses: Iterable[Status | str] = DONE_STATUSES
+) -> set[bytes]:
+    """The inputs that need no more work, as :func:`source_key` digests.
+
+    An input is done when its latest record for the same path, size and mtime has one of
+    ``statuses`` (default: converted, skipped). A source whose size or mtime changed has a
+    different key, so it is redone; a later failed record for the same key (e.g. an
+    overwrite that failed) cancels an earlier success. A missing manifest gives an empty set.
+
+        done = done_index(manifest)
+        todo = (s for s in sources if source_key(s.path, s.size, s.mtime_ns) not in done)
+    """
+    wanted = frozenset(Status(s) for s in statuses)
+    done: set[bytes] = set()
+    if not os.path.exists(path):
+        return done
+    for record in read_manifest(path):
+        if record.size is None or record.mtime_ns is None:
+            continue
+        key = source_key(record.source, record.size, record.mtime_ns)
+        if record.status in wanted:
+            done.add(key)
+        else:
+            done.discard(key)
+    return done
+
+
+def summarize(records: Iterable[Record | Status | str]) -> Counter:
+    """Count records (or bare statuses) by :class:`~fastdcm.errors.Status`."""
+    counter: Counter = Counter()
+    for item in records:
+        status = item.status if isinstance(item, Record) else item
+        counter[Status(status)] += 1
+    return counter
+
+
+def format_summary(counter: Counter, *, discovered: int | None = None) -> str:
+    """A small table, one row per status that occurred (in the order of the Status enum),
+    then the total. With ``discovered``, a mismatch with the total is shown loudly: every
+    discovered input must have exactly one status."""
+    total = sum(counter.values())
+    rows = [(s.value, counter[s]) for s in Status if counter.get(s)]
+    rows += sorted((str(k), v) for k, v in counter.items() if not isinstance(k, Status) and v)
+    width = max([len("status"), len("total")] + [len(name) for name, _ in rows])
+    num = max(len("count"), len(str(total)))
+    lines = [f"{'status':<{width}}  {'count':>{num}}  {'share':>6}"]
+    lines.append("-" * len(lines[0]))
+    for name, count in rows:
+        share = 100.0 * count / total if total else 0.0
+        lines.append(f"{name:<{width}}  {count:>{num}}  {share:>5.1f}%")
+    lines.append("-" * len(lines[0]))
+    lines.append(f"{'total':<{width}}  {total:>{num}}")
+    if discovered is not None and discovered != total:
+        lines.append(f"MISMATCH: {discovered} inputs discovered but {total} statuses recorded")
+    return "\n".join(lines)

@@ -1,0 +1,402 @@
+"""PixelSpec + dataset + options -> RenderPlan: everything decided once per frame, before any pixel.
+
+A plan is either a lookup table over all stored values (integer data of up to 16 stored
+bits: modality LUT, VOI, rounding and inversion folded together) or the parameters of the
+arithmetic path (float and 32-bit data). The VOI step is chosen as RENDERING.md 2.2 says,
+and recorded in ``RenderPlan.voi`` for the manifest. Tables for the common rescale + window
+case are cached, so a series of slices with one window builds its table once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
+
+from .errors import InvalidOptionError, InvalidPixelModuleError
+from .header import PixelSpec
+from .kernels.voi import (
+    MODE_LINEAR,
+    MODE_LINEAR_EXACT,
+    MODE_LUT,
+    MODE_SCALE,
+    MODE_SIGMOID,
+    quantize,
+    voi_values,
+    window_is_valid,
+)
+from .options import RenderOptions, VoiFunction, VoiPolicy
+
+log = logging.getLogger(__name__)
+
+_FUNCTION_MODES = {
+    VoiFunction.LINEAR: MODE_LINEAR,
+    VoiFunction.LINEAR_EXACT: MODE_LINEAR_EXACT,
+    VoiFunction.SIGMOID: MODE_SIGMOID,
+}
+
+#: Largest stored-value table built (2**16 entries); wider integer data takes the arithmetic path.
+TABLE_BITS = 16
+
+
+@dataclass(frozen=True)
+class Modality:
+    """The modality LUT step of one frame: rescale, or a LUT over the stored values."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    lut: bool = False  # Modality LUT Sequence (applied through pydicom on the table)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.lut and self.slope == 1.0 and self.intercept == 0.0
+
+
+@dataclass(frozen=True)
+class Voi:
+    """The VOI step chosen for one frame."""
+
+    step: str  # "explicit", "voi_lut", "window", "minmax", "none"
+    mode: int = MODE_SCALE
+    p1: float = 0.0  # center or low
+    p2: float = 0.0  # width or high
+    index: int = 0  # of the VOI LUT item or window pair used
+
+    def describe(self) -> str:
+        if self.step in ("explicit", "window"):
+            name = {MODE_LINEAR: "LINEAR", MODE_LINEAR_EXACT: "LINEAR_EXACT", MODE_SIGMOID: "SIGMOID"}[self.mode]
+            where = "" if self.step == "explicit" else f"[{self.index}]"
+            return f"{self.step}{where} {name} c={self.p1:g} w={self.p2:g}"
+        if self.step == "voi_lut":
+            return f"voi_lut[{self.index}]"
+        if self.step in ("minmax", "none"):
+            return f"{self.step} {self.p1:g}..{self.p2:g}"
+        return self.step
+
+
+@dataclass
+class RenderPlan:
+    """How one frame becomes the output image."""
+
+    kind: str  # "table" (gather), "palette" (gather to RGB), "arith", "copy"
+    voi: str  # human/manifest description of the VOI step (or "color" / "palette")
+    out_dtype: np.dtype
+    ymax: float
+    mask: int = 0
+    flip: int = 0
+    table: np.ndarray | None = None
+    # arithmetic path
+    slope: float = 1.0
+    intercept: float = 0.0
+    mode: int = MODE_SCALE
+    p1: float = 0.0
+    p2: float = 0.0
+    invert: bool = False
+    lut: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint8))
+    lut_first: int = 0
+
+
+# ---------------------------------------------------------------------------------------
+# Per-frame attribute lookup: per-frame functional groups > shared > top level.
+
+
+def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
+    for groups, idx in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        if seq and idx < len(seq):
+            inner = seq[idx].get(sequence)
+            if inner:
+                return inner[0]
+    return None
+
+
+def modality_of(ds: Dataset, spec: PixelSpec, frame: int) -> Modality:
+    item = _frame_item(ds, frame, "PixelValueTransformationSequence")
+    src = item if item is not None and "RescaleSlope" in item else ds
+    if item is None and ds.get("ModalityLUTSequence"):
+        return Modality(lut=True)
+    try:
+        slope = float(src.get("RescaleSlope", 1.0) or 1.0) if "RescaleSlope" in src else 1.0
+        intercept = float(src.get("RescaleIntercept", 0.0) or 0.0) if "RescaleIntercept" in src else 0.0
+    except (TypeError, ValueError) as exc:
+        raise InvalidPixelModuleError(f"Rescale Slope/Intercept cannot be read: {exc}") from None
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0.0:
+        raise InvalidPixelModuleError(f"Rescale Slope {slope} / Intercept {intercept} is not usable")
+    return Modality(slope=slope, intercept=intercept)
+
+
+def _values(value) -> list:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple, MultiValue)):
+        return list(value)
+    return [value]
+
+
+def _voi_source(ds: Dataset, frame: int) -> Dataset:
+    """Where this frame's window / VOI LUT attributes live."""
+    item = _frame_item(ds, frame, "FrameVOILUTSequence")
+    return item if item is not None else ds
+
+
+def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions) -> Voi | None:
+    """The VOI step of RENDERING.md 2.2; None means min-max (needs the frame's values)."""
+    policy = options.voi
+    if policy is VoiPolicy.NONE:
+        return Voi(step="none")
+    if policy is VoiPolicy.MINMAX:
+        return None
+    src = _voi_source(ds, frame)
+    index = options.voi_index
+
+    if policy is VoiPolicy.AUTO and options.window is not None:
+        mode = _FUNCTION_MODES[options.voi_function or VoiFunction.LINEAR]
+        center, width = options.window
+        if window_is_valid(mode, center, width):
+            return Voi(step="explicit", mode=mode, p1=center, p2=width)
+        log.warning("explicit window c=%g w=%g is not valid for its function: skipped", center, width)
+
+    if policy in (VoiPolicy.AUTO, VoiPolicy.VOI_LUT):
+        seq = src.get("VOILUTSequence") or ds.get("VOILUTSequence")
+        if seq:
+            if index < len(seq):
+                return Voi(step="voi_lut", mode=MODE_LUT, index=index)
+            if index > 0 or policy is VoiPolicy.VOI_LUT:
+                raise InvalidOptionError(f"voi_index {index} but the VOI LUT Sequence has {len(seq)} item(s)")
+        elif policy is VoiPolicy.VOI_LUT:
+            raise InvalidOptionError("voi=voi_lut but the file has no VOI LUT Sequence")
+
+    if policy in (VoiPolicy.AUTO, VoiPolicy.WINDOW):
+        centers = _values(src.get("WindowCenter"))
+        widths = _values(src.get("WindowWidth"))
+        count = min(len(centers), len(widths))
+        if count:
+            if index >= count:
+                if index > 0 or policy is VoiPolicy.WINDOW:
+                    raise InvalidOptionError(f"voi_index {index} but the file has {count} window(s)")
+            else:
+                name = options.voi_function or _file_function(src)
+                mode = _FUNCTION_MODES[name]
+                try:
+                    center, width = float(centers[index]), float(widths[index])
+                except (TypeError, ValueError):
+                    center = width = math.nan
+                if window_is_valid(mode, center, width):
+                    return Voi(step="window", mode=mode, p1=center, p2=width, index=index)
+                log.warning(
+                    "window %d (c=%s w=%s, %s) is not valid: skipped", index, centers[index], widths[index], name.value
+                )
+                if policy is VoiPolicy.WINDOW:
+                    raise InvalidOptionError(f"window {index} (c={centers[index]} w={widths[index]}) is not valid")
+        elif policy is VoiPolicy.WINDOW:
+            raise InvalidOptionError("voi=window but the file has no Window Center / Window Width")
+    return None  # min-max
+
+
+def _file_function(src: Dataset) -> VoiFunction:
+    raw = str(src.get("VOILUTFunction", "") or "").strip().upper()
+    try:
+        return VoiFunction(raw) if raw else VoiFunction.LINEAR
+    except ValueError:
+        log.warning("unknown VOI LUT Function %r: LINEAR used", raw)
+        return VoiFunction.LINEAR
+
+
+def inverts(ds: Dataset, spec: PixelSpec, options: RenderOptions) -> bool:
+    """MONOCHROME1 or Presentation LUT Shape INVERSE invert once; the caller's flag once more."""
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    base = spec.photometric_interpretation == "MONOCHROME1" or shape == "INVERSE"
+    return base != bool(options.invert)
+
+
+# ---------------------------------------------------------------------------------------
+# Plans
+
+
+def stored_range(spec: PixelSpec) -> tuple[int, int, int]:
+    """(mask, flip, first stored value) for the table path: index = (raw & mask) ^ flip."""
+    bits = spec.bits_stored
+    mask = (1 << bits) - 1
+    if spec.is_signed:
+        return mask, 1 << (bits - 1), -(1 << (bits - 1))
+    return mask, 0, 0
+
+
+def _out(options: RenderOptions) -> tuple[np.dtype, float]:
+    return (np.dtype(np.uint8) if options.depth == 8 else np.dtype(np.uint16)), float(options.y_max)
+
+
+def _stored_values(spec: PixelSpec) -> np.ndarray:
+    mask, _, first = stored_range(spec)
+    dtype = np.int32 if spec.is_signed else np.uint32
+    return np.arange(first, first + mask + 1, dtype=np.int64).astype(dtype)
+
+
+def _modality_table(ds: Dataset, spec: PixelSpec, modality: Modality) -> np.ndarray:
+    """Modality values (float64) for every stored value, in table order."""
+    stored = _stored_values(spec)
+    if modality.lut:
+        try:
+            return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+        except Exception as exc:
+            raise InvalidPixelModuleError(f"Modality LUT Sequence cannot be applied: {exc}") from None
+    return stored.astype(np.float64) * modality.slope + modality.intercept
+
+
+def _voi_lut(ds: Dataset, frame: int, voi: Voi, modality_values: np.ndarray, ymax: float) -> np.ndarray:
+    """A VOI LUT Sequence item applied through pydicom, scaled from its bit depth to 0..ymax."""
+    src = _voi_source(ds, frame)
+    holder = src if src.get("VOILUTSequence") else ds
+    if not hasattr(holder, "file_meta") and hasattr(ds, "file_meta"):
+        view = Dataset()
+        view.VOILUTSequence = holder.VOILUTSequence
+        view.file_meta = ds.file_meta
+        holder = view
+    item = holder.VOILUTSequence[voi.index]
+    try:
+        bits = int(item.LUTDescriptor[2])
+        # pydicom indexes the LUT with integers: modality values are rounded half up first.
+        arg = np.floor(modality_values + 0.5)
+        lo, hi = np.iinfo(np.int64).min // 2, np.iinfo(np.int64).max // 2
+        out = apply_voi(np.clip(arg, lo, hi).astype(np.int64), holder, voi.index)
+    except Exception as exc:
+        raise InvalidPixelModuleError(f"VOI LUT Sequence item {voi.index} cannot be applied: {exc}") from None
+    return np.asarray(out, dtype=np.float64) * (ymax / float((1 << bits) - 1))
+
+
+@functools.lru_cache(maxsize=512)
+def _rescale_window_table(
+    bits: int, signed: bool, slope: float, intercept: float, mode: int, p1: float, p2: float,
+    ymax: float, invert: bool, out_dtype: str,
+) -> np.ndarray:
+    first = -(1 << (bits - 1)) if signed else 0
+    stored = np.arange(first, first + (1 << bits), dtype=np.float64)
+    table = quantize(voi_values(stored * slope + intercept, mode, p1, p2, ymax), ymax, invert).astype(out_dtype)
+    table.flags.writeable = False
+    return table
+
+
+def _table_from_modality(modality_values: np.ndarray, voi: Voi, ymax: float, invert: bool, out_dtype) -> np.ndarray:
+    y = voi_values(modality_values, voi.mode, voi.p1, voi.p2, ymax)
+    return quantize(y, ymax, invert).astype(out_dtype)
+
+
+def build_plan(
+    ds: Dataset,
+    spec: PixelSpec,
+    frame: int,
+    options: RenderOptions,
+    *,
+    present: np.ndarray | None = None,
+    value_range: tuple[float, float] | None = None,
+) -> RenderPlan | None:
+    """The plan for frame ``frame``; None when min-max needs the frame's values first.
+
+    For the table path, pass ``present`` (a bool per stored value, from the
+    ``stored_presence`` kernel); for the arithmetic path, ``value_range`` (the frame's
+    stored min and max).
+    """
+    out_dtype, ymax = _out(options)
+    if spec.is_palette:
+        return _palette_plan(ds, spec, out_dtype, ymax)
+    if not spec.is_grayscale:
+        return _color_plan(spec, out_dtype, ymax)
+
+    modality = modality_of(ds, spec, frame)
+    voi = choose_voi(ds, spec, frame, options)
+    invert = inverts(ds, spec, options)
+    table_path = not spec.is_float and spec.bits_stored <= TABLE_BITS
+
+    if table_path:
+        mask, flip, _ = stored_range(spec)
+        if voi is not None and voi.step in ("explicit", "window") and not modality.lut:
+            table = _rescale_window_table(
+                spec.bits_stored, spec.is_signed, modality.slope, modality.intercept,
+                voi.mode, voi.p1, voi.p2, ymax, invert, out_dtype.str,
+            )
+            return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table)
+        mvals = _modality_table(ds, spec, modality)
+        if voi is None:
+            if present is None:
+                return None
+            if not present.any():  # cannot happen for a non-empty frame
+                present = np.ones_like(present)
+            lo, hi = float(mvals[present].min()), float(mvals[present].max())
+            voi = Voi(step="minmax", mode=MODE_SCALE, p1=lo, p2=hi)
+        elif voi.step == "none":
+            voi = Voi(step="none", mode=MODE_SCALE, p1=float(mvals.min()), p2=float(mvals.max()))
+        if voi.step == "voi_lut":
+            y = _voi_lut(ds, frame, voi, mvals, ymax)
+            table = quantize(y, ymax, invert).astype(out_dtype)
+        else:
+            table = _table_from_modality(mvals, voi, ymax, invert, out_dtype)
+        return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table)
+
+    # Arithmetic path: float data or more than 16 stored bits.
+    if modality.lut:
+        raise InvalidPixelModuleError(
+            f"a Modality LUT Sequence on {spec.bits_stored}-bit or float data is not supported"
+        )
+    mask, flip, _ = stored_range(spec) if not spec.is_float else (0, 0, 0)
+    plan = RenderPlan(
+        "arith", "", out_dtype, ymax, mask, flip, None,
+        slope=modality.slope, intercept=modality.intercept, invert=invert,
+    )
+    if voi is None or voi.step == "none":
+        if spec.is_float or voi is None:
+            if value_range is None:
+                return None
+            a, b = (v * modality.slope + modality.intercept for v in value_range)
+            step = "minmax" if voi is None else "none"
+        else:
+            lo, hi = -flip, mask - flip
+            a, b = lo * modality.slope + modality.intercept, hi * modality.slope + modality.intercept
+            step = "none"
+        if not (math.isfinite(a) and math.isfinite(b)):
+            a = b = 0.0
+        voi = Voi(step=step, mode=MODE_SCALE, p1=min(a, b), p2=max(a, b))
+    if voi.step == "voi_lut":
+        src = _voi_source(ds, frame)
+        holder = src if src.get("VOILUTSequence") else ds
+        item = holder.VOILUTSequence[voi.index]
+        n = int(item.LUTDescriptor[0]) or 65536
+        first = int(item.LUTDescriptor[1])
+        inputs = np.arange(first, first + n, dtype=np.float64)
+        plan.lut = quantize(_voi_lut(ds, frame, voi, inputs, ymax), ymax, False).astype(out_dtype)
+        plan.lut_first = first
+    plan.mode, plan.p1, plan.p2, plan.voi = voi.mode, voi.p1, voi.p2, voi.describe()
+    return plan
+
+
+def _color_plan(spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
+    """RGB (after any YBR conversion): scale samples of Bits Stored to 0..ymax."""
+    bits = spec.bits_stored
+    if bits == 8 and ymax == 255.0:
+        return RenderPlan("copy", "color", out_dtype, ymax)
+    if bits <= TABLE_BITS:
+        mask = (1 << bits) - 1
+        values = np.arange(mask + 1, dtype=np.float64) * (ymax / mask)
+        table = quantize(values, ymax, False).astype(out_dtype)
+        return RenderPlan("table", "color", out_dtype, ymax, mask, 0, table)
+    mask = (1 << bits) - 1
+    return RenderPlan("arith", "color", out_dtype, ymax, mask, 0, None, mode=MODE_SCALE, p1=0.0, p2=float(mask))
+
+
+def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
+    """PALETTE COLOR: the palette over every stored value (pydicom expands segmented LUTs)."""
+    mask, flip, _ = stored_range(spec)
+    try:
+        rgb = apply_color_lut(_stored_values(spec), ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except Exception as exc:
+        raise InvalidPixelModuleError(f"palette colour lookup table cannot be read: {exc}") from None
+    bits = 16 if rgb.dtype.itemsize > 1 and bits not in (8, 16) else bits
+    scale = ymax / float((1 << (8 if bits <= 8 else 16)) - 1)
+    table = quantize(rgb.astype(np.float64) * scale, ymax, False).astype(out_dtype)
+    return RenderPlan("palette", "palette", out_dtype, ymax, mask, flip, np.ascontiguousarray(table))

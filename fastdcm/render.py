@@ -1,0 +1,218 @@
+"""Frame + plan -> the output image; the public ``render``, ``iter_frames`` and ``inspect``.
+
+``open_image`` parses a header once; ``Image.render_frame`` then decodes a frame, plans it
+(cached tables), and runs one fused kernel into a preallocated output.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from . import kernels
+from .decode import choose_plugin, stored_frame
+from .errors import FastDcmError, InvalidOptionError
+from .header import Header, PixelSpec, SourceLike, read_header, source_name
+from .options import RenderOptions
+from .plan import RenderPlan, build_plan, stored_range
+
+log = logging.getLogger(__name__)
+
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+@dataclass
+class Rendered:
+    """One rendered frame and how it was made."""
+
+    array: np.ndarray
+    frame: int
+    voi: str
+
+
+class Image:
+    """A parsed DICOM image: its validated spec, header dataset and (for native data) bytes."""
+
+    def __init__(self, header: Header) -> None:
+        self._header = header
+        self.spec: PixelSpec = header.spec
+        self.path: str | None = header.path
+
+    @property
+    def dataset(self) -> Dataset:
+        """pydicom's dataset of the header (for keywords in output names, ``fastdcm info``)."""
+        return self._header.dataset
+
+    @property
+    def n_frames(self) -> int:
+        return self.spec.number_of_frames
+
+    @property
+    def decoder(self) -> str:
+        """The decoding plugin used ('' for native data read directly)."""
+        return choose_plugin(self._ts()) if not self.spec.is_native_view else ""
+
+    def _ts(self):
+        from pydicom.uid import UID
+
+        return UID(self.spec.transfer_syntax_uid)
+
+    def render_frame(self, frame: int = 0, options: RenderOptions | None = None) -> Rendered:
+        """Frame ``frame`` (0-based) rendered as RENDERING.md says."""
+        options = options or RenderOptions()
+        if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
+            raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
+        try:
+            stored = stored_frame(self._header, int(frame))
+            array, voi = _render_stored(stored, self._header.dataset, self.spec, int(frame), options)
+        except FastDcmError as exc:
+            raise exc.with_path(self.path)
+        return Rendered(array=array, frame=int(frame), voi=voi)
+
+
+def open_image(src: SourceLike) -> Image:
+    """Parse ``src`` (path, bytes, binary file object or pydicom Dataset) into an :class:`Image`."""
+    return Image(read_header(src))
+
+
+def _as_unsigned(stored: np.ndarray) -> np.ndarray:
+    """The stored integers as a C-contiguous, flat, unsigned array of the same width."""
+    flat = np.ascontiguousarray(stored).reshape(-1)
+    if flat.dtype.kind == "i":
+        flat = flat.view(_UNSIGNED[flat.dtype.itemsize])
+    elif flat.dtype.kind == "b":
+        flat = flat.view(np.uint8)
+    return flat
+
+
+def _render_stored(
+    stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
+) -> tuple[np.ndarray, str]:
+    shape = stored.shape
+    plan = build_plan(ds, spec, frame, options)
+    if plan is None:  # min-max: one extra pass to find the frame's values
+        plan = _plan_with_range(stored, ds, spec, frame, options)
+    if plan.kind == "copy":
+        return np.ascontiguousarray(stored, dtype=plan.out_dtype), plan.voi
+    if plan.kind == "arith" and stored.dtype.kind == "f":
+        raw = np.ascontiguousarray(stored).reshape(-1)
+        out = np.empty(raw.shape[0], dtype=plan.out_dtype)
+        kernels.voi_float(
+            raw, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2, plan.ymax, plan.invert,
+            plan.lut.astype(plan.out_dtype), plan.lut_first, out,
+        )
+        return out.reshape(shape), plan.voi
+    raw = _as_unsigned(stored)
+    if plan.kind == "arith":
+        out = np.empty(raw.shape[0], dtype=plan.out_dtype)
+        kernels.voi_int(
+            raw, plan.mask, plan.flip, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2,
+            plan.ymax, plan.invert, plan.lut.astype(plan.out_dtype), plan.lut_first, out,
+        )
+        return out.reshape(shape), plan.voi
+    assert plan.table is not None and plan.table.shape[0] == plan.mask + 1
+    if plan.kind == "palette":
+        out = np.empty((raw.shape[0], 3), dtype=plan.out_dtype)
+        kernels.lut_gather_rgb(raw, plan.mask, plan.flip, plan.table, out)
+        return out.reshape(shape + (3,)), plan.voi
+    out = np.empty(raw.shape[0], dtype=plan.out_dtype)
+    kernels.lut_gather(raw, plan.mask, plan.flip, plan.table, out)
+    return out.reshape(shape), plan.voi
+
+
+def _plan_with_range(
+    stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
+) -> RenderPlan:
+    if stored.dtype.kind == "f":
+        rng = np.empty(2, np.float64)
+        kernels.float_minmax(np.ascontiguousarray(stored).reshape(-1), rng)
+        plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
+    elif spec.bits_stored <= 16:
+        mask, flip, _ = stored_range(spec)
+        present = np.zeros(mask + 1, np.bool_)
+        kernels.stored_presence(_as_unsigned(stored), mask, flip, present)
+        plan = build_plan(ds, spec, frame, options, present=present)
+    else:
+        mask, flip, _ = stored_range(spec)
+        rng = np.empty(2, np.int64)
+        kernels.int_minmax(_as_unsigned(stored), mask, flip, rng)
+        plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
+    assert plan is not None
+    return plan
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+
+
+def _options(kwargs: dict[str, Any]) -> RenderOptions:
+    options = kwargs.pop("options", None)
+    if options is not None and kwargs:
+        raise TypeError("give either options=RenderOptions(...) or keyword options, not both")
+    if kwargs:
+        try:
+            return RenderOptions(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"unknown render option: {exc}") from None
+    return options or RenderOptions()
+
+
+def render(src: SourceLike, *, frame: int = 0, **options: Any) -> np.ndarray:
+    """Render one frame of ``src`` to a C-contiguous uint8 (or uint16 with depth=16) array.
+
+    ``src`` is a path, bytes, a binary file object or a pydicom Dataset. Keyword options are
+    the fields of :class:`fastdcm.options.RenderOptions` (window, voi_function, voi_index,
+    voi, invert, depth). Shape (Rows, Columns) for grayscale, (Rows, Columns, 3) for colour.
+    """
+    opts = _options(options)
+    return open_image(src).render_frame(frame, opts).array
+
+
+def iter_frames(src: SourceLike, **options: Any) -> Iterator[np.ndarray]:
+    """Every frame of ``src``, rendered, in order; the header is parsed once."""
+    opts = _options(options)
+    image = open_image(src)
+    for i in range(image.n_frames):
+        yield image.render_frame(i, opts).array
+
+
+@dataclass
+class Inspection:
+    """What ``fastdcm.inspect`` tells about one object."""
+
+    source: str
+    spec: PixelSpec
+    decoder: str
+    voi: str  # the VOI step used for frame 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "decoder": self.decoder, "voi": self.voi, **self.spec.to_dict()}
+
+    def __str__(self) -> str:
+        s = self.spec
+        lines = [
+            f"source:          {self.source}",
+            f"transfer syntax: {s.transfer_syntax_uid} ({s.transfer_syntax_name})",
+            f"decoder:         {self.decoder or 'native (read directly)'}",
+            f"image:           {s.rows} x {s.columns} x {s.samples_per_pixel}, {s.number_of_frames} frame(s), {s.photometric_interpretation}",
+            f"bits:            allocated {s.bits_allocated}, stored {s.bits_stored}, high bit {s.high_bit}, "
+            f"{'signed' if s.is_signed else 'unsigned'}{', float' if s.is_float else ''}",
+            f"VOI (frame 1):   {self.voi}",
+        ]
+        return "\n".join(lines)
+
+
+def inspect(src: SourceLike, **options: Any) -> Inspection:
+    """The pixel module, transfer syntax, frames, decoder and the VOI step that will be used.
+
+    Frame 0 is rendered when the VOI step depends on its values (min-max).
+    """
+    opts = _options(options)
+    image = open_image(src)
+    plan = build_plan(image.dataset, image.spec, 0, opts)
+    voi = plan.voi if plan is not None else image.render_frame(0, opts).voi
+    return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=image.decoder, voi=voi)

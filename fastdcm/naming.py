@@ -200,12 +200,9 @@ def compile_template(text: str) -> Template:
                 "only a zero-padding width such as {InstanceNumber:04}"
             )
         parts.append((literal, field, spec))
-    literal_text = "".join(lit for lit, _, _ in parts)
-    if literal_text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", literal_text):
+    if text.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", text):
         raise ValueError(f"name template {text!r} must be relative to the output folder")
-    if any(piece == ".." for piece in re.split(r"[\\/]", literal_text)) or any(
-        piece == ".." for lit, _, _ in parts for piece in re.split(r"[\\/]", lit)
-    ):
+    if any(piece == ".." for lit, _, _ in parts for piece in re.split(r"[\\/]", lit)):
         raise ValueError(f"name template {text!r} may not contain '..'")
     return Template(text=text, parts=tuple(parts))
 

@@ -1,0 +1,189 @@
+"""Each Numba kernel bit-exact against its plain-numpy twin (kernels/twins.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastdcm import kernels
+from fastdcm.kernels import twins
+from fastdcm.kernels.voi import (
+    MODE_LINEAR,
+    MODE_LINEAR_EXACT,
+    MODE_LUT,
+    MODE_SCALE,
+    MODE_SIGMOID,
+    quantize,
+    voi_values,
+)
+
+RAW_DTYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
+
+
+def test_every_kernel_follows_the_policy():
+    assert kernels.POLICY == {"cache": True, "nogil": True}
+    for kernel in kernels.KERNELS:
+        assert kernel.targetoptions.get("nogil") is True, kernel
+        assert type(kernel._cache).__name__ != "NullCache", f"{kernel} is not cached"
+        assert kernel.targetoptions.get("parallel") in (None, False), kernel
+
+
+@st.composite
+def stored_data(draw, max_allocated=32):
+    allocated = draw(st.sampled_from([a for a in (8, 16, 32) if a <= max_allocated]))
+    bits = draw(st.integers(1, allocated))
+    signed = draw(st.booleans())
+    n = draw(st.integers(1, 300))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    # full-width random words: junk above Bits Stored must be masked away
+    raw = rng.integers(0, 2**allocated, size=n, dtype=np.uint64).astype(RAW_DTYPES[allocated])
+    mask = (1 << bits) - 1
+    # and the edge values: min, max stored, zero, all ones
+    edges = np.array([0, mask, 1 << (bits - 1), (1 << (bits - 1)) - 1, 2**allocated - 1], dtype=np.uint64)
+    raw = np.concatenate([raw, edges.astype(RAW_DTYPES[allocated])])
+    flip = (1 << (bits - 1)) if signed else 0
+    return raw, bits, mask, flip
+
+
+@settings(max_examples=150, deadline=None)
+@given(stored_data(max_allocated=16), st.sampled_from([np.uint8, np.uint16]), st.integers(0, 2**32 - 1))
+def test_lut_gather_matches_twin(data, out_dtype, seed):
+    raw, bits, mask, flip = data
+    table = np.random.default_rng(seed).integers(0, np.iinfo(out_dtype).max + 1, mask + 1).astype(out_dtype)
+    got, want = np.empty(raw.shape, out_dtype), np.empty(raw.shape, out_dtype)
+    kernels.lut_gather(raw, mask, flip, table, got)
+    twins.lut_gather(raw, mask, flip, table, want)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored_data(max_allocated=16), st.integers(0, 2**32 - 1))
+def test_lut_gather_rgb_matches_twin(data, seed):
+    raw, bits, mask, flip = data
+    table = np.random.default_rng(seed).integers(0, 256, (mask + 1, 3)).astype(np.uint8)
+    got, want = np.empty((raw.shape[0], 3), np.uint8), np.empty((raw.shape[0], 3), np.uint8)
+    kernels.lut_gather_rgb(raw, mask, flip, table, got)
+    twins.lut_gather_rgb(raw, mask, flip, table, want)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(stored_data())
+def test_presence_and_minmax_match_twins(data):
+    raw, bits, mask, flip = data
+    if bits <= 16:
+        got, want = np.zeros(mask + 1, np.bool_), np.zeros(mask + 1, np.bool_)
+        kernels.stored_presence(raw, mask, flip, got)
+        twins.stored_presence(raw, mask, flip, want)
+        np.testing.assert_array_equal(got, want)
+    got, want = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    kernels.int_minmax(raw, mask, flip, got)
+    twins.int_minmax(raw, mask, flip, want)
+    np.testing.assert_array_equal(got, want)
+
+
+windows = st.tuples(
+    st.sampled_from([MODE_LINEAR, MODE_LINEAR_EXACT, MODE_SIGMOID, MODE_SCALE]),
+    st.floats(-5000, 5000, allow_nan=False),
+    st.one_of(st.just(1.0), st.floats(1.0, 10000, allow_nan=False), st.floats(0.001, 1.0)),
+)
+
+
+def _params(mode, p1, p2):
+    if mode == MODE_LINEAR and p2 < 1:
+        p2 = 1.0
+    if mode == MODE_SCALE:
+        p1, p2 = p1, p1 + p2
+    return mode, p1, p2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stored_data(),
+    windows,
+    st.sampled_from([(1.0, 0.0), (1.0, -1024.0), (0.5, 3.25), (-2.0, 100.0)]),
+    st.sampled_from([8, 16]),
+    st.booleans(),
+)
+def test_voi_int_matches_twin(data, window, rescale, depth, invert):
+    raw, bits, mask, flip = data
+    mode, p1, p2 = _params(*window)
+    slope, intercept = rescale
+    ymax = float(2**depth - 1)
+    out_dtype = np.uint8 if depth == 8 else np.uint16
+    lut = np.zeros(1, out_dtype)
+    got, want = np.empty(raw.shape, out_dtype), np.empty(raw.shape, out_dtype)
+    args = (mask, flip, slope, intercept, mode, p1, p2, ymax, invert, lut, 0)
+    kernels.voi_int(raw, *args, got)
+    twins.voi_int(raw, *args, want)
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.floats(-3000, 3000)),
+        min_size=1,
+        max_size=200,
+    ),
+    windows,
+    st.sampled_from([np.float32, np.float64]),
+    st.booleans(),
+)
+def test_voi_float_matches_twin(values, window, dtype, invert):
+    raw = np.array(values, dtype=dtype)
+    mode, p1, p2 = _params(*window)
+    lut = np.zeros(1, np.uint8)
+    got, want = np.empty(raw.shape, np.uint8), np.empty(raw.shape, np.uint8)
+    args = (1.0, 0.0, mode, p1, p2, 255.0, invert, lut, 0)
+    with np.errstate(all="ignore"):
+        kernels.voi_float(raw, *args, got)
+        twins.voi_float(raw, *args, want)
+    np.testing.assert_array_equal(got, want)
+    rng_got, rng_want = np.empty(2), np.empty(2)
+    kernels.float_minmax(raw, rng_got)
+    twins.float_minmax(raw, rng_want)
+    np.testing.assert_array_equal(rng_got, rng_want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored_data(), st.integers(-100, 100), st.integers(1, 300), st.booleans())
+def test_voi_lut_mode_matches_twin(data, first, n, invert):
+    raw, bits, mask, flip = data
+    lut = np.random.default_rng(n).integers(0, 256, n).astype(np.uint8)
+    got, want = np.empty(raw.shape, np.uint8), np.empty(raw.shape, np.uint8)
+    args = (mask, flip, 1.0, 0.0, MODE_LUT, 0.0, 0.0, 255.0, invert, lut, first)
+    kernels.voi_int(raw, *args, got)
+    twins.voi_int(raw, *args, want)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("mode", [MODE_LINEAR, MODE_LINEAR_EXACT, MODE_SIGMOID, MODE_SCALE])
+@pytest.mark.parametrize("signed", [False, True])
+def test_table_path_equals_arithmetic_path(mode, signed):
+    """The table the plan builds (numpy formulas) and the per-pixel kernel agree on every value."""
+    bits = 12
+    first = -(1 << (bits - 1)) if signed else 0
+    stored = np.arange(first, first + (1 << bits))
+    mask, flip = (1 << bits) - 1, (1 << (bits - 1)) if signed else 0
+    raw = (stored.astype(np.int64) & mask).astype(np.uint32)
+    p1, p2 = (40.0, 400.0) if mode != MODE_SCALE else (-1000.0, 2000.0)
+    table = quantize(voi_values(stored * 1.0 - 1024.0, mode, p1, p2, 255.0), 255.0, False).astype(np.uint8)
+    via_table = np.empty(raw.shape, np.uint8)
+    kernels.lut_gather(raw, mask, flip, table, via_table)
+    via_arith = np.empty(raw.shape, np.uint8)
+    kernels.voi_int(raw, mask, flip, 1.0, -1024.0, mode, p1, p2, 255.0, False, np.zeros(1, np.uint8), 0, via_arith)
+    np.testing.assert_array_equal(via_table, via_arith)
+
+
+def test_linear_window_edges_follow_the_standard():
+    """PS3.3 C.11.2.1.2.1 at c=40, w=400: x <= -160 -> 0, x > 239 -> 255, width 1 is a step."""
+    x = np.array([-161.0, -160.0, -159.5, 39.5, 40.0, 239.0, 239.5])
+    y = quantize(voi_values(x, MODE_LINEAR, 40.0, 400.0, 255.0), 255.0, False)
+    assert list(y[:2]) == [0, 0] and y[-1] == 255 and y[-2] == 255
+    assert 127 <= y[3] <= 128
+    step = quantize(voi_values(np.array([9.4, 9.5, 9.6]), MODE_LINEAR, 10.0, 1.0, 255.0), 255.0, False)
+    assert list(step) == [0.0, 0.0, 255.0]

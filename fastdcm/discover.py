@@ -39,6 +39,7 @@ import re
 import stat as _stat
 import struct
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import IO, Iterable, Iterator
@@ -399,19 +400,22 @@ class _Discovery:
         root = os.path.dirname(path)
         root_real = os.path.realpath(root)
         try:
-            ds = pydicom.dcmread(path)
-            records = ds.get("DirectoryRecordSequence") or []
+            with warnings.catch_warnings():
+                # invalid CS values ('..', '/etc') warn on read; such records are refused below
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+                ds = pydicom.dcmread(path)
+                records = list(ds.get("DirectoryRecordSequence") or [])
+                ids = [r.get("ReferencedFileID") for r in records]
         except Exception as exc:  # pydicom raises many types on a corrupt file: report it
             yield self.missing(path, f"cannot read DICOMDIR: {type(exc).__name__}: {exc}"), None
             return
         listing_cache: dict[str, dict[str, str] | None] = {}
         seen_here: set[str] = set()
-        for record in records:
-            if "ReferencedFileID" not in record:
+        for record, value in zip(records, ids):
+            if value is None:
                 continue
             if record.get("RecordInUseFlag", 0xFFFF) == 0:  # inactive record
                 continue
-            value = record.ReferencedFileID
             raw = [value] if isinstance(value, str) else [str(v) for v in (value or [])]
             if not raw:
                 continue
@@ -443,7 +447,7 @@ class _Discovery:
                 st = os.stat(target)
             except OSError as exc:
                 yield self.missing(
-                    target, f"referenced by DICOMDIR {path} but {exc.strerror or 'missing'}"
+                    target, f"referenced by DICOMDIR {path} but cannot be opened: {exc.strerror or exc}"
                 ), None
                 continue
             if not _stat.S_ISREG(st.st_mode):

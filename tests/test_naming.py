@@ -1,0 +1,324 @@
+"""naming.py: output names, sanitising, the output-root check and the conflict registry."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastdcm.discover import Source
+from fastdcm.errors import Status, UnsafePathError
+from fastdcm.naming import (
+    MAX_COMPONENT_BYTES,
+    NameConflictError,
+    NameRegistry,
+    compile_template,
+    output_name,
+    resolve_inside,
+    sanitize_component,
+    strip_dicom_extension,
+)
+
+
+def src(rel: str) -> Source:
+    return Source(path="/in/" + rel, rel=rel, size=1, mtime_ns=1)
+
+
+def name(template=None, *, rel="a/b/IM0001.dcm", frame=None, n_frames=1, ext="png", fields=None):
+    return output_name(template, source=src(rel), frame=frame, n_frames=n_frames, extension=ext, fields=fields)
+
+
+def assert_safe(result: str) -> None:
+    parts = result.split("/")
+    for part in parts:
+        assert part and part not in (".", "..")
+        assert not part.startswith(".")
+        assert not part.endswith((".", " "))
+        assert len(part.encode("utf-8")) <= 255
+        assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in part)
+        assert not set(part) & set('<>:"\\|?*')
+        assert part.split(".")[0].upper() not in ("CON", "PRN", "AUX", "NUL", "COM1", "LPT1")
+
+
+# --------------------------------------------------------------------------- default names
+
+
+def test_default_mirrors_rel():
+    assert name() == "a/b/IM0001.png"
+    assert name(ext=".jpg") == "a/b/IM0001.jpg"
+
+
+@pytest.mark.parametrize(
+    "frame, n_frames, expected",
+    [
+        (None, 1, "a/b/IM0001.png"),
+        (0, 1, "a/b/IM0001.png"),  # a single frame has no suffix
+        (2, 3, "a/b/IM0001_f3.png"),
+        (2, 120, "a/b/IM0001_f003.png"),
+        (0, 10, "a/b/IM0001_f01.png"),
+        (9, 10, "a/b/IM0001_f10.png"),
+    ],
+)
+def test_frame_suffix_is_one_based_and_padded(frame, n_frames, expected):
+    assert name(frame=frame, n_frames=n_frames) == expected
+
+
+def test_frame_out_of_range():
+    with pytest.raises(ValueError, match="out of range"):
+        name(frame=3, n_frames=3)
+
+
+@pytest.mark.parametrize(
+    "rel, expected",
+    [
+        ("IM0001", "IM0001.png"),
+        ("x/MR1.IMA", "x/MR1.png"),
+        ("x/MR1.ima", "x/MR1.png"),
+        ("scan.dicom", "scan.png"),
+        ("scan.DCM", "scan.png"),
+        ("1.2.840.113619.2.55.3.1", "1.2.840.113619.2.55.3.1.png"),  # UID names keep their dots
+        ("scan.001", "scan.001.png"),
+        (".dcm", "_dcm.png"),
+    ],
+)
+def test_extension_replacement(rel, expected):
+    assert name(rel=rel) == expected
+
+
+def test_strip_dicom_extension():
+    assert strip_dicom_extension("a.Dcm") == "a"
+    assert strip_dicom_extension("a.png") == "a.png"
+
+
+def test_bad_extension():
+    with pytest.raises(ValueError):
+        name(ext="../png")
+
+
+# --------------------------------------------------------------------------- templates
+
+
+FIELDS = {"PatientID": "P01", "StudyInstanceUID": "1.2.3", "SeriesNumber": "4", "InstanceNumber": "17"}
+
+
+def test_template_with_keywords():
+    t = "{PatientID}/{StudyInstanceUID}/{SeriesNumber}_{InstanceNumber}"
+    assert name(t, fields=FIELDS) == "P01/1.2.3/4_17.png"
+    assert name(t, fields=FIELDS.get) == "P01/1.2.3/4_17.png"  # a callable works too
+    assert compile_template(t).keywords == ("PatientID", "StudyInstanceUID", "SeriesNumber", "InstanceNumber")
+
+
+def test_template_special_fields_and_padding():
+    assert name("{stem}", rel="x/y/IM9.dcm") == "IM9.png"
+    assert name("out/{rel}", rel="x/y/IM9.dcm") == "out/x/y/IM9.png"
+    assert name("{InstanceNumber:04}", fields=FIELDS) == "0017.png"
+    assert name("{InstanceNumber:04}", fields={"InstanceNumber": "n/a"}) == "n_a.png"
+    assert name("{stem}_{frame}", frame=4, n_frames=12) == "IM0001_05.png"
+    # no {frame} in the template: frames are told apart anyway
+    assert name("{PatientID}", fields=FIELDS, frame=4, n_frames=12) == "P01_f05.png"
+
+
+def test_template_missing_or_multivalued_fields():
+    assert name("{PatientID}/{SeriesNumber}", fields={}) == "_/_.png"
+    assert name("{ImageType}", fields={"ImageType": ["ORIGINAL", "PRIMARY"]}) == "ORIGINAL_PRIMARY.png"
+
+
+@pytest.mark.parametrize(
+    "template, message",
+    [
+        ("{PatientId}", "did you mean {PatientID}"),
+        ("{NotAKeyword}", "neither a DICOM keyword"),
+        ("{}", "empty placeholder"),
+        ("{PatientID!r}", "conversions"),
+        ("{PatientID:>30}", "only a zero-padding width"),
+        ("{PatientID.x}", "neither a DICOM keyword"),
+        ("/{PatientID}", "relative"),
+        ("C:/{PatientID}", "relative"),
+        ("{PatientID}/../{stem}", "'..'"),
+        ("{PatientID", "literal braces"),
+        ("", "empty"),
+    ],
+)
+def test_template_validation(template, message):
+    with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("(", r"\(")):
+        compile_template(template)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+ATTACKS = [
+    "../../x",
+    "..",
+    ".",
+    "/etc/passwd",
+    "a\x00b",
+    "x" * 300,
+    "CON",
+    "con.txt",
+    "LPT1",
+    "COM\u00b9",
+    "Müller^Jürgen",
+    "患者",
+    "",
+    "  ",
+    "...",
+    "trailing. . .",
+    ".hidden",
+    "a\\b\\..\\..\\c",
+    "C:\\Windows",
+    'a<b>c:"d|e?f*',
+    "evil\u202etxt.exe",
+    "line\nbreak\r\t",
+    "\udcff\udcfe",  # undecodable bytes from a file name
+    "😀" * 80,
+]
+
+
+@pytest.mark.parametrize("value", ATTACKS)
+def test_tag_values_cannot_escape(value, tmp_path):
+    result = name("{PatientID}/{SeriesDescription}_{InstanceNumber}", fields={
+        "PatientID": value, "SeriesDescription": value, "InstanceNumber": value,
+    })
+    assert_safe(result)
+    assert len(result.split("/")) == 2  # values never add folders
+    path = resolve_inside(tmp_path, result)
+    assert str(path).startswith(str(tmp_path.resolve()) + os.sep)
+
+
+@pytest.mark.parametrize("value", ATTACKS)
+def test_rel_values_are_sanitised_too(value, tmp_path):
+    result = name(rel=f"dir/{value}/IM1" if value else "IM1")
+    assert_safe(result)
+    resolve_inside(tmp_path, result)
+
+
+def test_specific_sanitising():
+    assert sanitize_component("../../x") == "___.._x"
+    assert sanitize_component("/etc/passwd") == "_etc_passwd"
+    assert sanitize_component("a\x00b") == "a_b"
+    assert sanitize_component("CON") == "_CON"
+    assert sanitize_component("con.txt") == "_con.txt"
+    assert sanitize_component("CONSOLE") == "CONSOLE"
+    assert sanitize_component("") == "_"
+    assert sanitize_component("..") == "__"
+    assert sanitize_component("Müller") == "Müller"
+    assert sanitize_component("e\u0301") == "\u00e9"  # NFC
+
+
+def test_long_values_are_cut_but_stay_distinct():
+    a = sanitize_component("y" * 300 + "A")
+    b = sanitize_component("y" * 300 + "B")
+    assert a != b
+    assert len(a.encode()) <= MAX_COMPONENT_BYTES and len(b.encode()) <= MAX_COMPONENT_BYTES
+    assert a.startswith("y" * 50)
+    wide = sanitize_component("😀" * 300)  # cut on a character boundary
+    assert len(wide.encode()) <= MAX_COMPONENT_BYTES
+    wide.encode("utf-8")  # no split character
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_sanitize_is_safe_and_idempotent(value):
+    once = sanitize_component(value)
+    assert_safe(once)
+    assert "/" not in once
+    assert sanitize_component(once) == once
+
+
+@given(st.text(max_size=200), st.text(max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_any_values_stay_inside(tmp_path_factory, a, b):
+    root = tmp_path_factory.getbasetemp()
+    result = name("{PatientID}/{StudyID}_{frame}", fields={"PatientID": a, "StudyID": b}, frame=1, n_frames=2)
+    assert_safe(result)
+    resolve_inside(root, result)
+
+
+# --------------------------------------------------------------------------- resolve_inside
+
+
+@pytest.mark.parametrize("bad", ["../x.png", "/etc/passwd", "a/../../b.png", "", "a//b.png", "./a.png", "a\x00b"])
+def test_resolve_inside_rejects_unsafe_names(bad, tmp_path):
+    with pytest.raises(UnsafePathError) as info:
+        resolve_inside(tmp_path, bad)
+    assert info.value.status == Status.REFUSED
+
+
+def test_resolve_inside_symlink_pointing_outside(tmp_path):
+    root = tmp_path / "out"
+    outside = tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    (root / "P01").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match="outside the output folder"):
+        resolve_inside(root, "P01/IM1.png")
+    (root / "last.png").symlink_to(outside / "x.png")  # a dangling link out of the root
+    with pytest.raises(UnsafePathError):
+        resolve_inside(root, "last.png")
+
+
+def test_resolve_inside_allows_symlinks_that_stay_inside(tmp_path):
+    root = tmp_path / "out"
+    (root / "real").mkdir(parents=True)
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)
+    assert resolve_inside(root, "alias/IM1.png") == root.resolve() / "alias" / "IM1.png"
+
+
+def test_resolve_inside_root_itself_a_symlink(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    assert resolve_inside(tmp_path / "link", "a/b.png") == real.resolve() / "a" / "b.png"
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_registry_detects_conflicts():
+    reg = NameRegistry()
+    reg.claim("a/IM1.png", path="/in/1")
+    with pytest.raises(NameConflictError) as info:
+        reg.claim("a/IM1.png", path="/in/2")
+    assert info.value.status == Status.NAME_CONFLICT
+    assert info.value.path == "/in/2" and "a/IM1.png" in info.value.reason
+    assert len(reg) == 1
+
+
+def test_registry_is_case_and_normalisation_insensitive():
+    reg = NameRegistry()
+    reg.claim("Study/IM1.PNG")
+    with pytest.raises(NameConflictError):
+        reg.claim("study/im1.png")
+    reg.claim("caf\u00e9.png")
+    with pytest.raises(NameConflictError):
+        reg.claim("cafe\u0301.png")  # NFD, as macOS stores it
+
+
+def test_registry_claims_all_or_nothing():
+    reg = NameRegistry()
+    reg.claim(["m_f1.png", "m_f2.png"])
+    with pytest.raises(NameConflictError):
+        reg.claim(["n_f1.png", "m_f2.png"])
+    assert "n_f1.png" not in reg  # the failed claim took nothing
+    reg.claim("n_f1.png")
+    with pytest.raises(NameConflictError):
+        reg.claim(["x.png", "X.png"])  # a conflict inside one input
+    reg.release("n_f1.png")
+    reg.claim("n_f1.png")
+
+
+def test_registry_stores_digests_not_names():
+    reg = NameRegistry()
+    reg.claim("a" * 200 + ".png")
+    (key,) = reg._keys
+    assert isinstance(key, bytes) and len(key) == 16
+
+
+def test_frames_of_one_input_never_conflict():
+    reg = NameRegistry()
+    for template in (None, "{PatientID}", "{PatientID}_{frame}"):
+        reg.claim([name(template, fields=FIELDS, frame=i, n_frames=30, rel=f"t{template}") for i in range(30)])

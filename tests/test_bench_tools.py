@@ -1,0 +1,167 @@
+"""The benchmark tools: the corpus generator and the peers (benchmarks/)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+if pydicom.data.get_testdata_file("693_UNCR.dcm") is None:  # pragma: no cover
+    pytest.skip("the corpus generator needs pydicom-data", allow_module_level=True)
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import make_corpus  # noqa: E402
+import peers  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # dicom2jpg imports old pydicom names
+]
+
+
+def _read_all(folder: Path):
+    return [pydicom.dcmread(p) for p in make_corpus.corpus_files(folder)]
+
+
+@pytest.fixture(scope="module")
+def ct5(tmp_path_factory) -> Path:
+    return make_corpus.ensure_corpus("ct", count=5, out=tmp_path_factory.mktemp("bench") / "ct")
+
+
+def test_ct_corpus_is_valid_and_varied(ct5):
+    meta = make_corpus.read_manifest(ct5)
+    assert meta["files_count"] == meta["count"] == 5
+    assert meta["generator_version"] == make_corpus.GENERATOR_VERSION
+    assert meta["total_bytes"] == sum((ct5 / f).stat().st_size for f in meta["files"])
+    datasets = _read_all(ct5)
+    assert len({ds.SOPInstanceUID for ds in datasets}) == 5
+    assert len({ds.file_meta.MediaStorageSOPInstanceUID for ds in datasets}) == 5
+    pixels = [ds.pixel_array for ds in datasets]
+    assert len({hashlib.sha1(a.tobytes()).hexdigest() for a in pixels}) == 5
+    for ds, a in zip(datasets, pixels):
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert ds.Modality == "CT" and "WindowCenter" in ds and "WindowWidth" in ds
+        assert a.shape == (512, 512) and a.dtype == np.int16
+        hu = pydicom.pixels.apply_modality_lut(a, ds)
+        assert -3100 < hu.min() < -900 and 500 < hu.max() < 3100  # air .. bone
+        assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID
+    # patient/study/series folders
+    assert all(len(Path(f).parts) == 4 for f in meta["files"])
+
+
+def test_ct_uids_are_deterministic(ct5, tmp_path):
+    again = make_corpus.ensure_corpus("ct", count=5, out=tmp_path / "ct")
+    assert [ds.SOPInstanceUID for ds in _read_all(again)] == [ds.SOPInstanceUID for ds in _read_all(ct5)]
+
+
+def test_cache_is_reused_then_rebuilt_on_version_change(tmp_path, monkeypatch):
+    folder = make_corpus.ensure_corpus("ct", count=2, out=tmp_path / "c")
+    stamp = (folder / "corpus.json").stat().st_mtime_ns
+    assert make_corpus.ensure_corpus("ct", count=2, out=folder) == folder
+    assert (folder / "corpus.json").stat().st_mtime_ns == stamp
+    monkeypatch.setattr(make_corpus, "GENERATOR_VERSION", make_corpus.GENERATOR_VERSION + 1)
+    make_corpus.ensure_corpus("ct", count=2, out=folder)
+    assert json.loads((folder / "corpus.json").read_text())["generator_version"] == make_corpus.GENERATOR_VERSION
+    # a missing file also triggers a rebuild
+    first = folder / make_corpus.read_manifest(folder)["files"][0]
+    first.unlink()
+    make_corpus.ensure_corpus("ct", count=2, out=folder)
+    assert first.is_file()
+
+
+def test_refuses_to_replace_a_foreign_folder(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        make_corpus.ensure_corpus("ct", count=1, out=tmp_path / "x")
+    assert (tmp_path / "x" / "precious.txt").read_text() == "keep me"
+
+
+def test_mixed_corpus_decodes(tmp_path):
+    folder = make_corpus.ensure_corpus("mixed", count=12, out=tmp_path / "mixed")
+    datasets = _read_all(folder)
+    assert len(datasets) == 12
+    assert len({ds.SOPInstanceUID for ds in datasets}) == 12
+    for ds in datasets:
+        assert ds.pixel_array.size > 0
+    assert len({ds.file_meta.TransferSyntaxUID for ds in datasets}) >= 2
+
+
+def test_mammo_is_jpeg2000_lossless_monochrome2(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_corpus, "MAMMO_SHAPE", (256, 208))  # the real size takes ~3 s
+    folder = make_corpus.ensure_corpus("mammo", count=1, out=tmp_path / "mg")
+    (ds,) = _read_all(folder)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    assert (ds.Modality, ds.PhotometricInterpretation, ds.BitsStored) == ("MG", "MONOCHROME2", 12)
+    a = ds.pixel_array
+    assert a.shape == (256, 208) and 0 < a.max() < 4096
+    assert a[:, -1].mean() < 200 < a[:, :10].mean() or a[:, 0].mean() < 200 < a[:, -10:].mean()
+
+
+# --------------------------------------------------------------------------- peers
+SINGLE = [p for p in peers.PEERS if p != "floor"]
+
+
+@pytest.mark.parametrize("fmt", peers.FORMATS)
+@pytest.mark.parametrize("name", SINGLE)
+def test_peer_converts_one_file(name, fmt, ct5, tmp_path):
+    reason = peers.unavailable_reason(name)
+    if reason:
+        pytest.skip(reason)
+    src = make_corpus.corpus_files(ct5)[0]
+    outs = peers.convert_one(name, src, str(tmp_path / "img"), fmt)
+    assert outs == [str(tmp_path / "img") + peers.EXTENSIONS[fmt]]
+    assert peers.check_image(outs[0], (512, 512)) is None
+    if fmt == "png":  # every peer draws the same window: within rounding of the naive recipe
+        from PIL import Image
+
+        got = np.asarray(Image.open(outs[0]).convert("L")).astype(int)
+        assert np.abs(got - peers.naive_render(src)).max() <= 2
+
+
+def test_check_image_rejects_wrong_or_missing_output(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "a.png")
+    assert peers.check_image(str(tmp_path / "a.png"), (6, 4)) is None
+    assert "expected" in peers.check_image(str(tmp_path / "a.png"), (512, 512))
+    assert "missing" in peers.check_image(str(tmp_path / "b.png"), (6, 4))
+
+
+@pytest.mark.parametrize("name", ["naive", "fast", "floor", "dicom2jpg"])
+def test_run_peer_over_a_few_files(name, ct5, tmp_path):
+    reason = peers.unavailable_reason(name)
+    if reason:
+        pytest.skip(reason)
+    files = make_corpus.corpus_files(ct5)[:3]
+    r = peers.run_peer(name, files, tmp_path / name, "png", workers=2)
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["files"] == 3 and r["seconds"] > 0 and r["files_per_s"] > 0 and r["mb_per_s"] > 0
+
+
+def test_floor_takes_an_encoder_callable(ct5, tmp_path):
+    calls = []
+
+    def encode(img):
+        calls.append(img.shape)
+        return peers.encode_cv2_png(img)
+
+    files = make_corpus.corpus_files(ct5)[:2]
+    r = peers.run_peer("floor", files, tmp_path / "f", "png", workers=1, encoder=encode, write=True)
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["writes_outputs"] and len(list((tmp_path / "f").glob("*.png"))) == 2
+    assert calls  # the verification sample runs in this process
+
+
+def test_run_peer_counts_a_failing_file(tmp_path, ct5):
+    bad = tmp_path / "not.dcm"
+    bad.write_bytes(b"not dicom at all")
+    files = [make_corpus.corpus_files(ct5)[0], str(bad)]
+    r = peers.run_peer("naive", files, tmp_path / "out", "jpeg", workers=1)
+    assert r["errors"] == 1 and "not.dcm" in r["error_samples"][0]

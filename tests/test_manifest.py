@@ -1,0 +1,248 @@
+"""manifest.py: JSON-lines records, crash tolerance, the resume index, the summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import pytest
+
+from fastdcm.discover import Rejected, Source
+from fastdcm.errors import Status
+from fastdcm.manifest import (
+    DONE_STATUSES,
+    ManifestWriter,
+    Record,
+    done_index,
+    format_summary,
+    read_manifest,
+    source_key,
+    summarize,
+)
+
+
+def full_record(i: int = 0, **kw) -> Record:
+    base = dict(
+        source=f"/archive/p{i}/IM{i:04d}",
+        status=Status.CONVERTED,
+        reason="",
+        size=1000 + i,
+        mtime_ns=1_700_000_000_000_000_000 + i,
+        rel=f"p{i}/IM{i:04d}",
+        outputs=[f"p{i}/IM{i:04d}_f1.png", f"p{i}/IM{i:04d}_f2.png"],
+        frames=2,
+        transfer_syntax="1.2.840.10008.1.2.1",
+        voi="window",
+        timings={"read": 0.001, "render": 0.0002, "encode": 0.003},
+        time=1_700_000_000.5,
+    )
+    base.update(kw)
+    return Record(**base)
+
+
+def test_record_round_trip():
+    rec = full_record(3)
+    line = rec.to_json()
+    assert "\n" not in line
+    assert json.loads(line)["status"] == "converted"
+    assert Record.from_json(line) == rec
+
+
+def test_record_odd_paths_round_trip():
+    for path in ["/data/Müller/患者/IM1", "/data/\udcff\udcfebytes", 'quote"and\\backslash']:
+        rec = full_record(source=path)
+        line = rec.to_json()
+        line.encode("ascii")  # ASCII-only: valid UTF-8 whatever the names
+        assert Record.from_json(line).source == path
+
+
+def test_record_statuses_accept_strings_and_reject_unknown():
+    assert Record(source="x", status="not_dicom").status is Status.NOT_DICOM
+    with pytest.raises(ValueError):
+        Record(source="x", status="bogus")
+
+
+def test_record_keeps_unknown_keys():
+    rec = Record.from_json('{"source":"a","status":"refused","worker":7}')
+    assert rec.extra == {"worker": 7}
+    assert json.loads(rec.to_json())["worker"] == 7
+
+
+def test_record_minimal_and_invalid():
+    rec = Record.from_json('{"source":"a","status":"timeout"}')
+    assert rec.outputs == [] and rec.timings == {} and rec.size is None
+    for bad in ['{"status":"converted"}', "[]", '{"source":"a","status":"converted"', "garbage"]:
+        with pytest.raises(ValueError):
+            Record.from_json(bad)
+
+
+def test_record_from_source_and_rejected():
+    s = Source(path="/a/IM1", rel="IM1", size=5, mtime_ns=6)
+    rec = Record.from_source(s, "converted", outputs=["IM1.png"])
+    assert (rec.source, rec.size, rec.mtime_ns, rec.rel, rec.outputs) == ("/a/IM1", 5, 6, "IM1", ["IM1.png"])
+    r = Rejected(path="/cd/../x", status=Status.REFUSED, reason="outside")
+    rec = Record.from_source(r, r.status, r.reason)
+    assert rec.status is Status.REFUSED and rec.size is None
+
+
+# --------------------------------------------------------------------------- writing and reading
+
+
+def test_writer_round_trip(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    records = [full_record(i) for i in range(5)]
+    with ManifestWriter(path) as writer:
+        writer.write_batch(records[:3])
+        writer.write(records[3])
+        writer.write(records[4])
+    assert writer.closed and writer.count == 5
+    assert list(read_manifest(path)) == records
+    assert len(path.read_text().splitlines()) == 5
+
+
+def test_write_batch_is_flushed_before_close(tmp_path):
+    path = tmp_path / "m.jsonl"
+    writer = ManifestWriter(path)
+    writer.write_batch([full_record(1), full_record(2)])
+    assert len(list(read_manifest(path))) == 2  # visible to a reader (or after a crash)
+    writer.close()
+
+
+def test_close_fsyncs(tmp_path, monkeypatch):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd)))
+    with ManifestWriter(tmp_path / "m.jsonl") as writer:
+        writer.write(full_record())
+    assert len(calls) == 1
+
+
+def test_appends_to_an_existing_manifest(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.write(full_record(1))
+    with ManifestWriter(path) as w:
+        w.write(full_record(2))
+    assert [r.source for r in read_manifest(path)] == [full_record(1).source, full_record(2).source]
+
+
+def test_truncated_last_line_is_skipped(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.write_batch([full_record(i) for i in range(3)])
+    line = full_record(9).to_json()
+    with open(path, "a", encoding="ascii") as f:
+        f.write(line[: len(line) // 2])  # a crash mid-write
+    assert [r.source for r in read_manifest(path)] == [full_record(i).source for i in range(3)]
+    assert len(list(read_manifest(path, strict=True))) == 3  # a cut last line is expected
+
+    # the next run appends: its first record must not be glued to the fragment
+    with ManifestWriter(path) as w:
+        w.write(full_record(4))
+    assert [r.source for r in read_manifest(path)] == [full_record(i).source for i in (0, 1, 2, 4)]
+    with pytest.raises(ValueError, match="bad manifest line"):
+        list(read_manifest(path, strict=True))  # now a bad line in the middle
+
+
+def test_complete_record_without_newline_is_kept(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(full_record(1).to_json() + "\n" + full_record(2).to_json())
+    assert len(list(read_manifest(path))) == 2
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_done_index_honours_size_and_mtime(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.write_batch(
+            [
+                full_record(1),
+                full_record(2, status=Status.DECODE_ERROR, reason="bad"),
+                full_record(3, status=Status.SKIPPED),
+                full_record(4, status=Status.NOT_DICOM),
+            ]
+        )
+    done = done_index(path)
+    r1 = full_record(1)
+    assert source_key(r1.source, r1.size, r1.mtime_ns) in done
+    assert source_key(r1.source, r1.size + 1, r1.mtime_ns) not in done  # changed size: redo
+    assert source_key(r1.source, r1.size, r1.mtime_ns + 1) not in done  # touched: redo
+    r2, r3, r4 = full_record(2), full_record(3), full_record(4)
+    assert source_key(r2.source, r2.size, r2.mtime_ns) not in done  # failed: redo
+    assert source_key(r3.source, r3.size, r3.mtime_ns) in done
+    assert source_key(r4.source, r4.size, r4.mtime_ns) not in done
+    assert len(done) == 2
+    wider = done_index(path, statuses=DONE_STATUSES | {Status.NOT_DICOM})
+    assert source_key(r4.source, r4.size, r4.mtime_ns) in wider
+
+
+def test_done_index_latest_record_wins(tmp_path):
+    path = tmp_path / "m.jsonl"
+    rec = full_record(1)
+    with ManifestWriter(path) as w:
+        w.write(rec)
+        w.write(full_record(1, status=Status.WRITE_ERROR))  # a later overwrite failed
+    assert source_key(rec.source, rec.size, rec.mtime_ns) not in done_index(path)
+    with ManifestWriter(path) as w:
+        w.write(rec)
+    assert source_key(rec.source, rec.size, rec.mtime_ns) in done_index(path)
+
+
+def test_done_index_from_a_real_source_after_a_change(tmp_path):
+    f = tmp_path / "IM1"
+    f.write_bytes(b"x" * 10)
+    st = os.stat(f)
+    s = Source(path=str(f), rel="IM1", size=st.st_size, mtime_ns=st.st_mtime_ns)
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.write(Record.from_source(s, Status.CONVERTED, outputs=["IM1.png"]))
+    assert source_key(s.path, s.size, s.mtime_ns) in done_index(path)
+    f.write_bytes(b"y" * 11)
+    st = os.stat(f)
+    assert source_key(str(f), st.st_size, st.st_mtime_ns) not in done_index(path)
+
+
+def test_done_index_missing_manifest_and_rejected_records(tmp_path):
+    assert done_index(tmp_path / "none.jsonl") == set()
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.write(Record(source="/missing", status=Status.CONVERTED))  # no size: never "done"
+    assert done_index(path) == set()
+
+
+def test_done_index_keys_are_digests(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with ManifestWriter(path) as w:
+        w.write(full_record(1, source="/" + "long/" * 100))
+    (key,) = done_index(path)
+    assert isinstance(key, bytes) and len(key) == 16
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+def test_summarize_and_format():
+    records = [full_record(i) for i in range(7)]
+    records += [full_record(8, status=Status.NOT_DICOM), full_record(9, status=Status.WORKER_CRASH)]
+    counter = summarize(records)
+    assert counter == Counter({Status.CONVERTED: 7, Status.NOT_DICOM: 1, Status.WORKER_CRASH: 1})
+    assert summarize(["converted", Status.TIMEOUT]) == Counter({Status.CONVERTED: 1, Status.TIMEOUT: 1})
+    table = format_summary(counter, discovered=9)
+    lines = table.splitlines()
+    assert lines[0].split() == ["status", "count", "share"]
+    body = [line.split() for line in lines[2:-2]]
+    assert body == [["converted", "7", "77.8%"], ["not_dicom", "1", "11.1%"], ["worker_crash", "1", "11.1%"]]
+    assert lines[-1].split() == ["total", "9"]
+    assert "MISMATCH" not in table
+
+
+def test_format_summary_shows_a_broken_invariant():
+    table = format_summary(Counter({Status.CONVERTED: 3}), discovered=4)
+    assert "MISMATCH: 4 inputs discovered but 3 statuses recorded" in table
+
+
+def test_format_summary_empty():
+    assert format_summary(Counter()).splitlines()[-1].split() == ["total", "0"]

@@ -8,11 +8,13 @@ syntax from :data:`PREFERRED_PLUGINS` rather than by whatever happens to be inst
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import (
     UID,
@@ -147,6 +149,12 @@ def _decode_with_pydicom(header: Header, index: int) -> np.ndarray:
     ds = header.dataset
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DecodeError("the pixel data is not available to the decoder")
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        # A dataset without file meta (no preamble): tell pydicom what the header parser found,
+        # on a shallow copy so the caller's dataset is left as it was.
+        ds = copy.copy(ds)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ts
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

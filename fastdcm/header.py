@@ -191,7 +191,16 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except InvalidDicomError as exc:
-        raise NotDicomError(f"not a DICOM file ({exc})") from None
+        if not _looks_like_raw_dataset(buffer):
+            raise NotDicomError(f"not a DICOM file ({exc})") from None
+        # No preamble and no meta (ACR-NEMA style): a raw little-endian dataset.
+        fp = io.BytesIO(buffer)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        except Exception as exc2:
+            raise NotDicomError(f"not a DICOM file ({type(exc2).__name__}: {exc2})") from None
     except (EOFError, OSError) as exc:
         raise TruncatedPixelDataError(f"file ends inside its header ({exc})") from None
     except Exception as exc:  # pydicom raises many types on malformed headers
@@ -199,6 +208,22 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
     if len(ds) == 0 and not ds.file_meta:
         raise NotDicomError("no DICOM elements found")
     return _header_from_dataset(ds, buffer=buffer, path=name, pixel_pos=fp.tell())
+
+
+def _looks_like_raw_dataset(buffer: bytes) -> bool:
+    """A dataset without preamble: it starts with a group 0002/0008 element, either VR encoding."""
+    if len(buffer) < 8:
+        return False
+    for order in "<>":  # little or big endian
+        group, elem = struct.unpack_from(order + "HH", buffer, 0)
+        if group not in (0x0002, 0x0008) or elem > 0x0200:
+            continue
+        vr = buffer[4:6]
+        if vr.isalpha() and vr.isupper():
+            return True  # explicit VR
+        (length,) = struct.unpack_from(order + "I", buffer, 4)
+        return length < len(buffer)  # implicit VR: a plausible length
+    return False
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -234,10 +259,13 @@ def _header_from_dataset(
         pixel_keyword, offset, length, undefined = _locate_pixel_element(buffer, pixel_pos, ds, has_image_module)
         encapsulated = undefined
     if pixel_keyword is None:
-        if has_image_module:
-            raise TruncatedPixelDataError("the header describes an image but the pixel data is missing")
         sop = ds.get("SOPClassUID")
         what = UID(str(sop)).name if sop else "this object"
+        if has_image_module or "Image Storage" in what:
+            stopped = ""
+            if buffer is not None and pixel_pos is not None and pixel_pos < len(buffer):
+                stopped = f" (the header parser stopped at byte {pixel_pos} of {len(buffer)})"
+            raise TruncatedPixelDataError(f"{what}: the header describes an image but the pixel data is missing{stopped}")
         raise NoImageError(f"no pixel data ({what})")
     if not has_image_module:
         raise InvalidPixelModuleError("pixel data without Rows, Columns and Bits Allocated")
@@ -269,7 +297,7 @@ def _read_full(buffer: bytes) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(io.BytesIO(buffer))
+            return pydicom.dcmread(io.BytesIO(buffer), force=True)
     except Exception as exc:
         raise TruncatedPixelDataError(f"pixel data cannot be read: {type(exc).__name__}: {exc}") from None
 

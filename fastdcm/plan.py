@@ -122,13 +122,20 @@ def modality_of(ds: Dataset, spec: PixelSpec, frame: int) -> Modality:
     if item is None and ds.get("ModalityLUTSequence"):
         return Modality(lut=True)
     try:
-        slope = float(src.get("RescaleSlope", 1.0) or 1.0) if "RescaleSlope" in src else 1.0
-        intercept = float(src.get("RescaleIntercept", 0.0) or 0.0) if "RescaleIntercept" in src else 0.0
+        slope = _number(src.get("RescaleSlope"), 1.0)
+        intercept = _number(src.get("RescaleIntercept"), 0.0)
     except (TypeError, ValueError) as exc:
         raise InvalidPixelModuleError(f"Rescale Slope/Intercept cannot be read: {exc}") from None
     if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0.0:
         raise InvalidPixelModuleError(f"Rescale Slope {slope} / Intercept {intercept} is not usable")
     return Modality(slope=slope, intercept=intercept)
+
+
+def _number(value, default: float) -> float:
+    """A DS value as float; absent or empty gives the default (0 is a value, not absent)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    return float(value)
 
 
 def _values(value) -> list:

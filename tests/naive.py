@@ -44,7 +44,16 @@ def _round(y: np.ndarray) -> np.ndarray:
 def reference(path, frame: int = 0) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except pydicom.errors.InvalidDicomError:  # no preamble: a raw dataset
+            ds = pydicom.dcmread(path, force=True)
+            implicit, little = ds.original_encoding
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = (
+                pydicom.uid.ImplicitVRLittleEndian if implicit
+                else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+            )
         arr = pixel_array(ds, index=frame)
         view = frame_view(ds, frame)
         pi = ds.PhotometricInterpretation

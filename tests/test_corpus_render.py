@@ -40,14 +40,21 @@ def _classify(path: str):
     name = os.path.basename(path)
     if name in EXPECTED_ERRORS:
         return EXPECTED_ERRORS[name]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception:
-        return NotDicomError
+        except Exception:
+            try:  # no preamble: a raw dataset starting with group 0008
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            except Exception:
+                return NotDicomError
+            if "SOPClassUID" not in ds:
+                return NotDicomError
     if not any(k in ds for k in ("Rows", "Columns", "BitsAllocated")):
-        return NoImageError
+        # An image SOP class without its pixel data is a failure, anything else holds no image.
+        sop = str(ds.get("SOPClassUID", ""))
+        return TruncatedPixelDataError if "Image Storage" in pydicom.uid.UID(sop).name else NoImageError
     return "image"
 
 

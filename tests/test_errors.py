@@ -1,0 +1,213 @@
+"""Bad input gets a typed error naming the file and the reason, before any kernel runs."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import tracemalloc
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import UID
+
+import fastdcm
+from fastdcm import decode
+from fastdcm.errors import (
+    DecodeError,
+    FastDcmError,
+    InvalidOptionError,
+    InvalidPixelModuleError,
+    MissingDecoderError,
+    NoImageError,
+    NotDicomError,
+    Status,
+    TruncatedPixelDataError,
+    UnsupportedTransferSyntaxError,
+)
+
+CT = get_testdata_file("CT_small.dcm")
+
+
+def _write(tmp_path, name: str, ds: pydicom.Dataset) -> str:
+    path = str(tmp_path / name)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _ct(**changes) -> pydicom.Dataset:
+    ds = pydicom.dcmread(CT)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _raises(cls, path, fragment: str) -> FastDcmError:
+    with pytest.raises(cls) as info:
+        fastdcm.render(path)
+    err = info.value
+    assert err.path == str(path), err.path
+    assert fragment.lower() in err.reason.lower(), err.reason
+    assert str(path) in str(err)
+    return err
+
+
+def test_not_dicom(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not a DICOM file at all\n" * 10)
+    err = _raises(NotDicomError, path, "not a DICOM file")
+    assert err.status is Status.NOT_DICOM
+
+
+def test_missing_file_and_directory(tmp_path):
+    _raises(NotDicomError, tmp_path / "nope.dcm", "no such file")
+    _raises(NotDicomError, tmp_path, "directory")
+
+
+def test_empty_and_tiny_files(tmp_path):
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    _raises(NotDicomError, tmp_path / "empty.dcm", "bytes long")
+
+
+@pytest.mark.parametrize("name", ["rtplan.dcm", "rtstruct.dcm"])
+def test_no_image(name):
+    path = get_testdata_file(name)
+    err = _raises(NoImageError, path, "no pixel data")
+    assert err.status is Status.NO_IMAGE
+
+
+def test_pixel_data_shorter_than_header_promises(tmp_path):
+    path = _write(tmp_path, "rows.dcm", _ct(Rows=1000))
+    _raises(TruncatedPixelDataError, path, "need")
+
+
+def test_file_cut_inside_pixel_data(tmp_path):
+    data = open(CT, "rb").read()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: len(data) - 1000])
+    err = _raises(TruncatedPixelDataError, path, "only")
+    assert err.status is Status.TRUNCATED
+
+
+def test_pixel_data_missing_entirely(tmp_path):
+    ds = _ct()
+    del ds.PixelData
+    path = _write(tmp_path, "nopix.dcm", ds)
+    _raises(TruncatedPixelDataError, path, "pixel data is missing")
+
+
+def test_parser_stopped_early_is_not_silent(tmp_path):
+    """An element whose length runs past the end stops pydicom's parser without an error:
+    the pixel data is then silently absent from the dataset. fastdcm must notice."""
+    data = bytearray(open(CT, "rb").read())
+    ds = pydicom.dcmread(CT)
+    # Patch the length of (0008,0060) Modality (explicit VR, 2-byte length) to 0xFFFF.
+    tag = struct.pack("<HH", 0x0008, 0x0060) + b"CS"
+    at = data.index(tag)
+    data[at + 6 : at + 8] = struct.pack("<H", 0xFFFF)
+    path = tmp_path / "stopped.dcm"
+    path.write_bytes(bytes(data))
+    assert "Rows" in ds
+    err = _raises(TruncatedPixelDataError, path, "pixel data is missing")
+    assert "CT Image Storage" in err.reason
+
+
+@pytest.mark.parametrize(
+    "changes, fragment",
+    [
+        ({"BitsStored": 17}, "Bits Stored"),
+        ({"HighBit": 11}, "High Bit"),
+        ({"BitsAllocated": 12}, "Bits Allocated"),
+        ({"SamplesPerPixel": 2}, "Samples per Pixel"),
+        ({"PixelRepresentation": 2}, "Pixel Representation"),
+        ({"Rows": 0}, "Rows"),
+        ({"NumberOfFrames": 0}, "Number of Frames"),
+        ({"PhotometricInterpretation": "RGB"}, "RGB needs Samples per Pixel 3"),
+        ({"PhotometricInterpretation": "HSV"}, "not supported"),
+        ({"RescaleSlope": 0}, "Rescale"),
+    ],
+)
+def test_invalid_pixel_module(tmp_path, changes, fragment):
+    path = _write(tmp_path, "bad.dcm", _ct(**changes))
+    err = _raises(InvalidPixelModuleError, path, fragment)
+    assert err.status is Status.INVALID_PIXEL_MODULE
+
+
+def test_huge_claims_fail_fast_without_allocating(tmp_path):
+    ds = _ct(Rows=60000, Columns=60000, NumberOfFrames=1000)
+    path = _write(tmp_path, "huge.dcm", ds)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidPixelModuleError) as info:
+            fastdcm.render(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "over the limit" in info.value.reason
+    assert peak < 20 * 2**20, peak
+
+
+def test_many_frames_claimed_but_not_there(tmp_path):
+    path = _write(tmp_path, "frames.dcm", _ct(NumberOfFrames=500))
+    _raises(TruncatedPixelDataError, path, "500 frame(s)")
+
+
+def test_unsupported_transfer_syntax(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2: no decoder exists
+    path = tmp_path / "mpeg.dcm"
+    ds.save_as(path)
+    err = _raises(UnsupportedTransferSyntaxError, path, "not supported")
+    assert err.status is Status.UNSUPPORTED_TRANSFER_SYNTAX
+
+
+def test_missing_decoder_names_the_pip_command(monkeypatch):
+    class NoPlugins:
+        available_plugins: dict = {}
+
+    monkeypatch.setattr(decode, "get_decoder", lambda ts: NoPlugins())
+    path = get_testdata_file("JPEG2000.dcm")
+    err = _raises(MissingDecoderError, path, "pip install pylibjpeg pylibjpeg-openjpeg")
+    assert err.status is Status.MISSING_DECODER
+
+
+def test_decode_failure(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    broken = frames[0][:40] + bytes(len(frames[0]) - 40)  # header kept, codestream zeroed
+    ds.PixelData = pydicom.encaps.encapsulate([broken])
+    path = tmp_path / "broken_j2k.dcm"
+    ds.save_as(path)
+    err = _raises(DecodeError, path, "cannot be decoded")
+    assert err.status is Status.DECODE_ERROR
+
+
+def test_frame_out_of_range():
+    with pytest.raises(InvalidOptionError) as info:
+        fastdcm.render(CT, frame=1)
+    assert "1 frame" in info.value.reason and info.value.path == CT
+
+
+def test_voi_index_out_of_range():
+    with pytest.raises(InvalidOptionError):
+        fastdcm.render(get_testdata_file("MR_small.dcm"), voi="window", voi_index=7)
+    with pytest.raises(InvalidOptionError):
+        fastdcm.render(get_testdata_file("MR_small.dcm"), voi="voi_lut")
+
+
+def test_errors_pickle_with_their_path():
+    err = DecodeError("boom", path="/x/y.dcm")
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is DecodeError and again.path == "/x/y.dcm" and again.reason == "boom"
+
+
+def test_sources_other_than_paths():
+    by_path = fastdcm.render(CT)
+    data = open(CT, "rb").read()
+    np.testing.assert_array_equal(fastdcm.render(data), by_path)
+    np.testing.assert_array_equal(fastdcm.render(io.BytesIO(data)), by_path)
+    np.testing.assert_array_equal(fastdcm.render(pydicom.dcmread(CT)), by_path)
+    with pytest.raises(TypeError):
+        fastdcm.render(12345)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import glob as _glob
 import hashlib
-import logging
 import os
 import re
 import stat as _stat
@@ -60,7 +59,6 @@ __all__ = [
     "OTHER",
 ]
 
-log = logging.getLogger(__name__)
 
 #: Status of an input that does not exist (or cannot be read before a worker sees it).
 #: errors.Status has no MISSING member yet; "not_dicom" is the nearest: the path is not a
@@ -524,8 +522,9 @@ def iter_sources(
 
     - a file: always yielded (whatever its content) so it gets a status; a DICOMDIR file
       (recognised by content) is expanded into the files its records reference;
-    - a directory: walked recursively (symlinked subdirectories are not followed); DICOM
-      files are recognised by content; non-DICOM files and DICOMDIRs are skipped and counted;
+    - a directory: walked recursively (symlinked subdirectories are not followed); files
+      that look like DICOM by content, or whose name ends in ``.dcm``/``.dicom``/``.dic``/
+      ``.ima`` (any case), are yielded; other files and DICOMDIRs are skipped and counted;
     - a glob pattern (``*``, ``?``, ``[..]``, ``**`` recursive), if no file has that literal
       name: each match is handled as if named explicitly; no match gives a Rejected record;
     - ``@list.txt``: one path per line, blank lines and ``#`` comments skipped, relative

@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from .discover import DICOM_EXTENSIONS as _DISCOVERED_EXTENSIONS
 from .errors import FastDcmError, Status, UnsafePathError
 
 __all__ = [
@@ -52,7 +53,7 @@ SPECIAL_FIELDS = frozenset({"stem", "rel", "frame"})
 
 #: Extensions removed from the input's name before the output extension is added. Other
 #: suffixes are kept (``1.2.840.113619.2.1`` is a UID-named file, not an extension ``.1``).
-DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic", ".ima")
+DICOM_EXTENSIONS = tuple(sorted(_DISCOVERED_EXTENSIONS))
 
 _WINDOWS_FORBIDDEN = set('<>:"/\\|?*')
 _WINDOWS_RESERVED = frozenset(

@@ -590,14 +590,20 @@ def run_peer(name: str, files: Sequence[str], out_dir: str | os.PathLike, fmt: s
         target = out_dir / "dicom2jpg"
         with _quiet_stdout():
             t0 = time.perf_counter()
-            _dicom2jpg_run(staged, str(target), fmt, workers)
+            try:
+                _dicom2jpg_run(staged, str(target), fmt, workers)
+            except Exception as exc:
+                # one file raising in a dicom2jpg worker aborts its whole call (after
+                # its pool has finished every other file): count it, keep the rest
+                errors.append(f"dicom2jpg raised {type(exc).__name__}: {exc}")
             seconds = time.perf_counter() - t0
         shutil.rmtree(stage)
         produced = sorted(str(p) for p in target.rglob("*") if p.is_file())
-        if len(produced) != len(files):
-            errors.append(f"dicom2jpg wrote {len(produced)} images for {len(files)} inputs "
-                          "(it prints and skips what it cannot convert, e.g. multi-frame)")
-            errors += ["(not converted)"] * max(0, len(files) - len(produced) - 1)
+        missing = len(files) - len(produced)
+        if missing > 0:
+            # it prints and skips what it cannot convert (e.g. multi-frame): one error each
+            errors.extend([f"dicom2jpg wrote {len(produced)} images for {len(files)} inputs"]
+                          * (missing - len(errors)))
         outputs = []  # its own names: checked against the set of input sizes below
         if verify:
             sizes = {_expected_size(f) for f in files}

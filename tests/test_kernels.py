@@ -23,9 +23,10 @@ RAW_DTYPES = {8: np.uint8, 16: np.uint16, 32: np.uint32}
 
 
 def test_every_kernel_follows_the_policy():
-    assert kernels.POLICY == {"cache": True, "nogil": True}
+    assert kernels.POLICY == {"cache": True, "nogil": True, "error_model": "numpy"}
     for kernel in kernels.KERNELS:
         assert kernel.targetoptions.get("nogil") is True, kernel
+        assert kernel.targetoptions.get("error_model") == "numpy", kernel
         assert type(kernel._cache).__name__ != "NullCache", f"{kernel} is not cached"
         assert kernel.targetoptions.get("parallel") in (None, False), kernel
 
@@ -187,3 +188,10 @@ def test_linear_window_edges_follow_the_standard():
     assert 127 <= y[3] <= 128
     step = quantize(voi_values(np.array([9.4, 9.5, 9.6]), MODE_LINEAR, 10.0, 1.0, 255.0), 255.0, False)
     assert list(step) == [0.0, 0.0, 255.0]
+
+
+def test_nan_under_a_width_one_window_is_zero_not_an_exception():
+    raw = np.array([np.nan, 0.0, 1.0], np.float32)
+    out = np.empty(3, np.uint8)
+    kernels.voi_float(raw, 1.0, 0.0, MODE_LINEAR, 0.5, 1.0, 255.0, False, np.zeros(1, np.uint8), 0, out)
+    assert out.tolist() == [0, 0, 255]

@@ -1,6 +1,7 @@
 """The only place that imports numba: the decorator policy, the kernels, their numpy twins.
 
-Policy: every kernel is ``jit`` = ``numba.njit(cache=True, nogil=True)``. A kernel takes
+Policy: every kernel is ``jit`` = ``numba.njit(cache=True, nogil=True, error_model="numpy")``
+(numpy semantics for float division: a NaN pixel under a width-1 window gives NaN, never an exception). A kernel takes
 arrays and scalars, writes a preallocated output, allocates nothing and reads no globals.
 Numba does no bounds checks, so callers (render.py) validate every shape and index range
 first; the table kernels index with ``(raw & mask) ^ flip``, which is below ``mask + 1``
@@ -25,7 +26,7 @@ import numpy as np
 from .voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_LUT, MODE_SCALE, MODE_SIGMOID
 
 #: THE decorator policy. A test checks every kernel below was built with it.
-POLICY = {"cache": True, "nogil": True}
+POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}
 jit = numba.njit(**POLICY)
 
 __all__ = [

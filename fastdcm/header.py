@@ -29,6 +29,7 @@ from pydicom.uid import (
     UID,
 )
 
+from . import fastheader
 from .errors import (
     FastDcmError,
     InvalidPixelModuleError,
@@ -116,15 +117,32 @@ class PixelSpec:
         return {**asdict(self), "transfer_syntax_name": self.transfer_syntax_name}
 
 
-@dataclass
 class Header:
-    """A parsed header: the validated spec, pydicom's dataset (without pixel data when native)
-    and the bytes of the file (frames of native data are views into them)."""
+    """A parsed header: the validated spec, the attributes the pipeline reads, and the bytes
+    of the file (frames of native data are views into them).
 
-    spec: PixelSpec
-    dataset: Dataset
-    buffer: bytes | None
-    path: str | None
+    ``attrs`` is pydicom's dataset, or for files the fast parser read (fastheader.py) a
+    small mapping with the same keywords; ``dataset`` is always pydicom's, parsed on first
+    use when the fast parser was enough for rendering.
+    """
+
+    __slots__ = ("spec", "attrs", "buffer", "path", "_dataset")
+
+    def __init__(self, spec: PixelSpec, attrs: Any, buffer: bytes | None, path: str | None) -> None:
+        self.spec = spec
+        self.attrs = attrs
+        self.buffer = buffer
+        self.path = path
+        self._dataset = attrs if isinstance(attrs, Dataset) else None
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            assert self.buffer is not None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._dataset = pydicom.dcmread(io.BytesIO(self.buffer), stop_before_pixels=True)
+        return self._dataset
 
 
 def source_name(src: Any) -> str:
@@ -185,6 +203,13 @@ def read_header(src: SourceLike) -> Header:
 def _header_from_bytes(buffer: bytes, name: str) -> Header:
     if len(buffer) < 8:
         raise NotDicomError(f"only {len(buffer)} bytes long")
+    fast = fastheader.parse(buffer)
+    if fast is not None:
+        ts, attrs, offset, length = fast
+        pi = str(attrs.get("PhotometricInterpretation", ""))
+        if attrs.get("BitsAllocated") in (8, 16, 32) and not pi.startswith("YBR") and "Rows" in attrs:
+            spec = _validate(attrs, UID(ts), "PixelData", False, offset, length)
+            return Header(spec=spec, attrs=attrs, buffer=buffer, path=name)
     fp = io.BytesIO(buffer)
     try:
         with warnings.catch_warnings():
@@ -290,7 +315,7 @@ def _header_from_dataset(
         spec = dataclasses.replace(spec, pixel_offset=-1, pixel_length=-1)
     else:
         spec = _validate(ds, ts, pixel_keyword, encapsulated, offset, length)
-    return Header(spec=spec, dataset=ds, buffer=buffer if native_view else None, path=path)
+    return Header(spec=spec, attrs=ds, buffer=buffer if native_view else None, path=path)
 
 
 def _read_full(buffer: bytes) -> Dataset:
@@ -342,7 +367,7 @@ def _locate_pixel_element(
     return keyword, start, length, False
 
 
-def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
+def _int(ds: Any, keyword: str, default: int | None = None) -> int:
     value = ds.get(keyword, default)
     if value is None or value == "":
         if default is None:
@@ -357,7 +382,7 @@ def _int(ds: Dataset, keyword: str, default: int | None = None) -> int:
 
 
 def _validate(
-    ds: Dataset, ts: UID, pixel_keyword: str, encapsulated: bool, offset: int, length: int
+    ds: Any, ts: UID, pixel_keyword: str, encapsulated: bool, offset: int, length: int
 ) -> PixelSpec:
     """Range and consistency checks of RENDERING.md section 1, before anything is allocated."""
     try:

@@ -68,7 +68,7 @@ class Image:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
         try:
             stored = stored_frame(self._header, int(frame))
-            array, voi = _render_stored(stored, self._header.dataset, self.spec, int(frame), options)
+            array, voi = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
         return Rendered(array=array, frame=int(frame), voi=voi)
@@ -213,6 +213,6 @@ def inspect(src: SourceLike, **options: Any) -> Inspection:
     """
     opts = _options(options)
     image = open_image(src)
-    plan = build_plan(image.dataset, image.spec, 0, opts)
+    plan = build_plan(image._header.attrs, image.spec, 0, opts)
     voi = plan.voi if plan is not None else image.render_frame(0, opts).voi
     return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=image.decoder, voi=voi)

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO, Union
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -315,6 +316,8 @@ def _header_from_dataset(
         spec = dataclasses.replace(spec, pixel_offset=-1, pixel_length=-1)
     else:
         spec = _validate(ds, ts, pixel_keyword, encapsulated, offset, length)
+        if encapsulated and pixel_keyword in ds:
+            _check_fragments(ds[pixel_keyword].value, spec.number_of_frames)
     return Header(spec=spec, attrs=ds, buffer=buffer if native_view else None, path=path)
 
 
@@ -365,6 +368,21 @@ def _locate_pixel_element(
             f"pixel data element claims {length} bytes but only {n - start} follow"
         )
     return keyword, start, length, False
+
+
+def _check_fragments(data: bytes, frames: int) -> None:
+    """Encapsulated pixel data must hold at least one fragment per frame (PS3.5 A.4)."""
+    try:
+        if len(data) < 8 or struct.unpack_from("<I", data, 0)[0] != 0xE000FFFE:
+            raise ValueError("it does not start with an item")
+        (bot_length,) = struct.unpack_from("<I", data, 4)
+        count, _ = parse_fragments(data[8 + bot_length :])
+    except Exception as exc:
+        raise TruncatedPixelDataError(f"encapsulated pixel data is malformed: {exc}") from None
+    if count < frames:
+        raise TruncatedPixelDataError(
+            f"encapsulated pixel data has {count} fragment(s) for {frames} frame(s)"
+        )
 
 
 def _int(ds: Any, keyword: str, default: int | None = None) -> int:

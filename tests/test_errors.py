@@ -211,3 +211,18 @@ def test_sources_other_than_paths():
     np.testing.assert_array_equal(fastdcm.render(pydicom.dcmread(CT)), by_path)
     with pytest.raises(TypeError):
         fastdcm.render(12345)
+
+
+def test_encapsulated_frames_missing(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.NumberOfFrames = 3  # one fragment for three frames
+    path = tmp_path / "j2k_frames.dcm"
+    ds.save_as(path)
+    _raises(TruncatedPixelDataError, path, "1 fragment(s) for 3 frame(s)")
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.PixelData = ds.PixelData[:20]  # basic offset table and a cut item header
+    path = tmp_path / "j2k_cut.dcm"
+    ds.save_as(path)
+    with pytest.raises((TruncatedPixelDataError, DecodeError)) as info:
+        fastdcm.render(path)
+    assert info.value.path == str(path)

@@ -453,7 +453,7 @@ def _validate(
             raise bad(f"{pi} needs Samples per Pixel 3, not {spp}")
     else:
         raise bad(f"Photometric Interpretation {pi!r} is not supported")
-    if pi == PALETTE and (pr != 0 and ba > 16 or ba > 16):
+    if pi == PALETTE and ba > 16:
         raise bad(f"PALETTE COLOR with Bits Allocated {ba} is not supported")
     if pi not in GRAYSCALE and pi != PALETTE and is_float:
         raise bad(f"{pixel_keyword} with {pi} is not supported")

@@ -403,7 +403,7 @@ def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
     except Exception as exc:
         raise InvalidPixelModuleError(f"palette colour lookup table cannot be read: {exc}") from None
-    bits = 16 if rgb.dtype.itemsize > 1 and bits not in (8, 16) else bits
-    scale = ymax / float((1 << (8 if bits <= 8 else 16)) - 1)
+    # LUT entries are 8 or 16 bits (PS3.3 C.7.6.3.1.5); pydicom returns uint8 or uint16 to match.
+    scale = ymax / float((1 << (8 if bits == 8 else 16)) - 1)
     table = quantize(rgb.astype(np.float64) * scale, ymax, False).astype(out_dtype)
     return RenderPlan("palette", "palette", out_dtype, ymax, mask, flip, np.ascontiguousarray(table))

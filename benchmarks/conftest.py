@@ -3,7 +3,7 @@
 Every benchmark group holds fastdcm and the peers it is compared with, timed in the same
 run. At the end of a run with timings on, the table of ratios (peer median / fastdcm median)
 is printed next to the target from TARGETS; ``--enforce-targets`` makes a missed target
-fail the session. ``compare.py`` (the gate) compares medians against the committed baseline.
+fail the session. ``gate.py`` (the gate) compares medians against the committed baseline.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "kernel-ct": ("test_kernel_ct[fastdcm]", "test_kernel_ct[pydicom]", 20.0, "fused kernel vs pydicom LUT functions, 512x512 int16"),
     "kernel-mammo": ("test_kernel_mammo[fastdcm]", "test_kernel_mammo[numpy-copy]", 1 / 1.5, "fused kernel within 1.5x of one numpy copy, 4096x3328 uint16"),
     "render-ct": ("test_render_ct[fastdcm]", "test_render_ct[recipe]", 4.0, "render(path) at most 0.25x the pydicom recipe"),
+    "kernel-int16-12bit-512": ("test_kernel[int16-12bit-512-fastdcm]", "test_kernel[int16-12bit-512-pydicom]", 5.0, "plan + fused kernel vs pydicom LUT functions, 512x512 12-bit"),
+    "kernel-uint16-16bit-4096x3328": ("test_kernel[uint16-16bit-4096x3328-kernel]", "test_kernel[uint16-16bit-4096x3328-numpy]", 2.0, "fused kernel vs its numpy twin, 4096x3328 16-bit"),
+    "kernel-float32-2048": ("test_kernel[float32-2048-kernel]", "test_kernel[float32-2048-numpy]", 2.0, "float path kernel vs its numpy twin, 2048x2048"),
+    "header-ct": ("test_header[ct-fastdcm]", "test_header[ct-dcmread-stop]", 2.0, "open_image vs dcmread(stop_before_pixels), CT slice"),
+    "decode-jpeg-ls": ("test_decode[jpeg-ls-fastdcm]", "test_decode[jpeg-ls-pydicom]", 1.0, "stored_frame vs pixel_array, JPEG-LS 1024x1024"),
 }
 
 

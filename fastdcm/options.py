@@ -100,3 +100,130 @@ def split_options(cls: type, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any
     mine = {k: v for k, v in kwargs.items() if k in names}
     rest = {k: v for k, v in kwargs.items() if k not in names}
     return cls(**mine), rest
+
+
+class OnExists(str, Enum):
+    """What to do when an output file exists already (from before this run)."""
+
+    SKIP = "skip"  # leave it; the input is recorded as skipped
+    OVERWRITE = "overwrite"  # replace it atomically
+    ERROR = "error"  # leave it; the input is recorded as write_error
+
+
+class Frames(str, Enum):
+    """Which frames of a multi-frame object to write."""
+
+    ALL = "all"
+    FIRST = "first"
+
+
+def _default_workers() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """``"4G"``, ``"512M"``, ``"1.5G"`` or a number of bytes -> bytes; ``0``/``none`` -> None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) or None
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    if text in ("", "0", "NONE", "OFF"):
+        return None
+    unit = text[-1] if text[-1] in _UNITS else ""
+    number = text[: len(text) - len(unit)]
+    try:
+        size = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"memory size must look like 4G, 512M or 1073741824, not {value!r}") from None
+    if not math.isfinite(size) or size <= 0:
+        raise ValueError(f"memory size must be positive, not {value!r}")
+    return int(size)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions:
+    """How ``convert`` runs over many inputs (rendering itself is :class:`RenderOptions`)."""
+
+    format: str = field(
+        default="png",
+        metadata=_meta("output format: png (fast), png-small (smallest, slow), jpeg or npy"),
+    )
+    quality: int = field(default=90, metadata=_meta("JPEG quality, 1-100"))
+    name: str | None = field(
+        default=None,
+        metadata=_meta(
+            "output name template with {Keyword}, {stem}, {rel}, {frame} fields, e.g. "
+            "'{PatientID}/{SeriesInstanceUID}/{InstanceNumber:04}'; default: mirror the input paths",
+            metavar="TEMPLATE",
+        ),
+    )
+    on_exists: OnExists = field(
+        default=OnExists.ERROR,
+        metadata=_meta("when an output exists from before this run: skip, overwrite or error"),
+    )
+    frames: Frames = field(default=Frames.ALL, metadata=_meta("which frames to write: all or first"))
+    workers: int = field(
+        default_factory=_default_workers,
+        metadata=_meta("worker processes (0: run in this process, no fault isolation); default: CPUs"),
+    )
+    batch_size: int = field(default=16, metadata=_meta("inputs sent to a worker at a time"))
+    timeout: float = field(
+        default=300.0, metadata=_meta("seconds one input may take before its worker is killed (0: none)")
+    )
+    memory_limit: str | None = field(
+        default="auto",
+        metadata=_meta(
+            "address-space limit per worker, e.g. 4G (auto: RAM / workers, at least 2G; none: no limit)",
+            metavar="SIZE",
+        ),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_meta("convert only inputs without a successful manifest record for the same size and mtime"),
+    )
+    manifest: str | None = field(
+        default=None, metadata=_meta("manifest path (default: OUT/manifest.jsonl)", metavar="PATH")
+    )
+    fsync: bool = field(default=False, metadata=_meta("fsync every output file before it is renamed into place"))
+    quiet: bool = field(default=False, metadata=_meta("no progress bar or progress lines"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "on_exists", OnExists(self.on_exists))
+        object.__setattr__(self, "frames", Frames(self.frames))
+        object.__setattr__(self, "format", str(self.format).lower())
+        if not 1 <= int(self.quality) <= 100:
+            raise ValueError(f"quality must be 1-100, not {self.quality!r}")
+        if int(self.workers) < 0:
+            raise ValueError(f"workers must be 0 or more, not {self.workers!r}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, not {self.batch_size!r}")
+        if float(self.timeout) < 0:
+            raise ValueError(f"timeout must be 0 (none) or positive, not {self.timeout!r}")
+        if self.memory_limit is not None and str(self.memory_limit).lower() != "auto":
+            parse_size(self.memory_limit)
+        for name in ("quality", "workers", "batch_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "timeout", float(self.timeout))
+
+    def memory_limit_bytes(self) -> int | None:
+        """The per-worker RLIMIT_AS in bytes (None: no limit)."""
+        if self.memory_limit is not None and str(self.memory_limit).lower() == "auto":
+            import os
+
+            try:
+                ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            except (ValueError, OSError, AttributeError):
+                return None
+            return max(2 << 30, ram // max(1, self.workers))
+        return parse_size(self.memory_limit)
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of an option field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")

@@ -1,0 +1,340 @@
+"""Executors: run a batch function over a stream of batches, serially or in a process pool.
+
+This is the only module that knows about processes. The unit of work is a *batch* (a list
+of small picklable items, e.g. :class:`~fastdcm.discover.Source`); the batch function runs
+where the work happens, never raises, and returns one small result per item::
+
+    fn(items, context, progress, retry) -> list[result]
+
+``retry`` is True when the items are being run again (alone) after their batch's worker
+died: an item may then find outputs its own earlier attempt wrote. ``progress(i)`` is called by ``fn`` before it starts item ``i``; in a pool it writes
+(item index, start time) into a shared array, one slot per worker, so the parent always
+knows which item each worker is on and since when. That is how faults stay with the item
+that caused them:
+
+- a worker that dies (segfault, abort, killed) fails only the item it was on, with
+  ``worker_crash`` (``out_of_memory`` if it died of SIGKILL that the pool did not send:
+  the kernel's OOM killer); the other items of its batch are retried, each alone;
+- an item running longer than ``timeout`` seconds gets its worker killed and is marked
+  ``timeout``; the other items of the batch are retried, each alone;
+- each worker runs under ``RLIMIT_AS = memory_limit`` bytes, so an allocation beyond it
+  raises ``MemoryError`` inside ``fn`` (which reports ``out_of_memory`` for that item);
+- a dead worker is replaced; the pool never breaks (unlike concurrent.futures').
+
+Start method: ``forkserver`` (``spawn`` where it does not exist). ``fork`` would be
+fastest, but the parent may run threads (the caller's, a progress thread, OpenMP or
+Numba pools) and a forked child can inherit locks held by them and deadlock. The fork
+server is a clean single-threaded process that pre-imports :mod:`fastdcm.worker`, so
+a worker (or a replacement after a crash) starts by a plain fork of it in a few ms.
+
+Batches are pulled lazily from the input iterable: at most one batch per worker is in
+flight (plus the retries of crashed batches), so memory does not grow with the input.
+
+Environment: every ``FASTDCM_*`` variable of the parent at pool start is passed to the
+workers (the fork server may be older than the caller's environment). Workers set
+``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and
+``NUMBA_NUM_THREADS`` to 1, ignore SIGINT (the parent owns Ctrl-C) and turn SIGTERM
+into a clean exit (status ``interrupted``).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .errors import Status
+
+__all__ = ["Fault", "SerialExecutor", "ProcessExecutor", "make_executor", "EXIT_INTERRUPTED"]
+
+log = logging.getLogger(__name__)
+
+#: Exit code of a worker that was asked to stop (SIGTERM) and cleaned up.
+EXIT_INTERRUPTED = 3
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+_POLL = 0.1  # seconds between deadline checks
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the pool knows about an item whose result was lost: its status and why."""
+
+    status: Status
+    reason: str
+
+
+BatchFn = Callable[[Sequence[Any], Any, Callable[[int], None], bool], list]
+FaultFn = Callable[[Any, Fault], Any]
+
+
+def _no_progress(i: int) -> None:
+    return None
+
+
+class SerialExecutor:
+    """Runs every batch in this process: no isolation, no start-up cost (``workers=0``)."""
+
+    def __init__(self, fn: BatchFn, context: Any, *, initializer: Callable[[], None] | None = None, **_: Any) -> None:
+        self.fn = fn
+        self.context = context
+        if initializer is not None:
+            initializer()
+
+    def map_batches(self, batches: Iterable[Sequence[Any]]) -> Iterator[tuple[Sequence[Any], list]]:
+        for batch in batches:
+            yield batch, self.fn(batch, self.context, _no_progress, False)
+
+    def close(self, *, abort: bool = False) -> list[Sequence[Any]]:
+        return []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(abort=exc[0] is not None)
+
+
+# --------------------------------------------------------------------------- inside a worker
+
+
+class _Stop(BaseException):
+    """Raised in a worker by SIGTERM: unwinds through ``finally`` blocks (temp files)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Stop()
+
+
+def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    os.environ.update(env)
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+    if memory_limit:
+        import resource
+
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        except (ValueError, OSError) as exc:  # e.g. a lower hard limit: keep it
+            log.warning("cannot set the worker memory limit: %s", exc)
+    base = 2 * slot
+
+    def progress(i: int) -> None:
+        slots[base + 1] = time.monotonic()
+        slots[base] = i
+
+    try:
+        if initializer is not None:
+            initializer()
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            batch_id, items, retry = msg
+            results = fn(items, context, progress, retry)
+            slots[base] = -1
+            conn.send((batch_id, results))
+    except _Stop:
+        sys.exit(EXIT_INTERRUPTED)
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class _Worker:
+    def __init__(self, pool: "ProcessExecutor", slot: int) -> None:
+        self.slot = slot
+        parent, child = pool._mp.Pipe(duplex=True)
+        self.conn = parent
+        self.process = pool._mp.Process(
+            target=_worker_main,
+            args=(pool.fn, pool.context, child, pool._slots, slot, pool.initializer, pool.memory_limit, pool._env),
+            name=f"fastdcm-worker-{slot}",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+        self.batch: tuple[int, Sequence[Any], bool] | None = None  # (id, items, retry)
+        self.killed_for_timeout = False
+
+    def send(self, batch_id: int, items: Sequence[Any], retry: bool) -> None:
+        self.batch = (batch_id, items, retry)
+        self.conn.send((batch_id, items, retry))
+
+
+class ProcessExecutor:
+    """A pool of worker processes that survives its workers (see the module docstring)."""
+
+    def __init__(
+        self,
+        fn: BatchFn,
+        context: Any,
+        *,
+        workers: int,
+        on_fault: FaultFn,
+        initializer: Callable[[], None] | None = None,
+        timeout: float | None = None,
+        memory_limit: int | None = None,
+        start_method: str | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("a process pool needs at least one worker")
+        method = start_method or ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self._mp = mp.get_context(method)
+        if method == "forkserver":
+            self._mp.set_forkserver_preload(["fastdcm.worker"])
+        self.fn = fn
+        self.context = context
+        self.on_fault = on_fault
+        self.initializer = initializer
+        self.timeout = timeout
+        self.memory_limit = memory_limit
+        self._env = {k: v for k, v in os.environ.items() if k.startswith("FASTDCM_")}
+        self._slots = self._mp.RawArray("d", 2 * workers)
+        for i in range(2 * workers):
+            self._slots[i] = -1
+        self._workers: list[_Worker | None] = [None] * workers
+        self._retries: deque[Any] = deque()
+        self._next_id = 0
+        self.crashes = 0
+        t0 = time.perf_counter()
+        for slot in range(workers):
+            self._workers[slot] = _Worker(self, slot)
+        log.debug("started %d %s workers in %.3f s", workers, method, time.perf_counter() - t0)
+
+    def map_batches(self, batches: Iterable[Sequence[Any]]) -> Iterator[tuple[Sequence[Any], list]]:
+        """Yield ``(items, results)`` as batches finish (not in input order). Items that were
+        retried alone come back as batches of one."""
+        source = iter(batches)
+        exhausted = False
+        while True:
+            for worker in self._workers:
+                if worker is not None and worker.batch is None:
+                    if self._retries:
+                        worker.send(self._new_id(), [self._retries.popleft()], True)
+                        continue
+                    if exhausted:
+                        continue
+                    items = next(source, None)
+                    if items is None:
+                        exhausted = True
+                        continue
+                    worker.send(self._new_id(), list(items), False)
+            busy = [w for w in self._workers if w is not None and w.batch is not None]
+            if not busy:
+                if exhausted and not self._retries:
+                    return
+                continue
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=_POLL)
+            for worker in busy:
+                if worker.conn in ready:
+                    try:
+                        batch_id, results = worker.conn.recv()
+                    except (EOFError, OSError):
+                        yield from self._lost(worker)
+                        continue
+                    _, items, _ = worker.batch
+                    worker.batch = None
+                    yield items, results
+                elif worker.process.sentinel in ready:
+                    yield from self._lost(worker)
+            if self.timeout:
+                now = time.monotonic()
+                for worker in busy:
+                    if worker.batch is None or not worker.process.is_alive():
+                        continue
+                    index = int(self._slots[2 * worker.slot])
+                    started = self._slots[2 * worker.slot + 1]
+                    if index >= 0 and now - started > self.timeout:
+                        worker.killed_for_timeout = True
+                        worker.process.kill()
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _lost(self, worker: _Worker) -> Iterator[tuple[Sequence[Any], list]]:
+        """A worker died holding a batch: fault the item it was on, retry the others alone."""
+        worker.process.join(5)
+        code = worker.process.exitcode
+        _, items, retry = worker.batch
+        index = int(self._slots[2 * worker.slot])
+        self._replace(worker)
+        if code == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt("a worker was asked to stop (SIGTERM)")
+        self.crashes += 1
+        if worker.killed_for_timeout:
+            fault = Fault(Status.TIMEOUT, f"killed after the per-file deadline of {self.timeout:g} s")
+        elif code == -signal.SIGKILL:
+            fault = Fault(Status.OUT_OF_MEMORY, "the worker was killed by SIGKILL (probably the kernel's OOM killer)")
+        elif code is not None and code < 0:
+            fault = Fault(Status.WORKER_CRASH, f"the worker died of signal {signal.Signals(-code).name} on this file")
+        else:
+            fault = Fault(Status.WORKER_CRASH, f"the worker exited unexpectedly (exit code {code}) on this file")
+        if not 0 <= index < len(items):  # died between items: nobody to blame, retry all
+            self._retries.extend(items)
+            return
+        culprit = items[index]
+        log.warning("%s: %s", getattr(culprit, "path", culprit), fault.reason)
+        self._retries.extend(items[:index])
+        self._retries.extend(items[index + 1 :])
+        yield [culprit], [self.on_fault(culprit, fault)]
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.conn.close()
+        self._slots[2 * worker.slot] = -1
+        self._workers[worker.slot] = _Worker(self, worker.slot)
+
+    def close(self, *, abort: bool = False) -> list[Sequence[Any]]:
+        """Stop the workers. ``abort=True`` (Ctrl-C): SIGTERM them, so each removes its
+        temporary file, then SIGKILL after 5 s. Returns the batches that were in flight or
+        waiting for a retry, whose results are lost (the caller records them)."""
+        lost: list[Sequence[Any]] = []
+        if self._retries:
+            lost.append(list(self._retries))
+            self._retries.clear()
+        workers = [w for w in self._workers if w is not None]
+        for w in workers:
+            if w.batch is not None:
+                lost.append(w.batch[1])
+                w.batch = None
+            if abort:
+                if w.process.is_alive():
+                    w.process.terminate()
+            else:
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 5
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join()
+            w.conn.close()
+        self._workers = [None] * len(self._workers)
+        return lost
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(abort=exc[0] is not None)
+
+
+def make_executor(fn: BatchFn, context: Any, *, workers: int, **kwargs: Any):
+    """``workers=0``: :class:`SerialExecutor`; otherwise a :class:`ProcessExecutor`."""
+    if workers == 0:
+        return SerialExecutor(fn, context, initializer=kwargs.get("initializer"))
+    return ProcessExecutor(fn, context, workers=workers, **kwargs)

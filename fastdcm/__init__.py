@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .convert import Report, convert
 from .decode import decoders
 from .errors import (
     DecodeError,
@@ -26,6 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "render",
+    "convert",
+    "Report",
     "iter_frames",
     "inspect",
     "open_image",

@@ -75,8 +75,14 @@ def fault_result(source: Any, fault: Any) -> Result:
 
 
 def initialize() -> None:
-    """Worker initializer: load the Numba kernels from the disk cache before the first file."""
+    """Worker initializer: load the Numba kernels from the disk cache before the first file,
+    and silence pydicom's per-file warnings (the manifest holds each file's outcome)."""
+    import warnings
+
     from . import kernels
+
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
 
     kernels.warmup()
 

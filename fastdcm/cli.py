@@ -1,0 +1,187 @@
+"""The ``fastdcm`` command, built from :mod:`fastdcm.options`.
+
+    fastdcm convert SRC... -o OUT [options]   every DICOM image below SRC -> OUT (calls fastdcm.convert)
+    fastdcm info FILE                         the dataset as pydicom prints it, then fastdcm.inspect
+    fastdcm info --plugins                    decoder plugins and how to install a missing one
+    fastdcm render FILE -o out.png            one frame, the format chosen by the extension
+
+Every option flag is generated from a field of ``ConvertOptions`` or ``RenderOptions``
+(name, type, choices, help), so flags and keyword arguments cannot drift apart. Results go
+to stdout, logs and progress to stderr. Exit codes: 0 every input converted (or had no
+image), 1 some inputs failed, 2 usage error, 130 interrupted (the resume command is shown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import typing
+from enum import Enum
+from typing import Any, Sequence
+
+from .errors import FastDcmError
+from .options import ConvertOptions, RenderOptions, option_fields, option_flag
+
+log = logging.getLogger("fastdcm")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _unwrap(tp: Any) -> Any:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def add_option_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per field of the options dataclass ``cls``; unset flags are not passed on."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in option_fields(cls):
+        tp = _unwrap(hints[f.name])
+        meta = f.metadata
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": meta.get("help", "")}
+        if tp is bool:
+            kwargs["action"] = "store_true"
+        else:
+            if isinstance(tp, type) and issubclass(tp, Enum):
+                kwargs["choices"] = [m.value for m in tp]
+            elif tp in (int, float):
+                kwargs["type"] = tp
+            if "metavar" in meta:
+                kwargs["metavar"] = meta["metavar"]
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if default is not None and not isinstance(default, bool):
+                kwargs["help"] += f" (default: {getattr(default, 'value', default)})"
+        group.add_argument(option_flag(f.name), **kwargs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastdcm", description="Fast, correct DICOM to PNG/JPEG conversion.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", help="convert files, folders, globs, @lists, DICOMDIRs to images")
+    conv.add_argument("sources", nargs="+", metavar="SRC", help="file, folder, glob, @list.txt, - (stdin) or DICOMDIR")
+    conv.add_argument("-o", "--out", required=True, help="output folder (created if needed)")
+    add_option_flags(conv, ConvertOptions, "conversion")
+    add_option_flags(conv, RenderOptions, "rendering")
+
+    info = sub.add_parser("info", help="print a file's dataset and what fastdcm will do with it")
+    info.add_argument("file", nargs="?", help="a DICOM file")
+    info.add_argument("--plugins", action="store_true", help="list decoder plugins and how to install missing ones")
+
+    render = sub.add_parser("render", help="render one frame of one file to an image file")
+    render.add_argument("file")
+    render.add_argument("-o", "--out", required=True, help="output file; its extension picks the format")
+    render.add_argument("--frame", type=int, default=0, help="frame index (0-based)")
+    add_option_flags(render, RenderOptions, "rendering")
+    return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fastdcm: %(message)s"))
+    root = logging.getLogger("fastdcm")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def _options(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
+    names = {f.name for cls in classes for f in option_fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .convert import convert
+
+    options = _options(args, ConvertOptions, RenderOptions)
+    try:
+        report = convert(args.sources, args.out, stdin=sys.stdin, **options)
+    except (ValueError, TypeError) as exc:  # invalid options: usage error, nothing written
+        parser.error(str(exc))
+    except FastDcmError as exc:  # e.g. a missing encoder package
+        print(f"fastdcm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(report.summary())
+    print(f"manifest: {report.manifest}")
+    if report.interrupted:
+        print(f"fastdcm: interrupted. To resume: {report.resume_command}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import decoders, inspect
+
+    if args.plugins:
+        rows = decoders()
+        width = max(len(r.name) for r in rows)
+        for r in rows:
+            state = r.plugin if r.plugin else f"MISSING: {r.install}"
+            print(f"{r.transfer_syntax:<24} {r.name:<{width}}  {state}")
+        from .encoders import available
+
+        for name, state in available().items():
+            print(f"encoder {name:<10} {'available' if state is True else state}")
+        return EXIT_OK
+    if not args.file:
+        parser.error("info needs a FILE (or --plugins)")
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(args.file, force=True, stop_before_pixels=True)
+        print(ds)
+    except Exception as exc:  # pydicom raises many types on a damaged file: show it, go on
+        print(f"(pydicom cannot read the dataset: {type(exc).__name__}: {exc})")
+    print()
+    try:
+        print(inspect(args.file))
+    except FastDcmError as exc:
+        print(f"{exc.status.value}: {exc.reason}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from . import render
+    from .encoders import get_encoder
+
+    ext = os.path.splitext(args.out)[1].lower().lstrip(".")
+    fmt = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "npy": "npy"}.get(ext)
+    if fmt is None:
+        parser.error(f"cannot tell the format from {args.out!r}: use .png, .jpg or .npy")
+    try:
+        array = render(args.file, frame=args.frame, **_options(args, RenderOptions))
+        data = get_encoder(fmt).encode(array)
+    except (ValueError, TypeError) as exc:
+        if not isinstance(exc, FastDcmError):
+            parser.error(str(exc))
+        print(f"fastdcm: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except FastDcmError as exc:
+        print(f"fastdcm: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    tmp = args.out + ".part"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, args.out)
+    print(args.out)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, getattr(args, "quiet", False))
+    commands = {"convert": _cmd_convert, "info": _cmd_info, "render": _cmd_render}
+    return commands[args.command](args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

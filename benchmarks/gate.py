@@ -1,0 +1,277 @@
+"""The benchmark gate: fastdcm's micro-benchmarks against the committed baseline.
+
+    python benchmarks/gate.py             # run, compare, exit 1 on a regression of > 15 %
+    python benchmarks/gate.py --update    # rewrite benchmarks/baseline/micro.json
+    python benchmarks/gate.py --threshold 10 --reruns 3 --json-dir /tmp/gate
+
+What it runs: the micro-benchmarks of fastdcm's own code (``bench_kernels.py``,
+``bench_header.py``, ``bench_decode.py``, ``bench_encoders.py``, ``bench_render.py``),
+only the entries that time fastdcm (``impl`` = ``fastdcm`` or ``kernel``, fastdcm's
+encoders) plus ``test_reference_numpy``; not the peers (not our code), not the
+end-to-end report (report.py: too slow and too noisy for a gate), not the first call in a
+fresh process (dominated by interpreter start-up). ``--update`` decides that set and
+writes it; a plain run times exactly the benchmarks listed in the baseline. A baseline
+benchmark that no longer exists fails the gate ("run --update"), so the baseline cannot
+silently go stale.
+
+How it compares: pytest-benchmark writes the JSON (``--benchmark-json``; the baseline is
+that JSON, so ``pytest-benchmark compare benchmarks/baseline/micro.json new.json`` works for
+a human), and this script compares **normalised** medians: every median is divided by the
+median of ``test_reference_numpy`` (a fixed numpy rescale + window on 512x512 int16, no
+fastdcm code) from the same run. A benchmark regresses when
+
+    (median / reference median) now  >  (1 + threshold) * (median / reference median) in the baseline
+
+Why normalise instead of ``--benchmark-compare-fail=median:15%``: that option compares
+absolute seconds against a run stored for the same machine id, so a baseline committed
+from one CPU fails spuriously (or hides real regressions) on a slower (faster) CI runner,
+and a shared 2-core machine that is busy for the whole run slows every benchmark alike.
+Dividing by an in-run yardstick cancels the CPU's speed and most of a uniform slowdown;
+what remains is how fastdcm's code performs relative to plain numpy on that machine, which
+is what a code change moves. The yardstick is not perfect (a CPU with a different memory
+/ compute balance shifts some ratios by a few per cent), which the 15 % threshold absorbs.
+
+Noise: a shared 2-core machine produces one-off slow medians. Every benchmark that
+regresses is run again, alone with the reference (``--reruns``, default 2 more times), and
+the gate fails only when it regressed in **every** run; the message names each benchmark
+and its regression in every run. A benchmark whose output check fails (a fast wrong
+answer) fails the gate at once.
+
+Exit codes: 0 no regression; 1 a regression, a failed benchmark or a stale baseline;
+2 usage or set-up error (no baseline: run --update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BASELINE = HERE / "baseline" / "micro.json"
+SUITE = ("bench_kernels.py", "bench_header.py", "bench_decode.py", "bench_encoders.py", "bench_render.py")
+REFERENCE = "test_reference_numpy"
+#: fastdcm's own encoders in bench_encoders.py (the Pillow entries there are references)
+OWN_ENCODERS = {"test_png_fast_default", "test_png_small", "test_jpeg_q90"}
+OWN_IMPLS = {"fastdcm", "kernel"}
+THRESHOLD = 0.15
+RERUNS = 2
+PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-o", "testpaths=benchmarks", "--benchmark-only",
+               "--benchmark-sort=fullname", "--benchmark-columns=median,iqr,rounds")
+
+
+# --------------------------------------------------------------------------- pure logic
+def is_gated(bench: dict) -> bool:
+    """Whether a pytest-benchmark JSON entry times fastdcm's own code (or is the yardstick)."""
+    name = bench["name"].split("[")[0]
+    if name == REFERENCE or name in OWN_ENCODERS:
+        return True
+    return (bench.get("params") or {}).get("impl") in OWN_IMPLS
+
+
+def _key(bench: dict) -> str:
+    return bench["fullname"]
+
+
+def normalised_medians(data: dict) -> dict[str, float]:
+    """fullname -> median / the reference's median, for one pytest-benchmark JSON document."""
+    medians = {_key(b): float(b["stats"]["median"]) for b in data.get("benchmarks", [])}
+    ref = [m for k, m in medians.items() if k.split("::")[-1] == REFERENCE]
+    if not ref or ref[0] <= 0:
+        raise GateError(f"the run has no {REFERENCE} to normalise by")
+    return {k: m / ref[0] for k, m in medians.items()}
+
+
+@dataclass(frozen=True)
+class Regression:
+    name: str
+    ratio: float  # normalised median now / in the baseline (1.30 = 30 % slower)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {100 * (self.ratio - 1):+.1f} %"
+
+
+def compare(baseline: dict, current: dict, threshold: float = THRESHOLD,
+            names: Iterable[str] | None = None) -> tuple[list[Regression], dict[str, float]]:
+    """Regressions of ``current`` against ``baseline`` (both pytest-benchmark JSON documents).
+
+    Returns the regressions (normalised ratio above ``1 + threshold``, worst first) and the
+    ratio of every benchmark present in both (restricted to ``names`` when given).
+    """
+    base, now = normalised_medians(baseline), normalised_medians(current)
+    wanted = set(names) if names is not None else set(base)
+    ratios = {k: now[k] / base[k] for k in sorted(wanted & set(base) & set(now))
+              if k.split("::")[-1] != REFERENCE}
+    regressions = [Regression(k, r) for k, r in ratios.items() if r > 1.0 + threshold]
+    return sorted(regressions, key=lambda r: -r.ratio), ratios
+
+
+class GateError(Exception):
+    """A set-up problem: no baseline, no reference benchmark, pytest could not run."""
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    regressions: dict[str, list[float]]  # name -> its ratio in every run (all above threshold)
+    failed: list[str]  # benchmarks whose run failed (wrong answer, error) or vanished
+    runs: int
+    ratios: dict[str, float]  # first run: every benchmark's normalised ratio
+
+    def report(self, threshold: float = THRESHOLD) -> str:
+        lines = []
+        for name, ratios in sorted(self.regressions.items(), key=lambda kv: -min(kv[1])):
+            runs = ", ".join(f"{100 * (r - 1):+.1f} %" for r in ratios)
+            lines.append(f"REGRESSION {name}: median {100 * (min(ratios) - 1):+.1f} % at best "
+                         f"(runs: {runs}; limit +{100 * threshold:.0f} %)")
+        lines += [f"FAILED {name}" for name in self.failed]
+        if self.ok:
+            lines.append(f"gate passed: {len(self.ratios)} benchmarks within +{100 * threshold:.0f} % "
+                         f"of the baseline (normalised medians; {self.runs} run(s))")
+        return "\n".join(lines)
+
+
+Runner = Callable[[list[str]], dict]
+
+
+def gate(baseline: dict, run: Runner, threshold: float = THRESHOLD, reruns: int = RERUNS,
+         log: Callable[[str], None] = lambda s: None) -> Outcome:
+    """Run every baseline benchmark, rerun the regressed ones, fail on those that always regress.
+
+    ``run(names)`` times the benchmarks ``names`` (pytest node ids; the reference is always
+    added) and returns pytest-benchmark's JSON document; entries missing from it count as failed.
+    """
+    names = [_key(b) for b in baseline["benchmarks"]]
+    reference = [n for n in names if n.split("::")[-1] == REFERENCE]
+    if not reference:
+        raise GateError(f"the baseline has no {REFERENCE}: rewrite it with --update")
+    current = run(names)
+    got = {_key(b) for b in current.get("benchmarks", [])}
+    failed = [n for n in names if n not in got]
+    if reference[0] in failed:
+        raise GateError(f"{REFERENCE} did not run; nothing to normalise by")
+    regressions, ratios = compare(baseline, current, threshold)
+    history = {r.name: [r.ratio] for r in regressions}
+    runs = 1
+    for i in range(reruns):
+        if not history:
+            break
+        runs += 1
+        log(f"rerun {i + 1}/{reruns}: {len(history)} regressed benchmark(s): "
+            + ", ".join(f"{n} ({100 * (h[-1] - 1):+.0f} %)" for n, h in history.items()))
+        again = run(sorted(history) + reference)
+        still, _ = compare(baseline, again, threshold, names=history)
+        still_names = {r.name: r.ratio for r in still}
+        history = {n: h + [still_names[n]] for n, h in history.items() if n in still_names}
+    return Outcome(ok=not history and not failed, regressions=history, failed=failed, runs=runs,
+                   ratios=ratios)
+
+
+# --------------------------------------------------------------------------- running pytest
+def run_pytest(targets: list[str], json_path: Path, extra: Iterable[str] = ()) -> tuple[int, dict]:
+    cmd = [sys.executable, "-m", "pytest", *targets, *PYTEST_ARGS, f"--benchmark-json={json_path}", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode not in (0, 1) or not json_path.exists():
+        raise GateError(f"pytest exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}")
+    if proc.returncode == 1:  # some benchmark failed its check: show pytest's summary
+        sys.stderr.write(proc.stdout[-4000:])
+    return proc.returncode, json.loads(json_path.read_text())
+
+
+def collected(targets: list[str]) -> set[str]:
+    """The node ids pytest would run, for a baseline that may be stale."""
+    cmd = [sys.executable, "-m", "pytest", *targets, "--collect-only", "-q", "-p", "no:cacheprovider",
+           "-o", "testpaths=benchmarks"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    return {line.strip() for line in proc.stdout.splitlines() if "::" in line}
+
+
+def make_runner(json_dir: Path) -> Runner:
+    counter = iter(range(1, 1000))
+
+    def run(names: list[str]) -> dict:
+        path = json_dir / f"run-{next(counter)}.json"
+        t0 = time.perf_counter()
+        _, data = run_pytest(list(names), path)
+        print(f"  timed {len(data.get('benchmarks', []))} benchmarks in {time.perf_counter() - t0:.0f} s "
+              f"-> {path}", file=sys.stderr, flush=True)
+        return data
+
+    return run
+
+
+def update(path: Path, json_dir: Path) -> int:
+    """Time the whole micro suite once and keep the gated entries as the new baseline."""
+    targets = [f"benchmarks/{f}" for f in SUITE]
+    code, data = run_pytest(targets, json_dir / "update.json", ["-k", "not first_call"])
+    if code != 0:
+        print("gate --update: some benchmarks failed; baseline not written", file=sys.stderr)
+        return 1
+    data["benchmarks"] = [b for b in data["benchmarks"] if is_gated(b)]
+    for b in data["benchmarks"]:
+        b.get("stats", {}).pop("data", None)
+    normalised_medians(data)  # the reference must be there
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    cpu = data.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
+    print(f"baseline written: {path} ({len(data['benchmarks'])} benchmarks, {cpu})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Fail when a micro-benchmark median regresses against the baseline.")
+    p.add_argument("--update", action="store_true", help="rewrite the baseline from a fresh run")
+    p.add_argument("--baseline", type=Path, default=BASELINE)
+    p.add_argument("--threshold", type=float, default=100 * THRESHOLD, help="allowed regression in %% (15)")
+    p.add_argument("--reruns", type=int, default=RERUNS, help="reruns of regressed benchmarks (2)")
+    p.add_argument("--json-dir", type=Path, default=None, help="keep pytest-benchmark's JSON of every run here")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    tmp = None
+    if args.json_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fastdcm-gate-")
+        args.json_dir = Path(tmp.name)
+    args.json_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        if args.update:
+            return update(args.baseline, args.json_dir)
+        if not args.baseline.exists():
+            print(f"no baseline at {args.baseline}: run python benchmarks/gate.py --update", file=sys.stderr)
+            return 2
+        baseline = json.loads(args.baseline.read_text())
+        names = [_key(b) for b in baseline["benchmarks"]]
+        present = collected(sorted({n.split("::")[0] for n in names}))
+        stale = [n for n in names if n not in present]
+        if stale:
+            for n in stale:
+                print(f"STALE baseline: {n} is no longer in the suite", file=sys.stderr)
+            print("the baseline lists benchmarks that no longer exist: python benchmarks/gate.py --update",
+                  file=sys.stderr)
+            return 1
+        base_cpu = baseline.get("machine_info", {}).get("cpu", {}).get("brand_raw", "?")
+        print(f"gate: {len(names)} benchmarks, baseline from {base_cpu} "
+              f"({baseline.get('datetime', '?')}), limit +{args.threshold:.0f} %", file=sys.stderr)
+        outcome = gate(baseline, make_runner(args.json_dir), args.threshold / 100, args.reruns,
+                       log=lambda s: print(s, file=sys.stderr, flush=True))
+        print(outcome.report(args.threshold / 100))
+        print(f"gate took {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        return 0 if outcome.ok else 1
+    except GateError as exc:
+        print(f"gate: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""The executors with a toy batch function: results, laziness, and injected faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from fastdcm.errors import Status
+from fastdcm.schedule import Fault, ProcessExecutor, SerialExecutor, make_executor
+
+
+def toy(items, context, progress, retry):
+    """Each item is a string; some names misbehave."""
+    out = []
+    for i, item in enumerate(items):
+        progress(i)
+        if item == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif item == "abort":
+            os.abort()
+        elif item == "hang":
+            time.sleep(3600)
+        elif item == "oom":
+            try:
+                hoard = []
+                while True:
+                    hoard.append(bytearray(64 << 20))
+            except MemoryError:
+                out.append(("oom", item))
+                continue
+        elif item == "exit":
+            os._exit(7)
+        out.append((f"{context}:{item.upper()}", item))
+    return out
+
+
+def fault(item, f: Fault):
+    return (f.status, item)
+
+
+def run(executor, batches):
+    results = {}
+    for items, res in executor.map_batches(batches):
+        assert len(items) == len(res)
+        for item, r in zip(items, res):
+            assert item not in results, f"{item} reported twice"
+            results[item] = r[0]
+    return results
+
+
+def names(n, prefix="f"):
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def test_serial_and_pool_agree():
+    batches = [names(5, "a"), names(3, "b"), ["c"]]
+    with SerialExecutor(toy, "ctx") as ex:
+        serial = run(ex, batches)
+    with ProcessExecutor(toy, "ctx", workers=2, on_fault=fault) as ex:
+        pool = run(ex, batches)
+    assert serial == pool
+    assert serial["a1"] == "ctx:A1"
+    assert len(serial) == 9
+
+
+def test_make_executor_zero_is_serial():
+    ex = make_executor(toy, "x", workers=0, on_fault=fault)
+    assert isinstance(ex, SerialExecutor)
+
+
+@pytest.mark.parametrize("bad,status", [("crash", Status.WORKER_CRASH), ("abort", Status.WORKER_CRASH), ("exit", Status.WORKER_CRASH)])
+def test_dead_worker_fails_only_its_item(bad, status):
+    batches = [["a", "b", bad, "c", "d"], ["e", "f"], ["g", bad + "x"]]
+    # a second batch in flight on the other worker is untouched
+    with ProcessExecutor(toy, "k", workers=2, on_fault=fault) as ex:
+        results = run(ex, batches)
+        assert ex.crashes == 1
+    assert results[bad] == status
+    innocent = {k: v for k, v in results.items() if k != bad}
+    assert innocent == {k: f"k:{k.upper()}" for k in innocent}
+    assert len(results) == 9
+
+
+def test_crash_reason_names_the_signal():
+    with ProcessExecutor(toy, "k", workers=1, on_fault=lambda item, f: (f.reason, item)) as ex:
+        results = run(ex, [["a", "crash"]])
+    assert "SIGSEGV" in results["crash"]
+
+
+def test_two_crashes_in_one_batch():
+    with ProcessExecutor(toy, "k", workers=2, on_fault=fault) as ex:
+        results = run(ex, [["a", "crash", "b", "crash2", "c"]])
+    # "crash2" is a normal item; only exact "crash" crashes
+    assert results["crash"] == Status.WORKER_CRASH
+    assert results["a"] == "k:A" and results["c"] == "k:C"
+
+
+def test_hang_is_killed_after_the_deadline():
+    start = time.monotonic()
+    with ProcessExecutor(toy, "k", workers=2, on_fault=fault, timeout=1.0) as ex:
+        results = run(ex, [["a", "hang", "b"], ["c", "d"]])
+    assert time.monotonic() - start < 20
+    assert results["hang"] == Status.TIMEOUT
+    assert results["a"] == "k:A" and results["b"] == "k:B" and results["c"] == "k:C"
+
+
+def test_memory_limit_gives_memory_error_and_the_run_goes_on():
+    with ProcessExecutor(toy, "k", workers=1, on_fault=fault, memory_limit=2 << 30) as ex:
+        results = run(ex, [["a", "oom", "b"]])
+    assert results == {"a": "k:A", "oom": "oom", "b": "k:B"}
+
+
+def test_external_sigkill_is_reported_as_out_of_memory():
+    import threading
+
+    with ProcessExecutor(toy, "k", workers=1, on_fault=fault, timeout=30) as ex:
+        pid = ex._workers[0].process.pid
+        # what the kernel's OOM killer does, while the worker is on "hang"
+        timer = threading.Timer(1.5, os.kill, (pid, signal.SIGKILL))
+        timer.start()
+        try:
+            results = run(ex, [["a", "hang", "b"]])
+        finally:
+            timer.cancel()
+    assert results == {"a": "k:A", "hang": Status.OUT_OF_MEMORY, "b": "k:B"}
+
+
+def test_batches_are_pulled_lazily():
+    pulled = []
+
+    def batches():
+        for i in range(50):
+            pulled.append(i)
+            yield [f"x{i}"]
+
+    with ProcessExecutor(toy, "k", workers=2, on_fault=fault) as ex:
+        done = 0
+        for _items, _res in ex.map_batches(batches()):
+            done += 1
+            assert len(pulled) - done <= 2  # at most one batch per worker in flight
+    assert done == 50
+
+
+def test_close_abort_returns_in_flight_batches():
+    def batches():
+        yield ["hang"]
+        yield ["a"]
+
+    ex = ProcessExecutor(toy, "k", workers=1, on_fault=fault)
+    it = ex.map_batches(batches())
+    with pytest.raises(StopIteration):
+        # drive the generator until it blocks; a timer interrupts it
+        signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        try:
+            next(it)
+        except KeyboardInterrupt:
+            lost = ex.close(abort=True)
+            assert lost == [["hang"]]
+            raise StopIteration
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)

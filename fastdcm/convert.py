@@ -182,7 +182,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         on_exists=copts.on_exists,
         frames=copts.frames,
         fsync=copts.fsync,
-        run_start_ns=time.time_ns() - 2_000_000_000,  # margin for coarse file-system clocks
+        run_start_ns=time.time_ns(),
     )
     if copts.resume:
         # Inputs redone by --resume had no successful record: outputs they left are stale.

@@ -1,0 +1,141 @@
+"""process_batch in this process: statuses, atomic writes, on_exists, names inside the root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+import fastdcm
+from fastdcm.discover import Source
+from fastdcm.errors import Status
+from fastdcm.options import Frames, OnExists, RenderOptions
+from fastdcm.worker import TMP_DIR, Job, process_batch
+
+CT = get_testdata_file("CT_small.dcm")
+MULTI = get_testdata_file("emri_small.dcm")  # 10 frames
+
+
+def source(path, rel=None):
+    st = os.stat(path)
+    return Source(path=str(path), rel=rel or os.path.basename(path), size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def job(out, **kw):
+    os.makedirs(os.path.join(out, TMP_DIR), exist_ok=True)
+    kw.setdefault("run_start_ns", time.time_ns())
+    return Job(out=str(out), render=kw.pop("render", RenderOptions()), **kw)
+
+
+def no_temp_files(out):
+    return not any(f.endswith(".part") for _, _, fs in os.walk(out) for f in fs)
+
+
+def test_converts_and_reports(tmp_path):
+    out = tmp_path / "out"
+    [r] = process_batch([source(CT)], job(out, format="npy"))
+    assert r.status is Status.CONVERTED, r.reason
+    assert r.outputs == ["CT_small.npy"] and r.frames == 1
+    assert r.transfer_syntax == "1.2.840.10008.1.2.1"
+    assert r.voi and set(r.timings) == {"read", "render", "encode", "write"}
+    np.testing.assert_array_equal(np.load(out / "CT_small.npy"), fastdcm.render(CT))
+    assert no_temp_files(out)
+
+
+def test_multiframe_all_and_first(tmp_path):
+    [r] = process_batch([source(MULTI)], job(tmp_path / "a"))
+    assert r.status is Status.CONVERTED and r.frames == 10
+    assert r.outputs[0] == "emri_small_f01.png" and r.outputs[-1] == "emri_small_f10.png"
+    [r] = process_batch([source(MULTI)], job(tmp_path / "b", frames=Frames.FIRST))
+    assert r.outputs == ["emri_small.png"]
+
+
+def test_failures_are_results_not_exceptions(tmp_path):
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom at all" * 10)
+    missing = tmp_path / "gone.dcm"
+    shutil.copy(CT, missing)
+    s_missing = source(missing)
+    missing.unlink()
+    results = process_batch([source(junk), s_missing, source(CT)], job(tmp_path / "out"))
+    assert [r.status for r in results] == [Status.NOT_DICOM, results[1].status, Status.CONVERTED]
+    assert results[1].status is not Status.CONVERTED and results[1].reason
+
+
+@pytest.mark.parametrize(
+    "policy,status", [(OnExists.ERROR, Status.WRITE_ERROR), (OnExists.SKIP, Status.SKIPPED), (OnExists.OVERWRITE, Status.CONVERTED)]
+)
+def test_on_exists(tmp_path, policy, status):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "CT_small.png").write_bytes(b"old")
+    [r] = process_batch([source(CT)], job(out, on_exists=policy))
+    assert r.status is status, r.reason
+    data = (out / "CT_small.png").read_bytes()
+    assert (data == b"old") == (policy is not OnExists.OVERWRITE)
+    assert no_temp_files(out)
+
+
+def test_overwrite_refuses_a_file_written_in_this_run(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "CT_small.png").write_bytes(b"from another input of this run")
+    [r] = process_batch([source(CT)], job(out, on_exists=OnExists.OVERWRITE, run_start_ns=0))
+    assert r.status is Status.NAME_CONFLICT
+
+
+def test_same_name_twice_in_a_batch_is_never_overwritten(tmp_path):
+    out = tmp_path / "out"
+    a, b = process_batch([source(CT, "x/CT.dcm"), source(MULTI, "x/CT.dcm")], job(out, frames=Frames.FIRST))
+    assert a.status is Status.CONVERTED
+    assert b.status is Status.WRITE_ERROR
+    assert "exists" in b.reason
+
+
+def test_multiframe_failure_leaves_no_partial_outputs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "emri_small_f05.png").write_bytes(b"old")  # frame 5 cannot be written
+    [r] = process_batch([source(MULTI)], job(out))
+    assert r.status is Status.WRITE_ERROR
+    assert sorted(os.listdir(out)) == sorted([TMP_DIR, "emri_small_f05.png"])
+
+
+def test_names_never_leave_the_output_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, out / "link")
+    [r] = process_batch([source(CT, "link/CT.dcm")], job(out))
+    assert r.status is Status.REFUSED
+    assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")
+def test_name_template_with_hostile_values(tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(CT)
+    ds.PatientID = "../../" + "x" * 300 + "\x00/abs"
+    path = tmp_path / "hostile.dcm"
+    ds.save_as(path)
+    out = tmp_path / "out"
+    [r] = process_batch([source(path)], job(out, name="{PatientID}/{stem}"))
+    assert r.status is Status.CONVERTED, r.reason
+    real_out = os.path.realpath(out)
+    for name in r.outputs:
+        full = os.path.realpath(os.path.join(out, name))
+        assert full.startswith(real_out + os.sep) and os.path.exists(full)
+    assert sorted(os.listdir(tmp_path)) == ["hostile.dcm", "out"]
+
+
+def test_injected_raise_is_an_error_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTDCM_TEST_FAULTS", "raise:CT_small")
+    results = process_batch([source(CT), source(MULTI)], job(tmp_path / "out", frames=Frames.FIRST))
+    assert results[0].status is Status.ERROR and "injected" in results[0].reason
+    assert results[1].status is Status.CONVERTED

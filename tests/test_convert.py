@@ -1,0 +1,249 @@
+"""fastdcm.convert end to end: injected faults, resume, interrupts, and the robustness gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import fastdcm
+from fastdcm.errors import Status
+from fastdcm.manifest import read_manifest
+
+CT = get_testdata_file("CT_small.dcm")
+FUZZ = Path(__file__).parents[1].parent / "shared" / "corpora" / "dicom-fuzzing-corpus"
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+#: Files the render core (header.py, not this suite) converts although their pixel data
+#: is short: a native transfer syntax with an undefined-length (encapsulated-looking) pixel
+#: data element. Reported to its owner; remove entries as they are fixed.
+KNOWN_SHORT_CONVERTED: set[str] = {"TC0323_encap_zero_frag.dcm"}
+
+
+@pytest.fixture
+def archive(tmp_path):
+    """Eight copies of CT_small in two folders: a0..a3 and b/b0..b3."""
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    for i in range(4):
+        shutil.copy(CT, src / f"a{i}.dcm")
+        shutil.copy(CT, src / "b" / f"b{i}.dcm")
+    return src
+
+
+def statuses(report_or_out):
+    out = Path(report_or_out)
+    return {Path(r.source).name: r.status for r in read_manifest(out / "manifest.jsonl")}
+
+
+def outside_files(tmp_path, out):
+    """Every file under tmp_path that is neither an input nor under out."""
+    found = []
+    for root, _, files in os.walk(tmp_path):
+        for f in files:
+            p = Path(root, f)
+            if out not in p.parents and "src" not in p.relative_to(tmp_path).parts[:1]:
+                found.append(p)
+    return found
+
+
+def test_convert_writes_one_image_per_input(archive, tmp_path):
+    out = tmp_path / "out"
+    report = fastdcm.convert([archive], out, workers=2, batch_size=3, quiet=True)
+    assert report.ok and report.converted == 8 and report.discovered == 8
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted(
+        [f"a{i}.png" for i in range(4)] + [f"b/b{i}.png" for i in range(4)]
+    )
+    assert not (out / ".fastdcm-tmp").exists()
+    assert sum(report.counts.values()) == report.discovered
+
+
+def test_serial_executor_gives_the_same_manifest(archive, tmp_path):
+    a = fastdcm.convert([archive], tmp_path / "a", workers=0, quiet=True)
+    b = fastdcm.convert([archive], tmp_path / "b", workers=2, quiet=True)
+    assert a.counts == b.counts
+    assert statuses(tmp_path / "a") == statuses(tmp_path / "b")
+
+
+def test_invalid_options_fail_before_any_work(archive, tmp_path):
+    with pytest.raises(ValueError):
+        fastdcm.convert([archive], tmp_path / "o1", format="gif")
+    with pytest.raises(ValueError):
+        fastdcm.convert([archive], tmp_path / "o2", name="{NoSuchKeyword}")
+    with pytest.raises(TypeError):
+        fastdcm.convert([archive], tmp_path / "o3", colour="blue")
+
+
+@pytest.mark.parametrize(
+    "fault,status",
+    [
+        ("crash", Status.WORKER_CRASH),
+        ("abort", Status.WORKER_CRASH),
+        ("hang", Status.TIMEOUT),
+        ("oom", Status.OUT_OF_MEMORY),
+        ("raise", Status.ERROR),
+    ],
+)
+def test_injected_fault_fails_only_its_file(archive, tmp_path, monkeypatch, fault, status):
+    monkeypatch.setenv("FASTDCM_TEST_FAULTS", f"{fault}:a2.dcm")
+    out = tmp_path / "out"
+    start = time.monotonic()
+    report = fastdcm.convert([archive], out, workers=2, batch_size=4, timeout=2 if fault == "hang" else 60, memory_limit="2G", quiet=True)
+    assert time.monotonic() - start < 60
+    got = statuses(out)
+    assert got.pop("a2.dcm") is status
+    assert set(got.values()) == {Status.CONVERTED}, got  # the innocent files still convert
+    assert len(got) == 7 and report.converted == 7 and not report.ok
+    assert sum(report.counts.values()) == report.discovered == 8
+    assert not (out / "a2.png").exists()
+    assert not (out / ".fastdcm-tmp").exists()
+
+
+def test_resume_converts_only_what_is_missing(archive, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("FASTDCM_TEST_FAULTS", "crash:b1.dcm")
+    first = fastdcm.convert([archive], out, workers=2, quiet=True)
+    assert first.converted == 7
+    monkeypatch.delenv("FASTDCM_TEST_FAULTS")
+    second = fastdcm.convert([archive], out, workers=2, resume=True, quiet=True)
+    assert second.converted == 1 and second.counts[Status.SKIPPED] == 7 and second.ok
+    third = fastdcm.convert([archive], out, workers=2, resume=True, quiet=True)
+    assert third.converted == 0 and third.counts[Status.SKIPPED] == 8
+    # a changed source is redone
+    time.sleep(0.01)
+    shutil.copy(CT, archive / "a0.dcm")
+    fourth = fastdcm.convert([archive], out, workers=2, resume=True, quiet=True)
+    assert fourth.converted == 1
+
+
+def test_rejected_inputs_get_a_record(archive, tmp_path):
+    out = tmp_path / "out"
+    report = fastdcm.convert([archive, tmp_path / "nope.dcm"], out, workers=1, quiet=True)
+    assert report.discovered == 9 and sum(report.counts.values()) == 9
+    assert report.counts[Status.NOT_DICOM] == 1
+    assert len(list(read_manifest(out / "manifest.jsonl"))) == 9
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, **kw.pop("env", {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastdcm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_cleanly_and_resume_finishes(archive, tmp_path, sig):
+    out = tmp_path / "out"
+    proc = _run_cli(
+        ["convert", str(archive), "-o", str(out), "--workers", "2", "--batch-size", "2"],
+        env={"FASTDCM_TEST_FAULTS": "hang:b2.dcm"},
+    )
+    # wait until the hang is reached (the other worker finishes its files)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (out / "manifest.jsonl").exists() and len((out / "manifest.jsonl").read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr and "To resume" in stderr
+    records = list(read_manifest(out / "manifest.jsonl"))
+    assert len(records) == 8 and len({r.source for r in records}) == 8  # complete up to here
+    counts = Counter(r.status for r in records)
+    assert counts[Status.INTERRUPTED] >= 1 and counts[Status.CONVERTED] >= 5
+    assert not list(out.rglob("*.part")) and not (out / ".fastdcm-tmp").exists()
+    for r in records:  # no output without a converted record
+        if r.status is not Status.CONVERTED:
+            assert not (out / r.rel).with_suffix(".png").exists()
+    resume = _run_cli(stderr.split("To resume: ")[1].strip().split("\n")[0].split()[1:])
+    resume_out, resume_err = resume.communicate(timeout=60)
+    assert resume.returncode == 0, resume_err
+    assert len(list(out.rglob("*.png"))) == 8
+
+
+def _gate(inputs, out: Path, tmp_path: Path):
+    start = time.monotonic()
+    report = fastdcm.convert(inputs, out, workers=2, timeout=30, memory_limit="3G", quiet=True)
+    elapsed = time.monotonic() - start
+    records = list(read_manifest(out / "manifest.jsonl"))
+    assert len(records) == report.discovered == sum(report.counts.values())
+    assert len({r.source for r in records}) == len(records)  # exactly one status per input
+    assert not report.interrupted
+    real_out = os.path.realpath(out)
+    short = set()
+    for r in records:
+        for name in r.outputs:
+            full = os.path.realpath(out / name)
+            assert full.startswith(real_out + os.sep), name
+        if r.status is Status.CONVERTED:
+            assert r.outputs and all((out / n).exists() for n in r.outputs)
+            try:
+                _assert_pixel_data_complete(r.source)
+            except AssertionError as exc:
+                short.add(os.path.basename(r.source))
+                print(exc)
+    # strict both ways: a fixed defect must leave this list
+    assert short == KNOWN_SHORT_CONVERTED, f"converted with missing or short pixel data: {sorted(short)}"
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    claimed = {n for r in records if r.status is Status.CONVERTED for n in r.outputs}
+    assert written - claimed == {"manifest.jsonl"}
+    return report, elapsed
+
+
+def _assert_pixel_data_complete(path: str) -> None:
+    """A converted native image had all its pixel bytes (checked with pydicom; for the few
+    fuzzed files pydicom cannot parse, the weaker check that the file holds that many bytes)."""
+    from pydicom.filereader import read_partial
+
+    try:
+        with open(path, "rb") as fp:  # up to the pixel data: fuzzed files may have junk after it
+            ds = read_partial(fp, stop_when=lambda tag, vr, length: tag > 0x7FE00010, force=True)
+        ts = ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ImplicitVRLittleEndian)
+        keys = [k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        assert keys and ds[keys[0]].value, f"{path}: converted without pixel data"
+        have = len(ds[keys[0]].value)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        spp, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        ybr422 = ds.get("PhotometricInterpretation") in ("YBR_FULL_422", "YBR_PARTIAL_422")
+    except Exception:  # pydicom cannot parse it: use the header fastdcm read
+        spec = fastdcm.open_image(path).spec
+        ts = pydicom.uid.UID(spec.transfer_syntax_uid)
+        have = os.path.getsize(path)
+        rows, cols, spp, bits = spec.rows, spec.columns, spec.samples_per_pixel, spec.bits_allocated
+        frames, ybr422 = spec.number_of_frames, spec.photometric_interpretation.endswith("_422")
+    if ts.is_compressed:
+        return
+    need = (rows * cols * spp * frames * bits + 7) // 8
+    if ybr422:
+        need = need * 2 // 3
+    assert have >= need, f"{path}: converted with {have} of {need} pixel bytes"
+
+
+@pytest.mark.slow
+def test_robustness_gate_fuzzing_corpus(tmp_path):
+    if not FUZZ.is_dir():
+        pytest.skip(f"the fuzzing corpus is not at {FUZZ} (clone it into ../shared/corpora)")
+    report, elapsed = _gate([str(FUZZ)], tmp_path / "out", tmp_path)
+    assert report.discovered > 100
+    assert elapsed < 180
+
+
+@pytest.mark.slow
+def test_robustness_gate_pydicom_test_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "KNOWN_SHORT_CONVERTED", set())
+    report, elapsed = _gate([str(PYDICOM_FILES)], tmp_path / "out", tmp_path)
+    assert report.converted > 50
+    assert elapsed < 120

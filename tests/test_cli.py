@@ -1,0 +1,89 @@
+"""The fastdcm command: flags generated from options.py, exit codes, stdout vs stderr."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from fastdcm import cli
+from fastdcm.options import ConvertOptions, RenderOptions, option_flag
+
+CT = get_testdata_file("CT_small.dcm")
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "fastdcm", *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_every_option_has_a_flag_with_its_help():
+    text = cli._parser()._subparsers._group_actions[0].choices["convert"].format_help()
+    for cls in (ConvertOptions, RenderOptions):
+        for f in dataclasses.fields(cls):
+            assert option_flag(f.name) in text, f.name
+            assert f.metadata["help"].split()[0] in text
+    assert "FAULTS" not in text  # test-only fault injection stays out of the help
+
+
+def test_convert_exit_0_and_summary_on_stdout(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(CT, src / "x.dcm")
+    res = run("convert", str(src), "-o", str(tmp_path / "out"), "--workers", "1", "--format", "jpeg", "--quality", "80")
+    assert res.returncode == 0, res.stderr
+    assert "converted" in res.stdout and "total" in res.stdout
+    assert (tmp_path / "out" / "x.jpg").exists() or (tmp_path / "out" / "x.jpeg").exists()
+
+
+def test_convert_exit_1_when_an_input_fails(tmp_path):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\x00" * 200)
+    res = run("convert", str(bad), CT, "-o", str(tmp_path / "out"), "--workers", "0", "--quiet")
+    assert res.returncode == 1, res.stderr
+    assert "not_dicom" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["convert", "-o", "x"],  # no source
+        ["convert", CT, "-o", "OUT", "--format", "gif"],
+        ["convert", CT, "-o", "OUT", "--on-exists", "maybe"],
+        ["convert", CT, "-o", "OUT", "--window", "1,2,3"],
+        ["convert", CT, "-o", "OUT", "--name", "{NotAKeyword}"],
+        ["convert", CT, "-o", "OUT", "--memory-limit", "lots"],
+        ["nosuchcommand"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, args):
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in args]
+    res = run(*args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_info_prints_dataset_and_inspection():
+    res = run("info", CT)
+    assert res.returncode == 0, res.stderr
+    assert "(0010,0010)" in res.stdout  # pydicom's own printout
+    assert "transfer syntax:" in res.stdout and "VOI" in res.stdout
+
+
+def test_info_plugins():
+    res = run("info", "--plugins")
+    assert res.returncode == 0
+    assert "1.2.840.10008.1.2.4.90" in res.stdout and "encoder png" in res.stdout
+
+
+def test_render_one_file(tmp_path):
+    import numpy as np
+
+    import fastdcm
+
+    res = run("render", CT, "-o", str(tmp_path / "ct.npy"), "--window", "40,400")
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "ct.npy"), fastdcm.render(CT, window=(40, 400)))

@@ -151,7 +151,7 @@ def _write_atomic(data: bytes, final: str, tmp_dir: str, job: Job, retry: bool) 
             os.replace(tmp, final)
             return
         try:
-            os.link(tmp, final)  # atomic, fails if the name exists
+            _rename_noreplace(tmp, final)  # atomic, fails if the name exists
         except FileExistsError:
             raise _Exists("exists") from None
         except OSError as exc:
@@ -165,6 +165,45 @@ def _write_atomic(data: bytes, final: str, tmp_dir: str, job: Job, retry: bool) 
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _load_renameat2():
+    """libc's renameat2 (Linux, glibc >= 2.28), or None."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_RENAMEAT2 = _load_renameat2()
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def _rename_noreplace(tmp: str, final: str) -> None:
+    """Rename ``tmp`` to ``final`` unless ``final`` exists (FileExistsError): one
+    renameat2(RENAME_NOREPLACE) call on Linux, else a hard link (the temp file is unlinked
+    by the caller)."""
+    global _RENAMEAT2
+    if _RENAMEAT2 is not None:
+        import ctypes
+
+        if _RENAMEAT2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(final), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise FileExistsError(err, os.strerror(err), final)
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # unsupported here: fall back
+            raise OSError(err, os.strerror(err), final)
+        _RENAMEAT2 = None
+    os.link(tmp, final)
 
 
 def _remove(paths: list[str]) -> None:

@@ -247,3 +247,31 @@ def test_robustness_gate_pydicom_test_files(tmp_path, monkeypatch):
     report, elapsed = _gate([str(PYDICOM_FILES)], tmp_path / "out", tmp_path)
     assert report.converted > 50
     assert elapsed < 120
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
+    import io
+    import logging
+
+    from fastdcm.convert import _Progress
+
+    class TTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = TTY()
+    bar = _Progress(True, stream=tty)
+    bar.update(5, 1, 10, walking=False, final=True)
+    text = tty.getvalue()
+    assert text.startswith("\r[") and "5/10 inputs" in text and "1 failed" in text and "/s" in text
+    bar.update(5, 1, 10, walking=True, final=True)
+    assert "5/10+ inputs" in tty.getvalue()
+
+    plain = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="fastdcm.convert"):
+        _Progress(True, stream=plain).update(3, 0, 9, walking=False, final=True)
+    assert plain.getvalue() == "" and "3/9 inputs" in caplog.text
+
+    quiet = TTY()
+    _Progress(False, stream=quiet).update(3, 0, 9, walking=False, final=True)
+    assert quiet.getvalue() == ""

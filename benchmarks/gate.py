@@ -8,8 +8,8 @@ What it runs: the micro-benchmarks of fastdcm's own code (``bench_kernels.py``,
 ``bench_header.py``, ``bench_decode.py``, ``bench_encoders.py``, ``bench_render.py``),
 only the entries that time fastdcm (``impl`` = ``fastdcm`` or ``kernel``, fastdcm's
 encoders) plus ``test_reference_numpy``; not the peers (not our code), not the
-end-to-end report (report.py: too slow and too noisy for a gate), not the first call in a
-fresh process (dominated by interpreter start-up). ``--update`` decides that set and
+end-to-end runs (report.py, bench_convert.py: process pools, seconds per round, too noisy
+for a 15 % gate), not the first call in a fresh process (dominated by interpreter start-up). ``--update`` decides that set and
 writes it; a plain run times exactly the benchmarks listed in the baseline. A baseline
 benchmark that no longer exists fails the gate ("run --update"), so the baseline cannot
 silently go stale.

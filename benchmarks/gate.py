@@ -15,8 +15,9 @@ benchmark that no longer exists fails the gate ("run --update"), so the baseline
 silently go stale.
 
 How it compares: pytest-benchmark writes the JSON (``--benchmark-json``; the baseline is
-that JSON, so ``pytest-benchmark compare benchmarks/baseline/micro.json new.json`` works for
-a human), and this script compares **normalised** medians: every median is divided by the
+that JSON, so ``pytest-benchmark compare $PWD/benchmarks/baseline/micro.json /tmp/new.json
+--group-by=name`` shows absolute medians side by side for a human; give both paths absolute,
+pytest-benchmark 5 cannot mix relative and absolute ones), and this script compares **normalised** medians: every median is divided by the
 median of ``test_reference_numpy`` (a fixed numpy rescale + window on 512x512 int16, no
 fastdcm code) from the same run. A benchmark regresses when
 

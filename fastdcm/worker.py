@@ -217,6 +217,10 @@ def _remove(paths: list[str]) -> None:
 # --------------------------------------------------------------------------- one input
 
 
+#: Output folders this process has created and checked (makedirs once per folder).
+_MADE_DIRS: set[str] = set()
+
+
 class _Encoders:
     cache: dict[str, Any] = {}
 
@@ -269,7 +273,6 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
             return result
         tmp_dir = os.path.join(job.out, TMP_DIR)
         vois = []
-        made_dirs: set[str] = set()
         for i, name, final in zip(indexes, names, finals):
             t0 = time.perf_counter()
             rendered = image.render_frame(i, job.render)
@@ -284,10 +287,12 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
                 raise EncodeError(f"{job.format}: {exc}") from exc
             t2 = time.perf_counter()
             folder = os.path.dirname(final)
-            if folder not in made_dirs:
+            if folder not in _MADE_DIRS:
                 os.makedirs(folder, exist_ok=True)
-                made_dirs.add(folder)
-                resolve_inside(job.out, name)  # again: a folder just created could be a race
+                resolve_inside(job.out, name)  # again, now that the folders exist
+                if len(_MADE_DIRS) > 100_000:
+                    _MADE_DIRS.clear()
+                _MADE_DIRS.add(folder)
             try:
                 _write_atomic(data, final, tmp_dir, job, retry)
             except _Exists as exc:

@@ -217,7 +217,7 @@ def _remove(paths: list[str]) -> None:
 # --------------------------------------------------------------------------- one input
 
 
-#: Output folders this process has created and checked (makedirs once per folder).
+#: Output folders created and checked during the current batch (makedirs once per folder).
 _MADE_DIRS: set[str] = set()
 
 
@@ -290,8 +290,6 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
             if folder not in _MADE_DIRS:
                 os.makedirs(folder, exist_ok=True)
                 resolve_inside(job.out, name)  # again, now that the folders exist
-                if len(_MADE_DIRS) > 100_000:
-                    _MADE_DIRS.clear()
                 _MADE_DIRS.add(folder)
             try:
                 _write_atomic(data, final, tmp_dir, job, retry)
@@ -348,6 +346,7 @@ def process_batch(
     """Convert every source of a batch; one :class:`Result` each, in order. Never raises
     (except for BaseExceptions such as the SIGTERM that stops a worker)."""
     faults = _faults()
+    _MADE_DIRS.clear()  # folders are trusted for one batch (a caller may delete them between runs)
     results = []
     for i, source in enumerate(sources):
         if progress is not None:

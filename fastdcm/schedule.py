@@ -27,8 +27,9 @@ Numba pools) and a forked child can inherit locks held by them and deadlock. The
 server is a clean single-threaded process that pre-imports :mod:`fastdcm.worker`, so
 a worker (or a replacement after a crash) starts by a plain fork of it in a few ms.
 
-Batches are pulled lazily from the input iterable: at most one batch per worker is in
-flight (plus the retries of crashed batches), so memory does not grow with the input.
+Batches are pulled lazily from the input iterable: at most ``depth`` (2) batches per
+worker are in flight, the one it runs and the next one waiting in its pipe so that it
+never idles while the parent records results; memory does not grow with the input.
 
 Environment: every ``FASTDCM_*`` variable of the parent at pool start is passed to the
 workers (the fork server may be older than the caller's environment). Workers set
@@ -125,11 +126,11 @@ def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env)
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
         except (ValueError, OSError) as exc:  # e.g. a lower hard limit: keep it
             log.warning("cannot set the worker memory limit: %s", exc)
-    base = 2 * slot
+    base = _SLOT * slot
 
     def progress(i: int) -> None:
-        slots[base + 1] = time.monotonic()
-        slots[base] = i
+        slots[base + 2] = time.monotonic()
+        slots[base + 1] = i
 
     try:
         if initializer is not None:
@@ -139,8 +140,10 @@ def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env)
             if msg is None:
                 break
             batch_id, items, retry = msg
+            slots[base + 1] = -1
+            slots[base] = batch_id
             results = fn(items, context, progress, retry)
-            slots[base] = -1
+            slots[base + 1] = -1
             conn.send((batch_id, results))
     except _Stop:
         sys.exit(EXIT_INTERRUPTED)
@@ -149,6 +152,9 @@ def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env)
 
 
 # --------------------------------------------------------------------------- the pool
+
+#: Shared doubles per worker: (batch id it is on, item index or -1, when the item started).
+_SLOT = 3
 
 
 class _Worker:
@@ -164,11 +170,11 @@ class _Worker:
         )
         self.process.start()
         child.close()
-        self.batch: tuple[int, Sequence[Any], bool] | None = None  # (id, items, retry)
+        self.batches: deque[tuple[int, list, bool]] = deque()  # sent, in order: (id, items, retry)
         self.killed_for_timeout = False
 
-    def send(self, batch_id: int, items: Sequence[Any], retry: bool) -> None:
-        self.batch = (batch_id, items, retry)
+    def send(self, batch_id: int, items: list, retry: bool) -> None:
+        self.batches.append((batch_id, items, retry))
         self.conn.send((batch_id, items, retry))
 
 
@@ -186,6 +192,7 @@ class ProcessExecutor:
         timeout: float | None = None,
         memory_limit: int | None = None,
         start_method: str | None = None,
+        depth: int = 2,
     ) -> None:
         if workers < 1:
             raise ValueError("a process pool needs at least one worker")
@@ -199,12 +206,14 @@ class ProcessExecutor:
         self.initializer = initializer
         self.timeout = timeout
         self.memory_limit = memory_limit
+        self.depth = max(1, int(depth))
         self._env = {k: v for k, v in os.environ.items() if k.startswith("FASTDCM_")}
-        self._slots = self._mp.RawArray("d", 2 * workers)
-        for i in range(2 * workers):
+        self._slots = self._mp.RawArray("d", _SLOT * workers)
+        for i in range(_SLOT * workers):
             self._slots[i] = -1
         self._workers: list[_Worker | None] = [None] * workers
-        self._retries: deque[Any] = deque()
+        self._retries: deque[Any] = deque()  # items to run again, each alone
+        self._requeue: deque[list] = deque()  # whole batches a dead worker never started
         self._next_id = 0
         self.crashes = 0
         t0 = time.perf_counter()
@@ -212,27 +221,32 @@ class ProcessExecutor:
             self._workers[slot] = _Worker(self, slot)
         log.debug("started %d %s workers in %.3f s", workers, method, time.perf_counter() - t0)
 
+    def _next_work(self, source: Iterator[Sequence[Any]]) -> tuple[list, bool] | None:
+        if self._retries:
+            return [self._retries.popleft()], True
+        if self._requeue:
+            return self._requeue.popleft(), False
+        if source is None:
+            return None
+        items = next(source, None)
+        return (list(items), False) if items is not None else None
+
     def map_batches(self, batches: Iterable[Sequence[Any]]) -> Iterator[tuple[Sequence[Any], list]]:
         """Yield ``(items, results)`` as batches finish (not in input order). Items that were
-        retried alone come back as batches of one."""
-        source = iter(batches)
-        exhausted = False
+        retried alone come back as batches of one. Each worker holds at most ``depth``
+        batches (the one it runs and the next, so it never waits for the parent)."""
+        source: Iterator | None = iter(batches)
         while True:
             for worker in self._workers:
-                if worker is not None and worker.batch is None:
-                    if self._retries:
-                        worker.send(self._new_id(), [self._retries.popleft()], True)
-                        continue
-                    if exhausted:
-                        continue
-                    items = next(source, None)
-                    if items is None:
-                        exhausted = True
-                        continue
-                    worker.send(self._new_id(), list(items), False)
-            busy = [w for w in self._workers if w is not None and w.batch is not None]
+                while worker is not None and len(worker.batches) < self.depth:
+                    work = self._next_work(source)
+                    if work is None:
+                        source = None
+                        break
+                    worker.send(self._new_id(), *work)
+            busy = [w for w in self._workers if w is not None and w.batches]
             if not busy:
-                if exhausted and not self._retries:
+                if source is None and not self._retries and not self._requeue:
                     return
                 continue
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=_POLL)
@@ -243,19 +257,18 @@ class ProcessExecutor:
                     except (EOFError, OSError):
                         yield from self._lost(worker)
                         continue
-                    _, items, _ = worker.batch
-                    worker.batch = None
+                    sent_id, items, _ = worker.batches.popleft()
+                    assert sent_id == batch_id, "a worker answered out of order"
                     yield items, results
                 elif worker.process.sentinel in ready:
                     yield from self._lost(worker)
             if self.timeout:
                 now = time.monotonic()
                 for worker in busy:
-                    if worker.batch is None or not worker.process.is_alive():
+                    if not worker.batches or not worker.process.is_alive():
                         continue
-                    index = int(self._slots[2 * worker.slot])
-                    started = self._slots[2 * worker.slot + 1]
-                    if index >= 0 and now - started > self.timeout:
+                    base = _SLOT * worker.slot
+                    if self._slots[base + 1] >= 0 and now - self._slots[base + 2] > self.timeout:
                         worker.killed_for_timeout = True
                         worker.process.kill()
 
@@ -264,16 +277,28 @@ class ProcessExecutor:
         return self._next_id
 
     def _lost(self, worker: _Worker) -> Iterator[tuple[Sequence[Any], list]]:
-        """A worker died holding a batch: fault the item it was on, retry the others alone."""
+        """A worker died: fault the item it was on, retry the rest of that batch item by
+        item, and requeue the batches it had not started."""
         worker.process.join(5)
         code = worker.process.exitcode
-        _, items, retry = worker.batch
-        index = int(self._slots[2 * worker.slot])
+        base = _SLOT * worker.slot
+        on_batch, index = int(self._slots[base]), int(self._slots[base + 1])
+        batches = list(worker.batches)
+        worker.batches.clear()
+        timed_out = worker.killed_for_timeout
         self._replace(worker)
         if code == EXIT_INTERRUPTED:
             raise KeyboardInterrupt("a worker was asked to stop (SIGTERM)")
+        if not batches:
+            return
+        current_id, items, _ = batches[0]
+        rest = batches[1:]
+        self._requeue.extend(b[1] for b in rest)
+        if current_id != on_batch or not 0 <= index < len(items):
+            self._requeue.appendleft(items)  # died between items: nobody to blame
+            return
         self.crashes += 1
-        if worker.killed_for_timeout:
+        if timed_out:
             fault = Fault(Status.TIMEOUT, f"killed after the per-file deadline of {self.timeout:g} s")
         elif code == -signal.SIGKILL:
             fault = Fault(Status.OUT_OF_MEMORY, "the worker was killed by SIGKILL (probably the kernel's OOM killer)")
@@ -281,9 +306,6 @@ class ProcessExecutor:
             fault = Fault(Status.WORKER_CRASH, f"the worker died of signal {signal.Signals(-code).name} on this file")
         else:
             fault = Fault(Status.WORKER_CRASH, f"the worker exited unexpectedly (exit code {code}) on this file")
-        if not 0 <= index < len(items):  # died between items: nobody to blame, retry all
-            self._retries.extend(items)
-            return
         culprit = items[index]
         log.warning("%s: %s", getattr(culprit, "path", culprit), fault.reason)
         self._retries.extend(items[:index])
@@ -292,7 +314,8 @@ class ProcessExecutor:
 
     def _replace(self, worker: _Worker) -> None:
         worker.conn.close()
-        self._slots[2 * worker.slot] = -1
+        base = _SLOT * worker.slot
+        self._slots[base] = self._slots[base + 1] = -1
         self._workers[worker.slot] = _Worker(self, worker.slot)
 
     def close(self, *, abort: bool = False) -> list[Sequence[Any]]:
@@ -303,11 +326,12 @@ class ProcessExecutor:
         if self._retries:
             lost.append(list(self._retries))
             self._retries.clear()
+        lost.extend(self._requeue)
+        self._requeue.clear()
         workers = [w for w in self._workers if w is not None]
         for w in workers:
-            if w.batch is not None:
-                lost.append(w.batch[1])
-                w.batch = None
+            lost.extend(b[1] for b in w.batches)
+            w.batches.clear()
             if abort:
                 if w.process.is_alive():
                     w.process.terminate()

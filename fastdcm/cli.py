@@ -108,6 +108,9 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     except FastDcmError as exc:  # e.g. a missing encoder package
         print(f"fastdcm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as exc:  # the worker pool cannot start here
+        print(f"fastdcm: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(report.summary())
     print(f"manifest: {report.manifest}")
     if report.interrupted:

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 3
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 _POLL = 0.1  # seconds between deadline checks
+_MAX_IDLE_DEATHS = 5  # workers dying before any item, in a row: give up (they cannot start)
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,10 @@ class _Worker:
 
     def send(self, batch_id: int, items: list, retry: bool) -> None:
         self.batches.append((batch_id, items, retry))
-        self.conn.send((batch_id, items, retry))
+        try:
+            self.conn.send((batch_id, items, retry))
+        except OSError:  # it died: its sentinel fires and _lost requeues the batch
+            pass
 
 
 class ProcessExecutor:
@@ -216,6 +220,7 @@ class ProcessExecutor:
         self._requeue: deque[list] = deque()  # whole batches a dead worker never started
         self._next_id = 0
         self.crashes = 0
+        self._idle_deaths = 0  # workers in a row that died before starting any item
         t0 = time.perf_counter()
         for slot in range(workers):
             self._workers[slot] = _Worker(self, slot)
@@ -258,6 +263,7 @@ class ProcessExecutor:
                         yield from self._lost(worker)
                         continue
                     sent_id, items, _ = worker.batches.popleft()
+                    self._idle_deaths = 0
                     assert sent_id == batch_id, "a worker answered out of order"
                     yield items, results
                 elif worker.process.sentinel in ready:
@@ -296,7 +302,14 @@ class ProcessExecutor:
         self._requeue.extend(b[1] for b in rest)
         if current_id != on_batch or not 0 <= index < len(items):
             self._requeue.appendleft(items)  # died between items: nobody to blame
+            self._idle_deaths += 1
+            if self._idle_deaths >= _MAX_IDLE_DEATHS:
+                raise RuntimeError(
+                    f"{self._idle_deaths} worker processes in a row died before starting any file "
+                    f"(last exit code {code}); they cannot start here (see the errors above)"
+                )
             return
+        self._idle_deaths = 0
         self.crashes += 1
         if timed_out:
             fault = Fault(Status.TIMEOUT, f"killed after the per-file deadline of {self.timeout:g} s")

@@ -178,3 +178,13 @@ def test_depth(depth):
     with ProcessExecutor(toy, "k", workers=2, on_fault=fault, depth=depth) as ex:
         results = run(ex, [names(3, f"d{i}_") for i in range(7)])
     assert len(results) == 21
+
+
+def broken_initializer():
+    os._exit(9)
+
+
+def test_workers_that_cannot_start_stop_the_run_with_an_error():
+    with ProcessExecutor(toy, "k", workers=2, on_fault=fault, initializer=broken_initializer) as ex:
+        with pytest.raises(RuntimeError, match="before starting any file"):
+            run(ex, [["a"], ["b"]])

@@ -127,6 +127,8 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
         if tag == PIXEL_DATA:
             if length == _UNDEFINED or start + length > n:
                 return None  # encapsulated, or short: pydicom's path reports it
+            if second_pixel_element(buffer, start + length):
+                return None  # ambiguous: header.py's path reports it
             return ts, attrs, start, length
         if tag in UNUSUAL:
             return None
@@ -145,6 +147,15 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
             attrs[keyword] = _value(buffer[start:end], want_vr)
         pos = end
     return None  # no pixel data: pydicom's path reports what kind of object this is
+
+
+def second_pixel_element(buffer: bytes, pos: int) -> bool:
+    """True when another pixel data element follows at ``pos`` (a malformed file holding two:
+    which one is meant is ambiguous, and pydicom would take the last)."""
+    if pos + 4 > len(buffer):
+        return False
+    group, elem = _HH.unpack_from(buffer, pos)
+    return group == 0x7FE0 and elem in (0x0008, 0x0009, 0x0010)
 
 
 def _skip_undefined(buffer: bytes, pos: int, explicit: bool, depth: int) -> int:

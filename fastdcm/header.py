@@ -367,6 +367,10 @@ def _locate_pixel_element(
         raise TruncatedPixelDataError(
             f"pixel data element claims {length} bytes but only {n - start} follow"
         )
+    if fastheader.second_pixel_element(buffer, start + length):
+        raise InvalidPixelModuleError(
+            "a second pixel data element follows the first: which pixel data is meant is ambiguous"
+        )
     return keyword, start, length, False
 
 

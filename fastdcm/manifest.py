@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Iterator
 
 from .errors import Status
@@ -83,9 +83,9 @@ class Record:
     def to_json(self) -> str:
         """One line of JSON (no newline). ASCII-only, so any path, even one with bytes that
         are not UTF-8, round-trips and the file is valid UTF-8 whatever the names."""
-        data = asdict(self)
+        data = {f: getattr(self, f) for f in _FIELDS}  # not asdict(): no deep copies, per record
         data["status"] = self.status.value
-        extra = data.pop("extra")
+        extra = self.extra
         if self.time is None:
             data["time"] = round(time.time(), 3)
         data = {k: v for k, v in data.items() if v is not None}
@@ -107,6 +107,9 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.status in DONE_STATUSES
+
+
+_FIELDS = tuple(f.name for f in fields(Record) if f.name != "extra")
 
 
 class ManifestWriter:

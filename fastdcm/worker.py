@@ -221,6 +221,43 @@ def _remove(paths: list[str]) -> None:
 _MADE_DIRS: set[str] = set()
 
 
+#: Output folders whose real path was checked to lie inside the output root (this batch).
+_CHECKED_DIRS: set[str] = set()
+
+
+def _final_path(out: str, name: str) -> str:
+    """The output path of ``name``, checked to stay inside ``out``.
+
+    The full check (``naming.resolve_inside``: realpath of every component) runs once per
+    output folder; for further names in a checked folder only the last component is new, and
+    the no-replace rename (or ``os.replace``) never follows a symlink at the final name.
+    """
+    from .naming import resolve_inside
+
+    head, _, tail = name.rpartition("/")
+    folder = os.path.join(out, head) if head else out
+    if folder in _CHECKED_DIRS and tail not in ("", ".", "..") and "\x00" not in tail:
+        return os.path.join(folder, tail)
+    final = str(resolve_inside(out, name))
+    if os.path.isdir(os.path.dirname(final)):
+        _CHECKED_DIRS.add(os.path.dirname(final))
+    return final
+
+
+class _LazyFields:
+    """``{Keyword}`` values for name templates, from pydicom's dataset parsed on first use."""
+
+    __slots__ = ("_image",)
+
+    def __init__(self, image: Any) -> None:
+        self._image = image
+
+    def __call__(self, keyword: str, default: Any = None) -> Any:
+        return self._image.dataset.get(keyword, default)
+
+    get = __call__
+
+
 class _Encoders:
     cache: dict[str, Any] = {}
 
@@ -255,7 +292,7 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
         n = image.n_frames
         indexes = range(n) if job.frames is Frames.ALL else range(min(n, 1))
         multi = n > 1 and job.frames is Frames.ALL
-        dataset = image.dataset
+        fields = _LazyFields(image)  # the full header is parsed only if the template asks for a keyword
         names = [
             output_name(
                 job.name,
@@ -263,11 +300,11 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
                 frame=i if multi else None,
                 n_frames=n,
                 extension=encoder.extension,
-                fields=dataset.get,
+                fields=fields,
             )
             for i in indexes
         ]
-        finals = [str(resolve_inside(job.out, name)) for name in names]
+        finals = [_final_path(job.out, name) for name in names]
         if job.on_exists is OnExists.SKIP and not retry and all(os.path.exists(f) for f in finals):
             result.status, result.reason, result.outputs = Status.SKIPPED, "outputs exist", names
             return result
@@ -291,6 +328,7 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
                 os.makedirs(folder, exist_ok=True)
                 resolve_inside(job.out, name)  # again, now that the folders exist
                 _MADE_DIRS.add(folder)
+                _CHECKED_DIRS.add(folder)
             try:
                 _write_atomic(data, final, tmp_dir, job, retry)
             except _Exists as exc:
@@ -347,6 +385,7 @@ def process_batch(
     (except for BaseExceptions such as the SIGTERM that stops a worker)."""
     faults = _faults()
     _MADE_DIRS.clear()  # folders are trusted for one batch (a caller may delete them between runs)
+    _CHECKED_DIRS.clear()
     results = []
     for i, source in enumerate(sources):
         if progress is not None:

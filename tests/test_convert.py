@@ -27,7 +27,7 @@ PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 #: Files the render core (header.py, not this suite) converts although their pixel data
 #: is short: a native transfer syntax with an undefined-length (encapsulated-looking) pixel
 #: data element. Reported to its owner; remove entries as they are fixed.
-KNOWN_SHORT_CONVERTED: set[str] = {"TC0323_encap_zero_frag.dcm"}
+KNOWN_SHORT_CONVERTED: set[str] = set()
 
 
 @pytest.fixture

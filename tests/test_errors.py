@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 import fastdcm
-from fastdcm import decode
+from fastdcm import decode, fastheader
 from fastdcm.errors import (
     DecodeError,
     FastDcmError,
@@ -226,3 +226,15 @@ def test_encapsulated_frames_missing(tmp_path):
     with pytest.raises((TruncatedPixelDataError, DecodeError)) as info:
         fastdcm.render(path)
     assert info.value.path == str(path)
+
+
+def test_two_pixel_data_elements_are_refused(tmp_path):
+    data = open(CT, "rb").read()
+    # append a second, encapsulated-looking Pixel Data element after the first
+    extra = struct.pack("<HH", 0x7FE0, 0x0010) + b"OB\0\0" + struct.pack("<I", 0xFFFFFFFF)
+    extra += struct.pack("<HHI", 0xFFFE, 0xE000, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    _, _, offset, length = fastheader.parse(data)
+    end = offset + length
+    path = tmp_path / "two_pixels.dcm"
+    path.write_bytes(data[:end] + extra + data[end:])
+    _raises(InvalidPixelModuleError, path, "second pixel data element")

@@ -132,11 +132,16 @@ def _resume_command(sources: list[str], out: str, given: dict[str, Any]) -> str:
 
 
 def _batches(items: Iterator[Source], size: int) -> Iterator[list[Source]]:
+    """Batches of ``size`` items, after a ramp of 1, 2, 4, ...: a run of a few large files
+    (four mammograms) is spread over the workers instead of landing in one batch, and a
+    large run reaches full batches after a handful."""
+    step = 1
     while True:
-        batch = list(islice(items, size))
+        batch = list(islice(items, min(step, size)))
         if not batch:
             return
         yield batch
+        step *= 2
 
 
 def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str | os.PathLike, **options: Any) -> Report:

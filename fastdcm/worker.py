@@ -386,9 +386,17 @@ def process_batch(
     faults = _faults()
     _MADE_DIRS.clear()  # folders are trusted for one batch (a caller may delete them between runs)
     _CHECKED_DIRS.clear()
-    results = []
-    for i, source in enumerate(sources):
-        if progress is not None:
-            progress(i)
-        results.append(convert_one(source, job, retry, faults))
+    results: list[Result] = []
+    try:
+        for i, source in enumerate(sources):
+            if progress is not None:
+                progress(i)
+            results.append(convert_one(source, job, retry, faults))
+    except BaseException:
+        # Stopped part-way (SIGTERM): the parent never sees these results and records the
+        # batch as interrupted, so the outputs its finished inputs wrote must go too.
+        for result in results:
+            if result.status is Status.CONVERTED:
+                _remove([os.path.join(job.out, name) for name in result.outputs])
+        raise
     return results

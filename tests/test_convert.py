@@ -275,3 +275,11 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
     quiet = TTY()
     _Progress(False, stream=quiet).update(3, 0, 9, walking=False, final=True)
     assert quiet.getvalue() == ""
+
+
+def test_batches_ramp_up_to_the_batch_size():
+    from fastdcm.convert import _batches
+
+    sizes = [len(b) for b in _batches(iter(range(100)), 16)]
+    assert sizes[:6] == [1, 2, 4, 8, 16, 16] and sum(sizes) == 100
+    assert [len(b) for b in _batches(iter(range(4)), 16)] == [1, 2, 1]

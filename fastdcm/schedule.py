@@ -255,8 +255,12 @@ class ProcessExecutor:
         batches (the one it runs and the next, so it never waits for the parent)."""
         source: Iterator | None = iter(batches)
         while True:
-            for worker in self._workers:
-                while worker is not None and len(worker.batches) < self.depth:
+            # Breadth first: every worker gets a batch to run before any gets one to queue,
+            # so a handful of long inputs (mammograms) spreads over all the workers.
+            for level in range(1, self.depth + 1):
+                for worker in self._workers:
+                    if worker is None or len(worker.batches) >= level:
+                        continue
                     work = self._next_work(source)
                     if work is None:
                         source = None

@@ -57,6 +57,13 @@ _LONG = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC"
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MAX_DEPTH = 16
+_SHORT = frozenset(
+    (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+     b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
+)
+_VR_BYTES = {vr: vr.encode() for vr in ("US", "CS", "UI", "IS", "DS")}
+_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (or reserved)
+_IMPLICIT = struct.Struct("<HHI")  # group, element, 32-bit length
 _HH = struct.Struct("<HH")
 _H = struct.Struct("<H")
 _I = struct.Struct("<I")
@@ -106,24 +113,22 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
     explicit = ts == EXPLICIT_LE
     attrs = Attributes()
     while pos + 8 <= n:
-        group, elem = _HH.unpack_from(buffer, pos)
-        tag = group << 16 | elem
         if explicit:
-            vr = buffer[pos + 4 : pos + 6]
+            group, elem, vr, length = _EXPLICIT.unpack_from(buffer, pos)
             if vr in _LONG:
-                if buffer[pos + 6 : pos + 8] != b"\0\0":
+                if length != 0:  # the two reserved bytes
                     return None
                 (length,) = _I.unpack_from(buffer, pos + 8)
                 start = pos + 12
-            elif vr.isalpha() and vr.isupper():
-                (length,) = _H.unpack_from(buffer, pos + 6)
+            elif vr in _SHORT:
                 start = pos + 8
             else:
                 return None  # implicit VR inside an explicit file: let pydicom sort it out
         else:
+            group, elem, length = _IMPLICIT.unpack_from(buffer, pos)
             vr = None
-            (length,) = _I.unpack_from(buffer, pos + 4)
             start = pos + 8
+        tag = group << 16 | elem
         if tag == PIXEL_DATA:
             if length == _UNDEFINED or start + length > n:
                 return None  # encapsulated, or short: pydicom's path reports it
@@ -142,7 +147,7 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
             return None
         if tag in WANTED:
             keyword, want_vr = WANTED[tag]
-            if explicit and vr != want_vr.encode() and not (want_vr == "US" and vr in (b"US", b"SS")):
+            if explicit and vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS"):
                 return None  # an unexpected VR: pydicom knows what to do
             attrs[keyword] = _value(buffer[start:end], want_vr)
         pos = end

@@ -16,6 +16,7 @@ Three steps, each a function:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -94,6 +95,7 @@ def _cap(text: str, limit: int) -> str:
     return f"{keep}~{digest}"
 
 
+@functools.lru_cache(maxsize=4096)  # folder names repeat across an archive
 def sanitize_component(value: str, *, max_bytes: int = MAX_COMPONENT_BYTES) -> str:
     """One safe path component from arbitrary text.
 

@@ -44,6 +44,7 @@ into a clean exit (status ``interrupted``).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
@@ -120,6 +121,9 @@ def _on_sigterm(signum, frame):
 
 
 def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env) -> None:
+    # A crash is reported by the parent, with the item and the signal; a forked worker must not
+    # also print the faulthandler traceback it may have inherited (pytest enables one).
+    faulthandler.disable()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     os.environ.update(env)

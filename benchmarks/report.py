@@ -62,7 +62,7 @@ WORKLOADS = ("ct", "mixed", "mammo")
 FORMATS = peers.FORMATS
 PEERS = tuple(p for p in peers.PEERS if p != "floor")
 PACKAGES = ("fastdcm", "numpy", "numba", "pydicom", "pillow", "pylibjpeg", "pylibjpeg-libjpeg",
-            "pylibjpeg-openjpeg", "pylibjpeg-rle", "pyjpegls", "simplejpeg", "zlib-ng",
+            "pylibjpeg-openjpeg", "pylibjpeg-rle", "pyjpegls", "simplejpeg", "isal",
             "opencv-python-headless", "opencv-python", "dicomsdl", "dicom2jpg", "pytest-benchmark", "matplotlib")
 
 #: issue 3's goals: (workload, fmt, what, peer or "floor"/"decoder", at least)

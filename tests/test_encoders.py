@@ -136,7 +136,7 @@ def test_unknown_encoder_is_an_option_error():
 @pytest.mark.parametrize(
     "name, modules, pip",
     [
-        ("png", ("zlib_ng", "zlib_ng.zlib_ng"), "pip install zlib-ng"),
+        ("png", ("isal", "isal.isal_zlib"), "pip install isal"),
         ("jpeg", ("simplejpeg",), "pip install simplejpeg"),
         ("png-small", ("PIL", "PIL.Image"), "pip install pillow"),
     ],

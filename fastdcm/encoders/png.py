@@ -1,12 +1,18 @@
 """PNG: a fast default ("png") and Pillow's smallest output ("png-small").
 
 "png" writes the PNG framing itself (signature, IHDR, IDAT, IEND; PNG spec sections
-5 and 11) around zlib-ng's deflate at level 2, after the Up filter (type 2) computed with
-one numpy subtraction. On 512x512 windowed CT renders (three kinds, whole encode call)
-it was 8-22x faster than Pillow at compress_level=6, with files 0.78-1.16x its size.
-Other candidates at their best speed/size settings: imagecodecs' libpng 4.5-14x,
-OpenCV 1.5-6.3x, Pillow at level 1 1.4-5.4x; isal instead of zlib-ng was faster
-but up to 1.8x Pillow's size (see benchmarks/bench_encoders.py and the commit message).
+5 and 11) around ISA-L's deflate at level 1 (python-isal), after the Up filter (type 2)
+computed with one numpy subtraction.
+
+Measured on 50 windowed 512x512 slices of the benchmark CT archive and 100 renders of the
+mixed archive (whole deflate call, this 2-core EPYC): ISA-L level 1 0.32 ms per CT slice,
+files 1.15x (median) and at most 1.23x Pillow's compress_level=6 size; zlib-ng level 2
+(the first choice) 1.18 ms, at most 1.20x; zlib-ng level 1 1.4 ms, up to 1.66x on CT.
+Pillow at level 6 takes about 11 ms. The price of ISA-L's speed is content with exact
+long-range repeats (a CT slice tiled 4x4, some secondary captures), where its files reach
+1.4-1.9x Pillow's: "png-small" is there for users who want the smallest files.
+Other candidates at their best settings: imagecodecs' libpng 4.5-14x Pillow's speed,
+OpenCV 1.5-6.3x, Pillow at level 1 1.4-5.4x (see benchmarks/bench_encoders.py).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _IDAT_CRC = zlib.crc32(b"IDAT")
 _MAX_CHUNK = 2**31 - 1  # a chunk's length field is at most 2**31 - 1 (PNG spec 5.3)
 _FILTER_UP = 2
-_DEFLATE_LEVEL = 2  # zlib-ng level 2: see the module docstring for the measurements
+_DEFLATE_LEVEL = 1  # ISA-L level 1: see the module docstring for the measurements
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
@@ -55,15 +61,15 @@ def filter_up(array: np.ndarray) -> np.ndarray:
 
 
 class FastPngEncoder(Encoder):
-    """PNG, lossless, 8 or 16 bits, greyscale or RGB: Up filter + zlib-ng level 2."""
+    """PNG, lossless, 8 or 16 bits, greyscale or RGB: Up filter + ISA-L deflate level 1."""
 
     name = "png"
     extension = ".png"
-    requires = (("zlib_ng.zlib_ng", "zlib-ng"),)
+    requires = (("isal.isal_zlib", "isal"),)
 
     def _encode(self, array: np.ndarray, quality: int) -> bytes:
-        zlib_ng = require("zlib_ng.zlib_ng", "zlib-ng", self.name)
-        data = zlib_ng.compress(filter_up(array), _DEFLATE_LEVEL)
+        isal_zlib = require("isal.isal_zlib", "isal", self.name)
+        data = isal_zlib.compress(filter_up(array), _DEFLATE_LEVEL)
         parts = [_SIGNATURE, _ihdr(array)]
         view = memoryview(data)
         for start in range(0, len(data), _MAX_CHUNK):

@@ -183,7 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, getattr(args, "quiet", False))
     commands = {"convert": _cmd_convert, "info": _cmd_info, "render": _cmd_render}
-    return commands[args.command](args, parser)
+    try:
+        return commands[args.command](args, parser)
+    except BrokenPipeError:
+        # whoever read stdout went away (`fastdcm info --plugins | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

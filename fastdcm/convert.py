@@ -131,6 +131,27 @@ def _resume_command(sources: list[str], out: str, given: dict[str, Any]) -> str:
     return shlex.join(words)
 
 
+def _file_system_now(folder: str) -> int:
+    """The time the file system stamps on a file written now, in ns.
+
+    File times come from the kernel's coarse clock, which can run a few ms behind
+    ``time.time_ns()``: an output written right after the start could look older than the
+    run and be taken for a file from before it. A stamp file's own mtime cannot.
+    """
+    stamp = os.path.join(folder, f"run-{os.getpid()}-{time.monotonic_ns()}.stamp")
+    try:
+        with open(stamp, "wb"):
+            pass
+        return min(os.stat(stamp).st_mtime_ns, time.time_ns())
+    except OSError:
+        return time.time_ns() - 50_000_000  # 50 ms of slack when the stamp cannot be written
+    finally:
+        try:
+            os.unlink(stamp)
+        except OSError:
+            pass
+
+
 def _batches(items: Iterator[Source], size: int) -> Iterator[list[Source]]:
     """Batches of ``size`` items, after a ramp of 1, 2, 4, ...: a run of a few large files
     (four mammograms) is spread over the workers instead of landing in one batch, and a
@@ -187,7 +208,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         on_exists=copts.on_exists,
         frames=copts.frames,
         fsync=copts.fsync,
-        run_start_ns=time.time_ns(),
+        run_start_ns=_file_system_now(os.path.join(out, TMP_DIR)),
     )
     if copts.resume:
         # Inputs redone by --resume had no successful record: outputs they left are stale.

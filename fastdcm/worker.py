@@ -153,18 +153,29 @@ def _write_atomic(data: bytes, final: str, tmp_dir: str, job: Job, retry: bool) 
         try:
             _rename_noreplace(tmp, final)  # atomic, fails if the name exists
         except FileExistsError:
-            raise _Exists("exists") from None
+            raise _Exists(_who_wrote(final, job)) from None
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                 raise
             if os.path.lexists(final):  # no hard links here: check, then rename
-                raise _Exists("exists") from None
+                raise _Exists(_who_wrote(final, job)) from None
             os.replace(tmp, final)
     finally:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _who_wrote(final: str, job: Job) -> str:
+    """Why ``final`` is in the way: written during this run means another input of this run
+    claimed the same name (a name conflict); older means it was there before the run."""
+    try:
+        if os.stat(final).st_mtime_ns >= job.run_start_ns:
+            return "written by another input of this run"
+    except OSError:
+        pass
+    return "exists"
 
 
 def _load_renameat2():

@@ -283,3 +283,17 @@ def test_batches_ramp_up_to_the_batch_size():
     sizes = [len(b) for b in _batches(iter(range(100)), 16)]
     assert sizes[:6] == [1, 2, 4, 8, 16, 16] and sum(sizes) == 100
     assert [len(b) for b in _batches(iter(range(4)), 16)] == [1, 2, 1]
+
+
+def test_two_inputs_with_one_name_are_a_name_conflict(tmp_path):
+    """Copies of one object under a name template that maps both to the same file: the second
+    is a name conflict (not a write error), and the first output is left as it was."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ct = get_testdata_file("CT_small.dcm")
+    for name in ("a.dcm", "b.dcm"):
+        shutil.copyfile(ct, src / name)
+    out = tmp_path / "out"
+    report = fastdcm.convert([str(src)], str(out), workers=0, name="{SOPInstanceUID}", quiet=True)
+    assert report.counts[Status.CONVERTED] == 1 and report.counts[Status.NAME_CONFLICT] == 1
+    assert len([p for p in out.rglob("*.png")]) == 1

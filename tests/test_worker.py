@@ -11,6 +11,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import fastdcm
+from fastdcm.convert import _file_system_now
 from fastdcm.discover import Source
 from fastdcm.errors import Status
 from fastdcm.options import Frames, OnExists, RenderOptions
@@ -27,7 +28,7 @@ def source(path, rel=None):
 
 def job(out, **kw):
     os.makedirs(os.path.join(out, TMP_DIR), exist_ok=True)
-    kw.setdefault("run_start_ns", time.time_ns())
+    kw.setdefault("run_start_ns", _file_system_now(os.path.join(out, TMP_DIR)))  # as convert does
     return Job(out=str(out), render=kw.pop("render", RenderOptions()), **kw)
 
 
@@ -92,8 +93,8 @@ def test_same_name_twice_in_a_batch_is_never_overwritten(tmp_path):
     out = tmp_path / "out"
     a, b = process_batch([source(CT, "x/CT.dcm"), source(MULTI, "x/CT.dcm")], job(out, frames=Frames.FIRST))
     assert a.status is Status.CONVERTED
-    assert b.status is Status.WRITE_ERROR
-    assert "exists" in b.reason
+    assert b.status is Status.NAME_CONFLICT  # two inputs of one run, one name: never overwritten
+    assert "another input of this run" in b.reason
 
 
 def test_multiframe_failure_leaves_no_partial_outputs(tmp_path):

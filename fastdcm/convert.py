@@ -132,24 +132,34 @@ def _resume_command(sources: list[str], out: str, given: dict[str, Any]) -> str:
 
 
 def _file_system_now(folder: str) -> int:
-    """The time the file system stamps on a file written now, in ns.
+    """A start time, in the file system's own clock, that splits files written before the run
+    from files written by it.
 
-    File times come from the kernel's coarse clock, which can run a few ms behind
-    ``time.time_ns()``: an output written right after the start could look older than the
-    run and be taken for a file from before it. A stamp file's own mtime cannot.
+    File times come from the kernel's coarse clock (a tick of a few ms, behind
+    ``time.time_ns()``): a file written just before the run and one written just after can
+    carry the same time. So a first stamp file is written, then a second one until its time
+    is past the first's (one tick, a few ms); everything written before the call is older
+    than the returned time, everything written after it is not.
     """
-    stamp = os.path.join(folder, f"run-{os.getpid()}-{time.monotonic_ns()}.stamp")
-    try:
-        with open(stamp, "wb"):
-            pass
-        return min(os.stat(stamp).st_mtime_ns, time.time_ns())
-    except OSError:
-        return time.time_ns() - 50_000_000  # 50 ms of slack when the stamp cannot be written
-    finally:
+    def stamp_time(n: int) -> int:
+        path = os.path.join(folder, f"run-{os.getpid()}-{n}.stamp")
         try:
-            os.unlink(stamp)
-        except OSError:
-            pass
+            with open(path, "wb"):
+                pass
+            return os.stat(path).st_mtime_ns
+        finally:
+            os.unlink(path)
+
+    try:
+        first = stamp_time(0)
+        deadline = time.monotonic() + 1.0
+        while True:
+            now = stamp_time(1)
+            if now > first or time.monotonic() > deadline:
+                return now
+            time.sleep(0.001)
+    except OSError:
+        return time.time_ns()
 
 
 def _batches(items: Iterator[Source], size: int) -> Iterator[list[Source]]:

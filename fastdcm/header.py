@@ -100,12 +100,6 @@ class PixelSpec:
         return self.pixel_representation == 1
 
     @property
-    def frame_bytes(self) -> int:
-        """Bytes of one frame as stored natively (bit-packed for Bits Allocated 1)."""
-        bits = self.rows * self.columns * self.samples_per_pixel * self.bits_allocated
-        return (bits + 7) // 8
-
-    @property
     def is_native_view(self) -> bool:
         """True when frames can be numpy views of the file's bytes (see decode.py)."""
         return self.pixel_offset >= 0

@@ -25,6 +25,7 @@ from .kernels.voi import (
     MODE_LINEAR,
     MODE_LINEAR_EXACT,
     MODE_LUT,
+    MODE_NAMES,
     MODE_SCALE,
     MODE_SIGMOID,
     quantize,
@@ -53,10 +54,6 @@ class Modality:
     intercept: float = 0.0
     lut: bool = False  # Modality LUT Sequence (applied through pydicom on the table)
 
-    @property
-    def is_identity(self) -> bool:
-        return not self.lut and self.slope == 1.0 and self.intercept == 0.0
-
 
 @dataclass(frozen=True)
 class Voi:
@@ -70,7 +67,7 @@ class Voi:
 
     def describe(self) -> str:
         if self.step in ("explicit", "window"):
-            name = {MODE_LINEAR: "LINEAR", MODE_LINEAR_EXACT: "LINEAR_EXACT", MODE_SIGMOID: "SIGMOID"}[self.mode]
+            name = MODE_NAMES[self.mode]
             where = "" if self.step == "explicit" else f"[{self.index}]"
             return f"{self.step}{where} {name} c={self.p1:g} w={self.p2:g}"
         if self.step == "voi_lut":

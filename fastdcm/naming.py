@@ -107,9 +107,10 @@ def sanitize_component(value: str, *, max_bytes: int = MAX_COMPONENT_BYTES) -> s
     """
     text = unicodedata.normalize("NFC", str(value))
     text = "".join("_" if _bad_char(ch) else ch for ch in text)
+    text = text.lstrip(" ")  # before the dots: " .x" must not become ".x"
     stripped = text.lstrip(".")
     text = "_" * (len(text) - len(stripped)) + stripped
-    text = text.rstrip(". ").lstrip(" ")
+    text = text.rstrip(". ")
     if not text:
         return "_"
     if text.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED:

@@ -228,12 +228,10 @@ def _remove(paths: list[str]) -> None:
 # --------------------------------------------------------------------------- one input
 
 
-#: Output folders created and checked during the current batch (makedirs once per folder).
-_MADE_DIRS: set[str] = set()
-
-
-#: Output folders whose real path was checked to lie inside the output root (this batch).
-_CHECKED_DIRS: set[str] = set()
+#: Output folders of the current batch that exist and whose real path was checked to lie
+#: inside the output root: for them only the file name is new (makedirs and the full check
+#: run once per folder).
+_READY_DIRS: set[str] = set()
 
 
 def _final_path(out: str, name: str) -> str:
@@ -247,11 +245,11 @@ def _final_path(out: str, name: str) -> str:
 
     head, _, tail = name.rpartition("/")
     folder = os.path.join(out, head) if head else out
-    if folder in _CHECKED_DIRS and tail not in ("", ".", "..") and "\x00" not in tail:
+    if folder in _READY_DIRS and tail not in ("", ".", "..") and "\x00" not in tail:
         return os.path.join(folder, tail)
     final = str(resolve_inside(out, name))
     if os.path.isdir(os.path.dirname(final)):
-        _CHECKED_DIRS.add(os.path.dirname(final))
+        _READY_DIRS.add(os.path.dirname(final))
     return final
 
 
@@ -335,11 +333,10 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
                 raise EncodeError(f"{job.format}: {exc}") from exc
             t2 = time.perf_counter()
             folder = os.path.dirname(final)
-            if folder not in _MADE_DIRS:
+            if folder not in _READY_DIRS:
                 os.makedirs(folder, exist_ok=True)
                 resolve_inside(job.out, name)  # again, now that the folders exist
-                _MADE_DIRS.add(folder)
-                _CHECKED_DIRS.add(folder)
+                _READY_DIRS.add(folder)
             try:
                 _write_atomic(data, final, tmp_dir, job, retry)
             except _Exists as exc:
@@ -395,8 +392,7 @@ def process_batch(
     """Convert every source of a batch; one :class:`Result` each, in order. Never raises
     (except for BaseExceptions such as the SIGTERM that stops a worker)."""
     faults = _faults()
-    _MADE_DIRS.clear()  # folders are trusted for one batch (a caller may delete them between runs)
-    _CHECKED_DIRS.clear()
+    _READY_DIRS.clear()  # folders are trusted for one batch (a caller may delete them between runs)
     results: list[Result] = []
     try:
         for i, source in enumerate(sources):

@@ -93,16 +93,9 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
     pos = 132
     ts = None
     while pos + 8 <= n:
-        group, elem = _HH.unpack_from(buffer, pos)
+        group, elem, length, start = _element(buffer, pos, True)
         if group != 0x0002:
             break
-        vr = buffer[pos + 4 : pos + 6]
-        if vr in _LONG:
-            (length,) = _I.unpack_from(buffer, pos + 8)
-            start = pos + 12
-        else:
-            (length,) = _H.unpack_from(buffer, pos + 6)
-            start = pos + 8
         if length == _UNDEFINED or start + length > n:
             return None
         if elem == 0x0010:
@@ -154,6 +147,19 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
     return None  # no pixel data: pydicom's path reports what kind of object this is
 
 
+def _element(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, int, int]:
+    """(group, element, value length, value start) of the element header at ``pos``.
+    The main walk in ``_parse`` inlines this with stricter checks: it is the hot loop."""
+    group, elem = _HH.unpack_from(buffer, pos)
+    if not explicit:
+        return group, elem, _I.unpack_from(buffer, pos + 4)[0], pos + 8
+    if buffer[pos + 4 : pos + 6] in _LONG:
+        if pos + 12 > len(buffer):
+            raise _Unusual
+        return group, elem, _I.unpack_from(buffer, pos + 8)[0], pos + 12
+    return group, elem, _H.unpack_from(buffer, pos + 6)[0], pos + 8
+
+
 def second_pixel_element(buffer: bytes, pos: int) -> bool:
     """True when another pixel data element follows at ``pos`` (a malformed file holding two:
     which one is meant is ambiguous, and pydicom would take the last)."""
@@ -188,21 +194,9 @@ def _skip_item(buffer: bytes, pos: int, explicit: bool, depth: int) -> int:
     """Skip the elements of an item of undefined length, up to its delimiter."""
     n = len(buffer)
     while pos + 8 <= n:
-        group, elem = _HH.unpack_from(buffer, pos)
-        tag = group << 16 | elem
-        if tag == _ITEM_END:
+        group, elem, length, start = _element(buffer, pos, explicit)
+        if (group << 16 | elem) == _ITEM_END:
             return pos + 8
-        if explicit:
-            vr = buffer[pos + 4 : pos + 6]
-            if vr in _LONG:
-                (length,) = _I.unpack_from(buffer, pos + 8)
-                start = pos + 12
-            else:
-                (length,) = _H.unpack_from(buffer, pos + 6)
-                start = pos + 8
-        else:
-            (length,) = _I.unpack_from(buffer, pos + 4)
-            start = pos + 8
         if length == _UNDEFINED:
             pos = _skip_undefined(buffer, start, explicit, depth + 1)
         else:

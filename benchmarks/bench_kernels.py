@@ -79,6 +79,11 @@ def stored_values(case: str, shape: tuple[int, int], seed: int = 0) -> np.ndarra
 def make_dataset(case: str, arr: np.ndarray) -> Dataset:
     """An in-memory MONOCHROME2 dataset holding ``arr`` (native, explicit VR little endian)."""
     dtype, bits, slope, intercept, center, width = CASES[case]
+    return dataset_for(arr, bits, slope, intercept, center, width)
+
+
+def dataset_for(arr: np.ndarray, bits: int, slope: float, intercept: float, center: float, width: float) -> Dataset:
+    """A MONOCHROME2 dataset holding ``arr`` with these stored bits, rescale and window."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -93,7 +98,7 @@ def make_dataset(case: str, arr: np.ndarray) -> Dataset:
     ds.BitsAllocated = arr.dtype.itemsize * 8
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.WindowCenter, ds.WindowWidth = center, width
-    if dtype == np.float32:
+    if arr.dtype == np.float32:
         ds.FloatPixelData = arr.astype("<f4").tobytes()
     else:
         ds.BitsStored = bits

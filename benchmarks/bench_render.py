@@ -13,9 +13,10 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 import fastdcm
-from fastdcm import kernels
+from fastdcm.kernels import twins
 from fastdcm.decode import stored_frame
 from fastdcm.options import RenderOptions
+from fastdcm.plan import build_plan
 from fastdcm.render import _render_stored, open_image
 
 CT = get_testdata_file("693_UNCR.dcm")  # 512x512 int16 CT, explicit VR little endian, window in file
@@ -55,24 +56,30 @@ def test_kernel_ct(benchmark, ct, impl):
 
 @pytest.fixture(scope="module")
 def mammo():
-    rng = np.random.default_rng(7)
-    frame = rng.integers(0, 4096, (3328, 4096), dtype=np.uint16)
-    table = (np.arange(4096) * 255 // 4095).astype(np.uint8)
-    return frame, table
+    """A 4096x3328 12-bit mammogram-sized frame (random values) with a window, as render sees it."""
+    from bench_kernels import dataset_for
+
+    frame = np.random.default_rng(7).integers(0, 4096, (3328, 4096), dtype=np.uint16)
+    ds = dataset_for(frame, 12, 1.0, 0.0, 2047.0, 3000.0)
+    image = open_image(ds)
+    stored = stored_frame(image._header, 0)
+    plan = build_plan(ds, image.spec, 0, RenderOptions())
+    expected = np.empty(frame.size, np.uint8)
+    twins.lut_gather(frame.reshape(-1), plan.mask, plan.flip, plan.table, expected)  # the table, the definition
+    return frame, ds, image, stored, expected.reshape(frame.shape)
 
 
 @pytest.mark.parametrize("impl", ["fastdcm", "numpy-copy"])
 def test_kernel_mammo(benchmark, mammo, impl):
+    """The fused kernel as render runs it (cached plan, fresh output), vs one numpy copy."""
     benchmark.group = "kernel-mammo"
-    frame, table = mammo
-    flat = frame.reshape(-1)
+    frame, ds, image, stored, expected = mammo
     if impl == "fastdcm":
-        out = np.empty(flat.shape[0], np.uint8)
-        benchmark(kernels.lut_gather, flat, 4095, 0, table, out)
-        np.testing.assert_array_equal(out[:1000], table[flat[:1000]])
+        out, _ = benchmark(_render_stored, stored, ds, image.spec, 0, RenderOptions())
+        np.testing.assert_array_equal(out, expected)
     else:
         copy = benchmark(frame.copy)
-        assert copy[5, 5] == frame[5, 5]
+        np.testing.assert_array_equal(copy[::97], frame[::97])
 
 
 @pytest.mark.parametrize("impl", ["fastdcm", "recipe"])

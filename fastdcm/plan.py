@@ -2,7 +2,10 @@
 
 A plan is either a lookup table over all stored values (integer data of up to 16 stored
 bits: modality LUT, VOI, rounding and inversion folded together) or the parameters of the
-arithmetic path (float and 32-bit data). The VOI step is chosen as RENDERING.md 2.2 says,
+arithmetic path (float and 32-bit data). A table that is a clamped straight line of its
+index (rescale with a LINEAR / LINEAR_EXACT window, min-max, colour scaling) also carries
+the float32 line, checked against every entry (:func:`fit_affine`), so the renderer can
+compute it (``kernels.lut_affine``) instead of gathering, with the same output bit for bit. The VOI step is chosen as RENDERING.md 2.2 says,
 and recorded in ``RenderPlan.voi`` for the manifest. Tables for the common rescale + window
 case are cached, so a series of slices with one window builds its table once.
 """
@@ -88,6 +91,8 @@ class RenderPlan:
     mask: int = 0
     flip: int = 0
     table: np.ndarray | None = None
+    #: float32 (j0, a, b): table[j] == trunc(clamp((j - j0) * a + b, 0, ymax)) for every index j
+    affine: tuple[np.float32, np.float32, np.float32] | None = None
     # arithmetic path
     slope: float = 1.0
     intercept: float = 0.0
@@ -274,16 +279,82 @@ def _voi_lut(ds: Dataset, frame: int, voi: Voi, modality_values: np.ndarray, yma
     return np.asarray(out, dtype=np.float64) * (ymax / float((1 << bits) - 1))
 
 
+def voi_line(mode: int, p1: float, p2: float, slope: float, x0: float, ymax: float) -> tuple[float, float] | None:
+    """(A, B) such that the VOI output, before its clamps and rounding, is ``A * j + B`` for
+    the modality value ``x = j * slope + x0``; None when the function is not a line (SIGMOID,
+    a LINEAR window of width 1, which is a step)."""
+    if mode == MODE_LINEAR and p2 > 1.0:
+        return slope * ymax / (p2 - 1.0), (x0 - (p1 - 0.5)) * ymax / (p2 - 1.0) + ymax / 2.0
+    if mode == MODE_LINEAR_EXACT:
+        return slope * ymax / p2, (x0 - p1) * ymax / p2 + ymax / 2.0
+    if mode == MODE_SCALE:
+        if p2 > p1:
+            return slope * ymax / (p2 - p1), (x0 - p1) * ymax / (p2 - p1)
+        return 0.0, 0.0
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _indexes(n: int) -> np.ndarray:
+    out = np.arange(n, dtype=np.uint32)
+    out.flags.writeable = False
+    return out
+
+
+#: nudges of the line's offset tried, in units of one float32 step at the line's largest value
+_NUDGES = (0, -1, 1, -2, 2, -3, 3)
+
+
+def fit_affine(
+    table: np.ndarray, line: tuple[float, float] | None, ymax: float, invert: bool
+) -> tuple[np.float32, np.float32, np.float32] | None:
+    """float32 (j0, a, b) with ``table[j] == trunc(clamp((j - j0) * a + b, 0, ymax))`` for every
+    index j, as ``kernels.lut_affine`` computes it, or None.
+
+    ``line`` is the table's VOI output ``A * j + B`` before rounding half up (``voi_line``).
+    ``j0`` is the index nearest the middle of the output range, where float32 is finest. The
+    float32 line can round differently at exact halves, so a few offsets one float32 step
+    apart are tried; every candidate is checked over the whole table with the kernel's numpy
+    twin, so a plan only ever carries a line that reproduces its table exactly.
+    """
+    from .kernels import twins
+
+    if line is None or table.ndim != 1:
+        return None
+    slope, offset = line
+    if invert:  # ymax - floor(y + 0.5) == floor((ymax - y) + 0.5) but at exact halves
+        slope, offset = -slope, ymax - offset
+    offset += 0.5
+    n = table.shape[0]
+    if not (math.isfinite(slope) and math.isfinite(offset)):
+        return None
+    j0 = float(np.clip(np.round((ymax / 2.0 + 0.5 - offset) / slope), 0, n - 1)) if slope else 0.0
+    offset += slope * j0
+    biggest = max(abs(slope) * max(j0, n - 1 - j0), abs(offset), ymax)
+    if biggest > 2.0**24:
+        return None
+    a, c = np.float32(slope), np.float32(j0)
+    step = float(np.spacing(np.float32(max(abs(offset), ymax))))
+    index, got = _indexes(n), np.empty_like(table)
+    for k in _NUDGES:
+        b = np.float32(offset + k * step)
+        twins.lut_affine(index, n - 1, 0, c, a, b, ymax, got)
+        if np.array_equal(got, table):
+            return c, a, b
+    return None
+
+
 @functools.lru_cache(maxsize=512)
 def _rescale_window_table(
     bits: int, signed: bool, slope: float, intercept: float, mode: int, p1: float, p2: float,
     ymax: float, invert: bool, out_dtype: str,
-) -> np.ndarray:
+) -> tuple[np.ndarray, tuple[np.float32, np.float32, np.float32] | None]:
     first = -(1 << (bits - 1)) if signed else 0
     stored = np.arange(first, first + (1 << bits), dtype=np.float64)
     table = quantize(voi_values(stored * slope + intercept, mode, p1, p2, ymax), ymax, invert).astype(out_dtype)
     table.flags.writeable = False
-    return table
+    line = voi_line(mode, p1, p2, slope, first * slope + intercept, ymax)
+    return table, fit_affine(table, line, ymax, invert)
 
 
 def _table_from_modality(modality_values: np.ndarray, voi: Voi, ymax: float, invert: bool, out_dtype) -> np.ndarray:
@@ -320,11 +391,11 @@ def build_plan(
     if table_path:
         mask, flip, _ = stored_range(spec)
         if voi is not None and voi.step in ("explicit", "window") and not modality.lut:
-            table = _rescale_window_table(
+            table, affine = _rescale_window_table(
                 spec.bits_stored, spec.is_signed, modality.slope, modality.intercept,
                 voi.mode, voi.p1, voi.p2, ymax, invert, out_dtype.str,
             )
-            return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table)
+            return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine)
         mvals = _modality_table(ds, spec, modality)
         if voi is None:
             if present is None:
@@ -335,12 +406,17 @@ def build_plan(
             voi = Voi(step="minmax", mode=MODE_SCALE, p1=lo, p2=hi)
         elif voi.step == "none":
             voi = Voi(step="none", mode=MODE_SCALE, p1=float(mvals.min()), p2=float(mvals.max()))
+        affine = None
         if voi.step == "voi_lut":
             y = _voi_lut(ds, frame, voi, mvals, ymax)
             table = quantize(y, ymax, invert).astype(out_dtype)
         else:
             table = _table_from_modality(mvals, voi, ymax, invert, out_dtype)
-        return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table)
+            if not modality.lut:
+                x0 = stored_range(spec)[2] * modality.slope + modality.intercept
+                line = voi_line(voi.mode, voi.p1, voi.p2, modality.slope, x0, ymax)
+                affine = fit_affine(table, line, ymax, invert)
+        return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine)
 
     # Arithmetic path: float data or more than 16 stored bits.
     if modality.lut:
@@ -387,7 +463,8 @@ def _color_plan(spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan
         mask = (1 << bits) - 1
         values = np.arange(mask + 1, dtype=np.float64) * (ymax / mask)
         table = quantize(values, ymax, False).astype(out_dtype)
-        return RenderPlan("table", "color", out_dtype, ymax, mask, 0, table)
+        affine = fit_affine(table, (ymax / mask, 0.0), ymax, False)
+        return RenderPlan("table", "color", out_dtype, ymax, mask, 0, table, affine)
     mask = (1 << bits) - 1
     return RenderPlan("arith", "color", out_dtype, ymax, mask, 0, None, mode=MODE_SCALE, p1=0.0, p2=float(mask))
 

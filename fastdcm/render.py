@@ -120,7 +120,12 @@ def _render_stored(
         kernels.lut_gather_rgb(raw, plan.mask, plan.flip, plan.table, out)
         return out.reshape(shape + (3,)), plan.voi
     out = np.empty(raw.shape[0], dtype=plan.out_dtype)
-    kernels.lut_gather(raw, plan.mask, plan.flip, plan.table, out)
+    if plan.affine is not None:  # the table is this line at every index (plan.fit_affine)
+        narrow = raw.dtype.type
+        j0, a, b = plan.affine
+        kernels.lut_affine(raw, narrow(plan.mask), narrow(plan.flip), j0, a, b, np.float32(plan.ymax), out)
+    else:
+        kernels.lut_gather(raw, plan.mask, plan.flip, plan.table, out)
     return out.reshape(shape), plan.voi
 
 

@@ -195,3 +195,37 @@ def test_nan_under_a_width_one_window_is_zero_not_an_exception():
     out = np.empty(3, np.uint8)
     kernels.voi_float(raw, 1.0, 0.0, MODE_LINEAR, 0.5, 1.0, 255.0, False, np.zeros(1, np.uint8), 0, out)
     assert out.tolist() == [0, 0, 255]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    stored_data(max_allocated=16),
+    st.sampled_from([np.uint8, np.uint16]),
+    st.floats(0, 4095),
+    st.floats(-300, 300, allow_nan=False, width=32),
+    st.floats(-70000, 70000, allow_nan=False, width=32),
+)
+def test_lut_affine_matches_twin(data, out_dtype, j0, a, b):
+    raw, bits, mask, flip = data
+    ymax = np.float32(np.iinfo(out_dtype).max)
+    narrow = raw.dtype.type
+    args = (narrow(mask), narrow(flip), np.float32(round(j0)), np.float32(a), np.float32(b), ymax)
+    got, want = np.empty(raw.shape, out_dtype), np.empty(raw.shape, out_dtype)
+    kernels.lut_affine(raw, *args, got)
+    twins.lut_affine(raw, *args, want)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_exact_halves_round_up():
+    """RENDERING.md 2.3: an output of exactly k + 0.5 rounds up in every function.
+
+    LINEAR_EXACT c=0, w=400: x=-80 is exactly 76.5 (the textbook form ((x-c)/w + 0.5) * 255
+    computes 76.4999...); LINEAR c=0.5, w=401: x=80 is 178.5; min-max 0..510: x=1 is 0.5.
+    """
+    assert quantize(voi_values(np.array([-80.0]), MODE_LINEAR_EXACT, 0.0, 400.0, 255.0), 255.0, False)[0] == 77
+    assert quantize(voi_values(np.array([80.0]), MODE_LINEAR, 0.5, 401.0, 255.0), 255.0, False)[0] == 179
+    assert quantize(voi_values(np.array([1.0]), MODE_SCALE, 0.0, 510.0, 255.0), 255.0, False)[0] == 1
+    out = np.empty(1, np.uint8)
+    kernels.voi_int(np.array([0], np.uint32), 0xFFFF, 0, 1.0, -80.0, MODE_LINEAR_EXACT, 0.0, 400.0, 255.0, False,
+                    np.zeros(1, np.uint8), 0, out)
+    assert out[0] == 77

@@ -14,6 +14,12 @@ def lut_gather(raw, mask, flip, table, out):
 lut_gather_rgb = lut_gather
 
 
+def lut_affine(raw, mask, flip, j0, a, b, ymax, out):
+    j = ((raw & mask) ^ flip).astype(np.float32)
+    v = (j - np.float32(j0)) * np.float32(a) + np.float32(b)  # float32 throughout, one rounding per operation
+    out[...] = np.minimum(np.maximum(v, np.float32(0.0)), np.float32(ymax)).astype(np.int32)
+
+
 def stored_presence(raw, mask, flip, present):
     present[(raw & mask) ^ flip] = True
 
@@ -59,6 +65,7 @@ def warmup_arrays():
     from . import (
         float_minmax as k_float_minmax,
         int_minmax as k_int_minmax,
+        lut_affine as k_lut_affine,
         lut_gather as k_lut_gather,
         lut_gather_rgb as k_lut_gather_rgb,
         stored_presence as k_stored_presence,
@@ -74,6 +81,8 @@ def warmup_arrays():
             calls.append(
                 (k_lut_gather_rgb, (raw, 255, 0, np.zeros((256, 3), out_dtype), np.zeros((4, 3), out_dtype)))
             )
+            f32 = np.float32(1.0)
+            calls.append((k_lut_affine, (raw, raw_dtype(255), raw_dtype(0), f32, f32, f32, f32, np.zeros(4, out_dtype))))
         calls.append((k_stored_presence, (raw, 255, 0, np.zeros(256, np.bool_))))
         calls.append((k_int_minmax, (raw, 255, 0, np.zeros(2, np.int64))))
     for raw_dtype in (np.float32, np.float64):

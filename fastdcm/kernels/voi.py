@@ -26,21 +26,24 @@ MODE_NAMES = {
 def voi_values(x: np.ndarray, mode: int, p1: float, p2: float, ymax: float) -> np.ndarray:
     """VOI output (float64, before rounding) for modality values ``x``."""
     x = np.asarray(x, dtype=np.float64)
+    # Each line multiplies before it divides: where the exact output is a half (k + 0.5),
+    # every step is exact in float64, so round half up rounds it up, as RENDERING.md says
+    # (``((x - c) / w + 0.5) * ymax`` lands just below some halves).
     if mode == MODE_LINEAR:
         lower = p1 - 0.5 - (p2 - 1.0) / 2.0
         upper = p1 - 0.5 + (p2 - 1.0) / 2.0
         with np.errstate(divide="ignore", invalid="ignore"):
-            mid = ((x - (p1 - 0.5)) / (p2 - 1.0) + 0.5) * ymax
+            mid = (x - (p1 - 0.5)) * ymax / (p2 - 1.0) + ymax / 2.0
         return np.where(x <= lower, 0.0, np.where(x > upper, ymax, mid))
     if mode == MODE_LINEAR_EXACT:
-        mid = ((x - p1) / p2 + 0.5) * ymax
+        mid = (x - p1) * ymax / p2 + ymax / 2.0
         return np.where(x <= p1 - p2 / 2.0, 0.0, np.where(x > p1 + p2 / 2.0, ymax, mid))
     if mode == MODE_SIGMOID:
         with np.errstate(over="ignore"):
             return ymax / (1.0 + np.exp(-4.0 * (x - p1) / p2))
     if mode == MODE_SCALE:
         if p2 > p1:
-            return (x - p1) / (p2 - p1) * ymax
+            return (x - p1) * ymax / (p2 - p1)
         return np.zeros_like(x)
     raise ValueError(f"unknown VOI mode {mode}")
 

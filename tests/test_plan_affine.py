@@ -1,0 +1,117 @@
+"""The plan's float32 line (``RenderPlan.affine``) reproduces its table at every stored value.
+
+``plan.fit_affine`` only hands out a line it has checked against the whole table, so these
+tests hold the renderer to that: with the line, ``kernels.lut_affine`` gives exactly what
+``kernels.lut_gather`` gives with the table, over every stored value and junk high bits;
+and the line is found for the cases that matter for speed (so the fast path is really taken).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+
+from fastdcm import kernels
+from fastdcm.kernels.voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_SCALE, MODE_SIGMOID
+from fastdcm.options import RenderOptions
+from fastdcm.plan import _rescale_window_table, build_plan, fit_affine, voi_line
+from fastdcm.render import _as_unsigned, _plan_with_range, open_image
+from fastdcm.decode import stored_frame
+
+
+def _all_values(bits: int, allocated: int) -> np.ndarray:
+    """Every stored value, once clean and once with every bit above Bits Stored set."""
+    dtype = {8: np.uint8, 16: np.uint16, 32: np.uint32}[allocated]
+    clean = np.arange(1 << bits, dtype=np.uint64)
+    junk = clean | (((1 << allocated) - 1) ^ ((1 << bits) - 1))
+    return np.concatenate([clean, junk]).astype(dtype)
+
+
+def _same_as_gather(table, affine, bits, allocated, signed):
+    mask, flip = (1 << bits) - 1, (1 << (bits - 1)) if signed else 0
+    raw = _all_values(bits, allocated)
+    via_table, via_line = np.empty(raw.shape, table.dtype), np.empty(raw.shape, table.dtype)
+    kernels.lut_gather(raw, mask, flip, table, via_table)
+    narrow = raw.dtype.type
+    ymax = np.float32(np.iinfo(table.dtype).max)
+    kernels.lut_affine(raw, narrow(mask), narrow(flip), *affine, ymax, via_line)
+    np.testing.assert_array_equal(via_line, via_table)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([(8, 8), (10, 16), (12, 16), (15, 16), (16, 16)]),
+    st.booleans(),
+    st.sampled_from([(1.0, 0.0), (1.0, -1024.0), (0.5, -1000.0), (2.0, 3.25), (0.3125, 0.0), (-1.0, 100.0)]),
+    st.sampled_from([MODE_LINEAR, MODE_LINEAR_EXACT, MODE_SIGMOID]),
+    st.one_of(st.integers(-2000, 5000).map(float), st.floats(-2000, 5000)),
+    st.one_of(st.integers(1, 6000).map(float), st.floats(1.0, 6000)),
+    st.sampled_from([8, 16]),
+    st.booleans(),
+)
+def test_a_fitted_line_is_the_table(bits_alloc, signed, rescale, mode, center, width, depth, invert):
+    bits, allocated = bits_alloc
+    slope, intercept = rescale
+    ymax = float(2**depth - 1)
+    table, affine = _rescale_window_table(
+        bits, signed, slope, intercept, mode, center, width, ymax, invert, "|u1" if depth == 8 else "<u2"
+    )
+    if mode == MODE_SIGMOID:
+        assert affine is None
+    if affine is not None:
+        _same_as_gather(table, affine, bits, allocated, signed)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+@pytest.mark.parametrize(
+    ("bits", "signed", "slope", "intercept", "mode", "center", "width"),
+    [
+        (12, True, 1.0, -1024.0, MODE_LINEAR, 40.0, 400.0),  # CT soft tissue
+        (12, True, 1.0, -1024.0, MODE_LINEAR, -600.0, 1500.0),  # CT lung
+        (16, True, 1.0, -1024.0, MODE_LINEAR, 300.0, 1500.0),  # CT bone, 16 stored bits
+        (12, False, 1.0, 0.0, MODE_LINEAR, 2048.0, 4096.0),  # mammography / CR
+        (12, False, 1.0, 0.0, MODE_LINEAR_EXACT, 1800.0, 2500.0),
+        (16, False, 0.5, 0.0, MODE_LINEAR, 9000.0, 12000.0),  # MR
+        (8, False, 1.0, 0.0, MODE_LINEAR, 128.0, 256.0),
+    ],
+)
+def test_the_line_is_found_for_common_windows(bits, signed, slope, intercept, mode, center, width, invert):
+    table, affine = _rescale_window_table(bits, signed, slope, intercept, mode, center, width, 255.0, invert, "|u1")
+    assert affine is not None
+    _same_as_gather(table, affine, bits, 16 if bits > 8 else 8, signed)
+
+
+@pytest.mark.parametrize("lo,hi", [(-1024.0, 3071.0), (0.0, 510.0), (17.0, 18.0), (5.0, 5.0)])
+def test_min_max_lines(lo, hi):
+    stored = np.arange(4096, dtype=np.float64)
+    from fastdcm.kernels.voi import quantize, voi_values
+
+    table = quantize(voi_values(stored - 1024.0, MODE_SCALE, lo, hi, 255.0), 255.0, False).astype(np.uint8)
+    affine = fit_affine(table, voi_line(MODE_SCALE, lo, hi, 1.0, -1024.0, 255.0), 255.0, False)
+    assert affine is not None
+    _same_as_gather(table, affine, 12, 16, False)
+
+
+def test_no_line_for_a_table_that_is_not_one():
+    table = np.zeros(4096, np.uint8)
+    table[100] = 7  # one stray entry: no line reproduces it, and no near-miss is accepted
+    assert fit_affine(table, (0.0, 0.0), 255.0, False) is None
+    assert fit_affine(np.zeros((16, 3), np.uint8), (0.0, 0.0), 255.0, False) is None
+    assert fit_affine(table, None, 255.0, False) is None
+
+
+@pytest.mark.parametrize("name", ["693_UNCR.dcm", "CT_small.dcm", "MR_small.dcm"])
+def test_render_takes_the_line_for_real_files(name):
+    """Real files (a CT with its window, a CT and an MR by min-max) render through
+    lut_affine, and the result is the gather's."""
+    image = open_image(get_testdata_file(name))
+    stored = stored_frame(image._header, 0)
+    plan = _plan_with_range(stored, image._header.attrs, image.spec, 0, RenderOptions())
+    assert plan.kind == "table" and plan.affine is not None
+    raw = _as_unsigned(stored)
+    want = np.empty(raw.shape, np.uint8)
+    kernels.lut_gather(raw, plan.mask, plan.flip, plan.table, want)
+    np.testing.assert_array_equal(image.render_frame(0).array.reshape(-1), want)

@@ -3,8 +3,8 @@
 pydicom's ``dcmread`` costs about 0.4 ms for a CT header, several times the fused kernel.
 For the files that make up most archives (preamble + meta, Explicit or Implicit VR Little
 Endian, MONOCHROME1/2, rescale and window as plain elements, pixel data of defined length)
-this module walks the top-level elements with ``struct`` and keeps only the few values the
-pixel pipeline needs. Anything unusual returns None and header.py uses pydicom as before:
+this module walks the top-level elements (a compiled loop, ``kernels.walk_header``, whose
+plain-Python twin is ``walk_python``) and keeps only the few values the pixel pipeline needs. Anything unusual returns None and header.py uses pydicom as before:
 other transfer syntaxes, sequences the pipeline reads (modality/VOI LUT, functional groups,
 palettes), float pixel data, or any structure this walker does not fully understand. A
 test holds this parser to pydicom's answer on every file of the test corpora.
@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import struct
 from typing import Any
+
+import numpy as np
+
+from . import kernels
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -86,6 +90,28 @@ def parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
 
 
 def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
+    meta = _file_meta(buffer)
+    if meta is None:
+        return None
+    ts, pos = meta
+    explicit = ts == EXPLICIT_LE
+    walked = _walk(buffer, pos, explicit)
+    if walked is None:
+        return None
+    start, length, found = walked
+    if second_pixel_element(buffer, start + length):
+        return None  # ambiguous: header.py's path reports it
+    attrs = Attributes()
+    for tag, (value_start, value_length, vr) in found.items():
+        keyword, want_vr = WANTED[tag]
+        if explicit and vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS"):
+            return None  # an unexpected VR: pydicom knows what to do
+        attrs[keyword] = _value(buffer[value_start : value_start + value_length], want_vr)
+    return ts, attrs, start, length
+
+
+def _file_meta(buffer: bytes) -> tuple[str, int] | None:
+    """(transfer syntax, position after the file meta) of a native little-endian file, or None."""
     n = len(buffer)
     if n < 144 or buffer[128:132] != b"DICM":
         return None
@@ -103,13 +129,44 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
         pos = start + length
     if ts not in (EXPLICIT_LE, IMPLICIT_LE):
         return None
-    explicit = ts == EXPLICIT_LE
-    attrs = Attributes()
+    return ts, pos
+
+
+_WANTED_LIST = sorted(WANTED)
+_WANTED_TAGS = np.array(_WANTED_LIST, dtype=np.int64)
+_UNUSUAL_TAGS = np.array(sorted(UNUSUAL), dtype=np.int64)
+_VR_CLASS = np.zeros(1 << 16, dtype=np.uint8)
+for _vrs, _kind in ((_SHORT, kernels.VR_SHORT), (_LONG, kernels.VR_LONG)):
+    for _vr in _vrs:
+        _VR_CLASS[_vr[0] | _vr[1] << 8] = _kind
+
+
+def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, dict[int, tuple[int, int, bytes]]] | None:
+    """The top-level walk, compiled (``kernels.walk_header``): (pixel data start, its length,
+    {wanted tag: (value start, value length, VR bytes)}), or None for pydicom."""
+    found = np.empty((len(_WANTED_LIST), 3), np.int64)
+    stack = np.empty(_MAX_DEPTH + 2, np.int64)
+    start, length = kernels.walk_header(
+        np.frombuffer(buffer, np.uint8), pos, explicit, _VR_CLASS, _WANTED_TAGS, _UNUSUAL_TAGS, found, stack
+    )
+    if start < 0:
+        return None
+    values = {}
+    for tag, (value_start, value_length, vr) in zip(_WANTED_LIST, found.tolist()):
+        if value_start >= 0:
+            values[tag] = (value_start, value_length, bytes((vr & 0xFF, vr >> 8)) if explicit else None)
+    return start, length, values
+
+
+def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, dict[int, tuple[int, int, bytes]]] | None:
+    """The plain-Python twin of ``_walk`` (the definition the tests hold the kernel to)."""
+    n = len(buffer)
+    found: dict[int, tuple[int, int, bytes | None]] = {}
     while pos + 8 <= n:
         if explicit:
             group, elem, vr, length = _EXPLICIT.unpack_from(buffer, pos)
             if vr in _LONG:
-                if length != 0:  # the two reserved bytes
+                if length != 0 or pos + 12 > n:  # the two reserved bytes; a cut header
                     return None
                 (length,) = _I.unpack_from(buffer, pos + 8)
                 start = pos + 12
@@ -125,31 +182,30 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
         if tag == PIXEL_DATA:
             if length == _UNDEFINED or start + length > n:
                 return None  # encapsulated, or short: pydicom's path reports it
-            if second_pixel_element(buffer, start + length):
-                return None  # ambiguous: header.py's path reports it
-            return ts, attrs, start, length
+            return start, length, found
         if tag in UNUSUAL:
             return None
         if length == _UNDEFINED:
             if explicit and vr not in (b"SQ", b"UN"):
                 return None
-            pos = _skip_undefined(buffer, start, explicit, 0)
+            try:
+                pos = _skip_undefined(buffer, start, explicit, 0)
+            except (_Unusual, struct.error):
+                return None
             continue
         end = start + length
         if end > n:
             return None
         if tag in WANTED:
-            keyword, want_vr = WANTED[tag]
-            if explicit and vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS"):
-                return None  # an unexpected VR: pydicom knows what to do
-            attrs[keyword] = _value(buffer[start:end], want_vr)
+            found[tag] = (start, length, vr)
         pos = end
     return None  # no pixel data: pydicom's path reports what kind of object this is
 
 
 def _element(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, int, int]:
     """(group, element, value length, value start) of the element header at ``pos``.
-    The main walk in ``_parse`` inlines this with stricter checks: it is the hot loop."""
+    The top-level walk (``walk_python``, compiled as ``kernels.walk_header``) inlines this
+    with stricter checks."""
     group, elem = _HH.unpack_from(buffer, pos)
     if not explicit:
         return group, elem, _I.unpack_from(buffer, pos + 4)[0], pos + 8

@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from fastdcm import fastheader, header
@@ -67,3 +69,61 @@ def test_truncated_and_garbage_headers_fall_back():
     for cut in (140, 300, 1000, offset + length // 2):
         assert fastheader.parse(data[:cut]) is None
     assert fastheader.parse(b"\0" * 128 + b"DICM" + b"\xff" * 200) is None
+
+
+# --------------------------------------------------------------------------- the compiled walk
+
+
+FUZZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "dicom-fuzzing-corpus")
+
+
+def _fuzz_files():
+    if not os.path.isdir(FUZZ):
+        return []
+    return sorted(os.path.join(d, f) for d, _, names in os.walk(FUZZ) for f in names)
+
+
+def _walks(buffer: bytes):
+    try:
+        meta = fastheader._file_meta(buffer)
+    except (ValueError, fastheader._Unusual):  # parse() declines these (UnicodeDecodeError is a ValueError)
+        return None
+    if meta is None:
+        return None
+    ts, pos = meta
+    explicit = ts == fastheader.EXPLICIT_LE
+    return fastheader._walk(buffer, pos, explicit), fastheader.walk_python(buffer, pos, explicit)
+
+
+def test_compiled_walk_equals_its_twin_on_every_real_and_fuzzed_file():
+    files = FILES + _fuzz_files()
+    assert len(files) > 600, "the fuzzing corpus is missing: ../shared/corpora/dicom-fuzzing-corpus"
+    walked = 0
+    for path in files:
+        with open(path, "rb") as f:
+            both = _walks(f.read())
+        if both is None:
+            continue
+        compiled, python = both
+        assert compiled == python, path
+        walked += compiled is not None
+    assert walked > 100  # most native files are walked to their pixel data
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["693_UNCR.dcm", "CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "liver_1frame.dcm"]),
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=6),
+    st.one_of(st.none(), st.integers(130, 5000)),
+)
+def test_compiled_walk_equals_its_twin_on_damaged_headers(name, flips, cut):
+    """Random byte changes and truncations in real headers: the same answer, never a crash."""
+    data = bytearray(open(get_testdata_file(name), "rb").read())
+    for pos, value in flips:
+        if 132 <= pos < len(data):
+            data[pos] = value
+    if cut is not None:
+        data = data[:cut]
+    both = _walks(bytes(data))
+    if both is not None:
+        assert both[0] == both[1]

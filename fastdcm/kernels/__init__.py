@@ -17,6 +17,10 @@ Two paths turn stored values into the output image in one pass:
   gathering: the same output bit for bit, in SIMD lanes, near memory speed on large frames;
 * arithmetic path (float data, 32-bit integers): rescale, VOI function, rounding and
   inversion per pixel, with the same scalar formulas as the numpy twin in ``voi.py``.
+
+``walk_header`` is the hot loop of ``fastheader``: it walks the top-level elements of a
+native file up to its pixel data; its twin is ``fastheader``'s plain-Python walk. Every read
+of the buffer is preceded by a check that the bytes are there (fuzzed files reach it).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "float_minmax",
     "voi_int",
     "voi_float",
+    "walk_header",
     "warmup",
 ]
 
@@ -219,7 +224,122 @@ def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first,
             out[i] = _quantize(_voi(x, mode, p1, p2, ymax), ymax, invert)
 
 
-KERNELS = (lut_gather, lut_gather_rgb, lut_affine, stored_presence, int_minmax, float_minmax, voi_int, voi_float)
+# --------------------------------------------------------------------------- header walk
+
+#: walk_header's ``vr_class`` table (indexed by the two VR bytes as a little-endian uint16)
+VR_UNKNOWN, VR_SHORT, VR_LONG = 0, 1, 2
+_ITEM_TAG, _ITEM_END_TAG, _SEQ_END_TAG = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA_TAG = 0x7FE00010
+_IN_SEQUENCE, _IN_ITEM = 1, 2
+_VR_SQ, _VR_UN = 0x5153, 0x4E55  # b"SQ", b"UN" as little-endian uint16
+
+
+@jit
+def _u16(buf, pos):
+    return np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8)
+
+
+@jit
+def _u32(buf, pos):
+    return _u16(buf, pos) | (_u16(buf, pos + 2) << 16)
+
+
+@jit
+def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
+    """Walk the dataset's top-level elements from ``pos`` to the pixel data element.
+
+    ``buf`` is the file (uint8); ``explicit`` its VR encoding (little endian either way).
+    For each tag ``wanted[k]`` met at the top level, its value's start, length and VR code
+    (``buf[p] | buf[p + 1] << 8``, 0 for implicit VR) go to ``found[k, 0:3]`` (the last one
+    wins; ``found[k, 0]`` is -1 for a tag not met); sequences of undefined length are skipped item by item,
+    at most ``stack.shape[0] - 1`` levels deep. Returns (start, length) of the pixel data
+    value, or (-1, 0) when the header has something this walk leaves to pydicom: a tag of
+    ``unusual`` at the top level, an unknown VR or non-zero reserved bytes there, undefined
+    length on a top-level element that is not SQ or UN, a value running past the end, no
+    pixel data, or undefined-length / short pixel data.
+    """
+    n = buf.shape[0]
+    for k in range(found.shape[0]):
+        found[k, 0] = -1
+    depth = 0  # 0: the top level; else stack[depth] says what is being read at that level
+    max_depth = stack.shape[0] - 1
+    while True:
+        if depth == 0 or stack[depth] == _IN_ITEM:  # elements
+            if pos + 8 > n:
+                return -1, 0
+            tag = (_u16(buf, pos) << 16) | _u16(buf, pos + 2)
+            if depth > 0 and tag == _ITEM_END_TAG:
+                pos += 8
+                depth -= 1
+                continue
+            vr = 0
+            if explicit:
+                vr = _u16(buf, pos + 4)
+                kind = vr_class[vr]
+                if kind == VR_LONG:
+                    if pos + 12 > n:
+                        return -1, 0
+                    if depth == 0 and _u16(buf, pos + 6) != 0:
+                        return -1, 0  # the two reserved bytes
+                    length = _u32(buf, pos + 8)
+                    start = pos + 12
+                elif kind == VR_SHORT or depth > 0:
+                    length = _u16(buf, pos + 6)
+                    start = pos + 8
+                else:
+                    return -1, 0  # implicit VR inside an explicit file
+            else:
+                length = _u32(buf, pos + 4)
+                start = pos + 8
+            if depth == 0:
+                if tag == _PIXEL_DATA_TAG:
+                    if length == _UNDEFINED_LENGTH or start + length > n:
+                        return -1, 0
+                    return start, length
+                for k in range(unusual.shape[0]):
+                    if unusual[k] == tag:
+                        return -1, 0
+            if length == _UNDEFINED_LENGTH:
+                if depth == 0 and explicit and vr != _VR_SQ and vr != _VR_UN:
+                    return -1, 0
+                if depth >= max_depth:
+                    return -1, 0
+                depth += 1
+                stack[depth] = _IN_SEQUENCE
+                pos = start
+                continue
+            end = start + length
+            if depth == 0:
+                if end > n:
+                    return -1, 0
+                for k in range(wanted.shape[0]):
+                    if wanted[k] == tag:
+                        found[k, 0] = start
+                        found[k, 1] = length
+                        found[k, 2] = vr
+            pos = end
+        else:  # a sequence of undefined length: items, then its delimiter
+            if pos + 8 > n:
+                return -1, 0
+            tag = (_u16(buf, pos) << 16) | _u16(buf, pos + 2)
+            length = _u32(buf, pos + 4)
+            pos += 8
+            if tag == _SEQ_END_TAG:
+                depth -= 1
+                continue
+            if tag != _ITEM_TAG:
+                return -1, 0
+            if length != _UNDEFINED_LENGTH:
+                pos += length
+                continue
+            if depth >= max_depth:
+                return -1, 0
+            depth += 1
+            stack[depth] = _IN_ITEM
+
+
+KERNELS = (lut_gather, lut_gather_rgb, lut_affine, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header)
 
 
 def warmup() -> None:

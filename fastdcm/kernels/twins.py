@@ -1,4 +1,7 @@
-"""Plain-numpy twins of the kernels: the definition the tests hold each kernel to, bit for bit."""
+"""Plain-numpy twins of the kernels: the definition the tests hold each kernel to, bit for bit.
+
+(``walk_header``'s twin is ``fastheader.walk_python``.)
+"""
 
 from __future__ import annotations
 
@@ -71,6 +74,7 @@ def warmup_arrays():
         stored_presence as k_stored_presence,
         voi_float as k_voi_float,
         voi_int as k_voi_int,
+        walk_header as k_walk_header,
     )
 
     calls = []
@@ -96,4 +100,10 @@ def warmup_arrays():
             calls.append(
                 (k_voi_float, (np.zeros(4, raw_dtype), 1.0, 0.0, 0, 40.0, 400.0, 255.0, False, lut, 0, np.zeros(4, out_dtype)))
             )
+    i64 = np.zeros(1, np.int64)
+    for explicit in (True, False):
+        calls.append(
+            (k_walk_header, (np.zeros(16, np.uint8), 0, explicit, np.zeros(1 << 16, np.uint8), i64, i64,
+                             np.zeros((1, 3), np.int64), np.zeros(4, np.int64)))
+        )
     return calls

@@ -6,6 +6,8 @@ is the numpy twin that the arithmetic kernels (``_voi`` / ``_quantize``) must ma
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MODE_LINEAR = 0  # PS3.3 C.11.2.1.2.1, (center, width), width >= 1
@@ -58,6 +60,6 @@ def quantize(y: np.ndarray, ymax: float, invert: bool) -> np.ndarray:
 
 def window_is_valid(mode: int, center: float, width: float) -> bool:
     """RENDERING.md 2.2: width >= 1 for LINEAR, > 0 for the others, all finite."""
-    if not (np.isfinite(center) and np.isfinite(width)):
+    if not (math.isfinite(center) and math.isfinite(width)):
         return False
     return width >= 1.0 if mode == MODE_LINEAR else width > 0.0

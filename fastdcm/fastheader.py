@@ -78,7 +78,18 @@ class _Unusual(Exception):
 
 
 class Attributes(dict):
-    """The values fast-parsed from a header, looked up by pydicom keyword like a Dataset."""
+    """The values fast-parsed from a header, looked up by pydicom keyword like a Dataset.
+
+    ``key()`` is a hashable snapshot of the values: files of one series share it, so the
+    checks and plans that depend only on these values are cached on it (header.py, plan.py).
+    """
+
+    _key: tuple | None = None
+
+    def key(self) -> tuple:
+        if self._key is None:
+            self._key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in self.items())
+        return self._key
 
 
 def parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
@@ -98,16 +109,41 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
     walked = _walk(buffer, pos, explicit)
     if walked is None:
         return None
-    start, length, found = walked
+    start, length, rows = walked
     if second_pixel_element(buffer, start + length):
         return None  # ambiguous: header.py's path reports it
-    attrs = Attributes()
-    for tag, (value_start, value_length, vr) in found.items():
-        keyword, want_vr = WANTED[tag]
-        if explicit and vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS"):
-            return None  # an unexpected VR: pydicom knows what to do
-        attrs[keyword] = _value(buffer[value_start : value_start + value_length], want_vr)
+    raw = (explicit, tuple(None if s < 0 else (buffer[s : s + n], vr) for s, n, vr in rows))
+    attrs = _DECODED.get(raw)
+    if attrs is None:
+        attrs = _decode(raw)
+        if attrs is None:
+            return None
+        if len(_DECODED) >= 256:
+            _DECODED.clear()
+        _DECODED[raw] = attrs
     return ts, attrs, start, length
+
+
+#: Decoded values by their raw bytes: the slices of a series share one (read-only) Attributes.
+_DECODED: dict[tuple, Attributes] = {}
+
+
+def _decode(raw: tuple) -> Attributes | None:
+    """The wanted values from their (bytes, VR code) in ``_WANTED_LIST`` order, or None when a
+    VR is not the expected one (pydicom knows what to do)."""
+    explicit, values = raw
+    attrs = Attributes()
+    for tag, value in zip(_WANTED_LIST, values):
+        if value is None:
+            continue
+        data, code = value
+        keyword, want_vr = WANTED[tag]
+        if explicit:
+            vr = bytes((code & 0xFF, code >> 8))
+            if vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS"):
+                return None
+        attrs[keyword] = _value(data, want_vr)
+    return attrs
 
 
 def _file_meta(buffer: bytes) -> tuple[str, int] | None:
@@ -141,9 +177,10 @@ for _vrs, _kind in ((_SHORT, kernels.VR_SHORT), (_LONG, kernels.VR_LONG)):
         _VR_CLASS[_vr[0] | _vr[1] << 8] = _kind
 
 
-def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, dict[int, tuple[int, int, bytes]]] | None:
+def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[int]]] | None:
     """The top-level walk, compiled (``kernels.walk_header``): (pixel data start, its length,
-    {wanted tag: (value start, value length, VR bytes)}), or None for pydicom."""
+    [value start, value length, VR code] per tag of ``_WANTED_LIST``, start -1 when absent),
+    or None for pydicom."""
     found = np.empty((len(_WANTED_LIST), 3), np.int64)
     stack = np.empty(_MAX_DEPTH + 2, np.int64)
     start, length = kernels.walk_header(
@@ -151,17 +188,13 @@ def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, dict[int, 
     )
     if start < 0:
         return None
-    values = {}
-    for tag, (value_start, value_length, vr) in zip(_WANTED_LIST, found.tolist()):
-        if value_start >= 0:
-            values[tag] = (value_start, value_length, bytes((vr & 0xFF, vr >> 8)) if explicit else None)
-    return start, length, values
+    return start, length, found.tolist()
 
 
-def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, dict[int, tuple[int, int, bytes]]] | None:
+def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[int]]] | None:
     """The plain-Python twin of ``_walk`` (the definition the tests hold the kernel to)."""
     n = len(buffer)
-    found: dict[int, tuple[int, int, bytes | None]] = {}
+    found = {tag: [-1, 0, 0] for tag in _WANTED_LIST}
     while pos + 8 <= n:
         if explicit:
             group, elem, vr, length = _EXPLICIT.unpack_from(buffer, pos)
@@ -182,7 +215,7 @@ def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, dict
         if tag == PIXEL_DATA:
             if length == _UNDEFINED or start + length > n:
                 return None  # encapsulated, or short: pydicom's path reports it
-            return start, length, found
+            return start, length, [found[tag] for tag in _WANTED_LIST]
         if tag in UNUSUAL:
             return None
         if length == _UNDEFINED:
@@ -197,7 +230,7 @@ def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, dict
         if end > n:
             return None
         if tag in WANTED:
-            found[tag] = (start, length, vr)
+            found[tag] = [start, length, (vr[0] | vr[1] << 8) if explicit else 0]
         pos = end
     return None  # no pixel data: pydicom's path reports what kind of object this is
 

@@ -196,6 +196,12 @@ def read_header(src: SourceLike) -> Header:
         raise exc.with_path(name)
 
 
+#: Validated pixel modules of fast-parsed headers by (transfer syntax, values): the slices of
+#: a series validate once (the module is a pure function of these; invalid ones raise and are
+#: not kept); each file's pixel data length is still checked (``_placed``).
+_FAST_SPECS: dict[tuple, PixelSpec] = {}
+
+
 @functools.lru_cache(maxsize=64)
 def _uid(value: str) -> UID:
     """pydicom's UID for a transfer syntax string (immutable; building one costs ~25 us)."""
@@ -210,8 +216,14 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
         ts, attrs, offset, length = fast
         pi = str(attrs.get("PhotometricInterpretation", ""))
         if attrs.get("BitsAllocated") in (8, 16, 32) and not pi.startswith("YBR") and "Rows" in attrs:
-            spec = _validate(attrs, _uid(ts), "PixelData", False, offset, length)
-            return Header(spec=spec, attrs=attrs, buffer=buffer, path=name)
+            key = (ts, attrs.key())
+            module = _FAST_SPECS.get(key)
+            if module is None:
+                module = _validate(attrs, _uid(ts), "PixelData", False, -1, -1)
+                if len(_FAST_SPECS) >= 256:
+                    _FAST_SPECS.clear()
+                _FAST_SPECS[key] = module
+            return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=buffer, path=name)
     fp = io.BytesIO(buffer)
     try:
         with warnings.catch_warnings():
@@ -469,16 +481,7 @@ def _validate(
             f"one frame of {rows} x {columns} x {spp} x {ba} bits is {frame_bytes} bytes, "
             f"over the limit of {MAX_FRAME_BYTES} (FASTDCM_MAX_FRAME_BYTES)"
         )
-    if offset >= 0:
-        # YBR_FULL_422 native data holds two samples per pixel (PS3.3 C.7.6.3.1.2).
-        samples = 2 if pi == "YBR_FULL_422" else spp
-        needed = (rows * columns * samples * ba * frames + 7) // 8
-        if length < needed:
-            raise TruncatedPixelDataError(
-                f"pixel data is {length} bytes but {frames} frame(s) of "
-                f"{rows} x {columns} x {spp} x {ba} bits need {needed}"
-            )
-    return PixelSpec(
+    spec = PixelSpec(
         transfer_syntax_uid=str(ts),
         rows=rows,
         columns=columns,
@@ -494,6 +497,23 @@ def _validate(
         is_encapsulated=encapsulated,
         sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
         modality=str(ds.get("Modality", "") or ""),
-        pixel_offset=offset,
-        pixel_length=length,
     )
+    return _placed(spec, offset, length)
+
+
+def _placed(spec: PixelSpec, offset: int, length: int) -> PixelSpec:
+    """``spec`` with its pixel data at ``offset`` (native data), checked to be long enough."""
+    if offset < 0:
+        return spec
+    # YBR_FULL_422 native data holds two samples per pixel (PS3.3 C.7.6.3.1.2).
+    s = spec
+    samples = 2 if s.photometric_interpretation == "YBR_FULL_422" else s.samples_per_pixel
+    needed = (s.rows * s.columns * samples * s.bits_allocated * s.number_of_frames + 7) // 8
+    if length < needed:
+        raise TruncatedPixelDataError(
+            f"pixel data is {length} bytes but {s.number_of_frames} frame(s) of "
+            f"{s.rows} x {s.columns} x {s.samples_per_pixel} x {s.bits_allocated} bits need {needed}"
+        )
+    placed = object.__new__(PixelSpec)  # dataclasses.replace costs ~6 us per file here
+    placed.__dict__.update(spec.__dict__, pixel_offset=offset, pixel_length=length)
+    return placed

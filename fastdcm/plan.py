@@ -23,6 +23,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 
 from .errors import InvalidOptionError, InvalidPixelModuleError
+from .fastheader import Attributes
 from .header import PixelSpec
 from .kernels.voi import (
     MODE_LINEAR,
@@ -377,6 +378,30 @@ def build_plan(
     ``stored_presence`` kernel); for the arithmetic path, ``value_range`` (the frame's
     stored min and max).
     """
+    # A fast-parsed header (fastheader.Attributes: no sequences, no functional groups) plans the
+    # same for every frame and every file with the same values: series share one plan.
+    key = None
+    if present is None and value_range is None and isinstance(ds, Attributes):
+        key = (spec.transfer_syntax_uid, options, ds.key())  # spec is a function of these + offsets
+        plan = _PLANS.get(key)
+        if plan is not None:
+            return plan
+    plan = _build_plan(ds, spec, frame, options, present, value_range)
+    if key is not None and plan is not None:
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+#: Plans of fast-parsed headers (see build_plan); plans are never changed once built.
+_PLANS: dict[tuple, RenderPlan] = {}
+
+
+def _build_plan(
+    ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions,
+    present: np.ndarray | None, value_range: tuple[float, float] | None,
+) -> RenderPlan | None:
     out_dtype, ymax = _out(options)
     if spec.is_palette:
         return _palette_plan(ds, spec, out_dtype, ymax)

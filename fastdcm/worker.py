@@ -128,15 +128,13 @@ class _Exists(Exception):
 
 def _write_atomic(data: bytes, final: str, tmp_dir: str, job: Job, retry: bool) -> None:
     """Write ``data`` to ``final`` through a temporary file; never a partial file at ``final``."""
+    if _TMPFILE and job.on_exists is not OnExists.OVERWRITE and not retry and _write_unnamed(data, final, job):
+        return
     tmp = os.path.join(tmp_dir, f"{os.getpid()}-{time.monotonic_ns()}.part")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if job.fsync:
-                os.fsync(fd)
+            _write_all(fd, data, job.fsync)
         finally:
             os.close(fd)
         if job.on_exists is OnExists.OVERWRITE or retry:
@@ -165,6 +163,51 @@ def _write_atomic(data: bytes, final: str, tmp_dir: str, job: Job, retry: bool) 
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+#: O_TMPFILE + linkat work here (Linux, a file system that supports them, /proc mounted);
+#: cleared on the first refusal, after which the named temporary file is used.
+_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+_ROOT_FD: list[int] = []  # an fd of "/": passing it makes os.link call linkat (AT_SYMLINK_FOLLOW)
+_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.EXDEV, errno.EPERM, errno.ENOENT}
+
+
+def _write_unnamed(data: bytes, final: str, job: Job) -> bool:
+    """Write ``data`` to an unnamed file in ``final``'s folder, then link it to ``final``
+    (never replacing a file: ``_Exists`` if one is there). False when this file system or
+    kernel does not support it (nothing was written; the caller uses a named temp file)."""
+    global _TMPFILE
+    try:
+        fd = os.open(os.path.dirname(final), os.O_TMPFILE | os.O_WRONLY, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            _TMPFILE = False
+            return False
+        raise
+    try:
+        _write_all(fd, data, job.fsync)
+        if not _ROOT_FD:
+            _ROOT_FD.append(os.open("/", os.O_RDONLY | os.O_DIRECTORY))
+        try:
+            os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=_ROOT_FD[0], follow_symlinks=True)
+        except FileExistsError:
+            raise _Exists(_who_wrote(final, job)) from None
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise
+            _TMPFILE = False
+            return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _write_all(fd: int, data: bytes, fsync: bool) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    if fsync:
+        os.fsync(fd)
 
 
 def _who_wrote(final: str, job: Job) -> str:

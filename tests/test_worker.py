@@ -15,10 +15,29 @@ from fastdcm.convert import _file_system_now
 from fastdcm.discover import Source
 from fastdcm.errors import Status
 from fastdcm.options import Frames, OnExists, RenderOptions
+from fastdcm import worker
 from fastdcm.worker import TMP_DIR, Job, process_batch
 
 CT = get_testdata_file("CT_small.dcm")
 MULTI = get_testdata_file("emri_small.dcm")  # 10 frames
+
+
+@pytest.fixture(autouse=True, params=["unnamed", "named"])
+def write_path(request, monkeypatch):
+    """Every test here runs with both ways of writing atomically: an unnamed file linked into
+    place (O_TMPFILE + linkat, the default on Linux) and a named temp file renamed into place."""
+    if request.param == "unnamed" and not worker._TMPFILE:
+        pytest.skip("O_TMPFILE + linkat are not available here")
+    monkeypatch.setattr(worker, "_TMPFILE", request.param == "unnamed")
+    return request.param
+
+
+def test_unnamed_files_are_used_and_leave_nothing_behind(tmp_path, write_path):
+    out = tmp_path / "out"
+    results = process_batch([source(CT), source(MULTI)], job(out))
+    assert [r.status for r in results] == [Status.CONVERTED, Status.CONVERTED]
+    assert worker._TMPFILE is (write_path == "unnamed")  # not switched off by a refusal
+    assert os.listdir(out / TMP_DIR) == [] and no_temp_files(out)
 
 
 def source(path, rel=None):

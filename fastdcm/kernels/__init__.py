@@ -252,7 +252,7 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
     ``buf`` is the file (uint8); ``explicit`` its VR encoding (little endian either way).
     For each tag ``wanted[k]`` met at the top level, its value's start, length and VR code
     (``buf[p] | buf[p + 1] << 8``, 0 for implicit VR) go to ``found[k, 0:3]`` (the last one
-    wins; ``found[k, 0]`` is -1 for a tag not met); sequences of undefined length are skipped item by item,
+    wins; a tag not met leaves ``-1, 0, 0``); sequences of undefined length are skipped item by item,
     at most ``stack.shape[0] - 1`` levels deep. Returns (start, length) of the pixel data
     value, or (-1, 0) when the header has something this walk leaves to pydicom: a tag of
     ``unusual`` at the top level, an unknown VR or non-zero reserved bytes there, undefined
@@ -262,6 +262,8 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
     n = buf.shape[0]
     for k in range(found.shape[0]):
         found[k, 0] = -1
+        found[k, 1] = 0
+        found[k, 2] = 0
     depth = 0  # 0: the top level; else stack[depth] says what is being read at that level
     max_depth = stack.shape[0] - 1
     while True:

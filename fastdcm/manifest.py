@@ -91,7 +91,7 @@ class Record:
         data = {k: v for k, v in data.items() if v is not None}
         for k, v in extra.items():
             data.setdefault(k, v)
-        return json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(data)
 
     @classmethod
     def from_json(cls, line: str) -> "Record":
@@ -110,6 +110,8 @@ class Record:
 
 
 _FIELDS = tuple(f.name for f in fields(Record) if f.name != "extra")
+#: One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
 class ManifestWriter:

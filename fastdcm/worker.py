@@ -29,8 +29,10 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import FastDcmError, Status, UnsafePathError
+from .errors import EncodeError, FastDcmError, Status, UnsafePathError
+from .naming import output_name, resolve_inside
 from .options import Frames, OnExists, RenderOptions
+from .render import open_image
 
 __all__ = ["Job", "Result", "process_batch", "initialize", "TMP_DIR", "fault_result"]
 
@@ -284,8 +286,6 @@ def _final_path(out: str, name: str) -> str:
     output folder; for further names in a checked folder only the last component is new, and
     the no-replace rename (or ``os.replace``) never follows a symlink at the final name.
     """
-    from .naming import resolve_inside
-
     head, _, tail = name.rpartition("/")
     folder = os.path.join(out, head) if head else out
     if folder in _READY_DIRS and tail not in ("", ".", "..") and "\x00" not in tail:
@@ -325,9 +325,6 @@ def _encoder(name: str):
 
 def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result:
     """Convert one source; every failure becomes a Result (MemoryError included)."""
-    from .naming import output_name, resolve_inside
-    from .render import open_image
-
     timings = {"read": 0.0, "render": 0.0, "encode": 0.0, "write": 0.0}
     written: list[str] = []
     result = Result(status=Status.ERROR, timings=timings)
@@ -371,8 +368,6 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
             except FastDcmError:
                 raise
             except (ValueError, TypeError, RuntimeError) as exc:
-                from .errors import EncodeError
-
                 raise EncodeError(f"{job.format}: {exc}") from exc
             t2 = time.perf_counter()
             folder = os.path.dirname(final)

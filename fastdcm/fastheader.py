@@ -4,7 +4,8 @@ pydicom's ``dcmread`` costs about 0.4 ms for a CT header, several times the fuse
 For the files that make up most archives (preamble + meta, Explicit or Implicit VR Little
 Endian, MONOCHROME1/2, rescale and window as plain elements, pixel data of defined length)
 this module walks the top-level elements (a compiled loop, ``kernels.walk_header``, whose
-plain-Python twin is ``walk_python``) and keeps only the few values the pixel pipeline needs. Anything unusual returns None and header.py uses pydicom as before:
+plain-Python twin is ``walk_python``) and keeps only the few values the pixel pipeline
+needs. Anything unusual returns None and header.py uses pydicom as before:
 other transfer syntaxes, sequences the pipeline reads (modality/VOI LUT, functional groups,
 palettes), float pixel data, or any structure this walker does not fully understand. A
 test holds this parser to pydicom's answer on every file of the test corpora.
@@ -80,8 +81,9 @@ class _Unusual(Exception):
 class Attributes(dict):
     """The values fast-parsed from a header, looked up by pydicom keyword like a Dataset.
 
-    ``key()`` is a hashable snapshot of the values: files of one series share it, so the
-    checks and plans that depend only on these values are cached on it (header.py, plan.py).
+    Read-only: the slices of a series with the same raw values share one instance. ``key()``
+    is a hashable snapshot of the values, on which the checks and plans that depend only on
+    them are cached (header.py, plan.py).
     """
 
     _key: tuple | None = None

@@ -5,9 +5,10 @@ bits: modality LUT, VOI, rounding and inversion folded together) or the paramete
 arithmetic path (float and 32-bit data). A table that is a clamped straight line of its
 index (rescale with a LINEAR / LINEAR_EXACT window, min-max, colour scaling) also carries
 the float32 line, checked against every entry (:func:`fit_affine`), so the renderer can
-compute it (``kernels.lut_affine``) instead of gathering, with the same output bit for bit. The VOI step is chosen as RENDERING.md 2.2 says,
-and recorded in ``RenderPlan.voi`` for the manifest. Tables for the common rescale + window
-case are cached, so a series of slices with one window builds its table once.
+compute it (``kernels.lut_affine``) instead of gathering, with the same output bit for bit.
+The VOI step is chosen as RENDERING.md 2.2 says, and recorded in ``RenderPlan.voi`` for the
+manifest. Tables for the common rescale + window case are cached, and so are whole plans of
+fast-parsed headers, so a series of slices with one window plans once.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ and the line is found for the cases that matter for speed (so the fast path is r
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,15 +104,37 @@ def test_no_line_for_a_table_that_is_not_one():
     assert fit_affine(table, None, 255.0, False) is None
 
 
-@pytest.mark.parametrize("name", ["693_UNCR.dcm", "CT_small.dcm", "MR_small.dcm"])
-def test_render_takes_the_line_for_real_files(name):
-    """Real files (a CT with its window, a CT and an MR by min-max) render through
-    lut_affine, and the result is the gather's."""
-    image = open_image(get_testdata_file(name))
-    stored = stored_frame(image._header, 0)
-    plan = _plan_with_range(stored, image._header.attrs, image.spec, 0, RenderOptions())
-    assert plan.kind == "table" and plan.affine is not None
+def _lines_and_gathers_agree(image, plan, stored):
     raw = _as_unsigned(stored)
     want = np.empty(raw.shape, np.uint8)
     kernels.lut_gather(raw, plan.mask, plan.flip, plan.table, want)
     np.testing.assert_array_equal(image.render_frame(0).array.reshape(-1), want)
+
+
+def test_render_takes_the_line_for_a_windowed_ct_file():
+    """The real CT test file (int16, rescale -1024, a window) renders through lut_affine, and
+    the result is the gather's."""
+    image = open_image(get_testdata_file("693_UNCR.dcm"))
+    stored = stored_frame(image._header, 0)
+    plan = _plan_with_range(stored, image._header.attrs, image.spec, 0, RenderOptions())
+    assert plan.kind == "table" and plan.affine is not None
+    _lines_and_gathers_agree(image, plan, stored)
+
+
+def test_min_max_frames_take_the_line_when_it_pays():
+    """A min-max table is built per frame: the 512x512 14-bit CT without its window (16 pixels
+    per table entry) gets the line; the 16-bit 128x128 CT (a quarter of a pixel per entry) keeps
+    the gather, which is cheaper there than proving the line."""
+    ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
+    del ds.WindowCenter, ds.WindowWidth
+    image = open_image(ds)
+    stored = stored_frame(image._header, 0)
+    plan = _plan_with_range(stored, image._header.attrs, image.spec, 0, RenderOptions())
+    assert plan.voi.startswith("minmax") and plan.affine is not None
+    _lines_and_gathers_agree(image, plan, stored)
+    for name in ("CT_small.dcm",):
+        small = open_image(get_testdata_file(name))
+        stored = stored_frame(small._header, 0)
+        plan = _plan_with_range(stored, small._header.attrs, small.spec, 0, RenderOptions())
+        assert plan.voi.startswith("minmax") and plan.affine is None, name
+        _lines_and_gathers_agree(small, plan, stored)

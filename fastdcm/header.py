@@ -9,7 +9,6 @@ full dataset and goes through pydicom's decoders (see decode.py).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import logging
@@ -17,7 +16,6 @@ import os
 import struct
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, BinaryIO, Union
 
 import pydicom
@@ -325,8 +323,7 @@ def _header_from_dataset(
     if offset < 0 and not encapsulated and pixel_keyword in ds:
         # Read by pydicom (big endian, deflated, YBR, 1-bit): check the length it found.
         offset, length = 0, len(ds[pixel_keyword].value or b"")
-        spec = _validate(ds, ts, pixel_keyword, encapsulated, offset, length)
-        spec = dataclasses.replace(spec, pixel_offset=-1, pixel_length=-1)
+        spec = _placed(_validate(ds, ts, pixel_keyword, encapsulated, offset, length), -1, -1)
     else:
         spec = _validate(ds, ts, pixel_keyword, encapsulated, offset, length)
         if encapsulated and pixel_keyword in ds:
@@ -502,18 +499,20 @@ def _validate(
 
 
 def _placed(spec: PixelSpec, offset: int, length: int) -> PixelSpec:
-    """``spec`` with its pixel data at ``offset`` (native data), checked to be long enough."""
-    if offset < 0:
-        return spec
-    # YBR_FULL_422 native data holds two samples per pixel (PS3.3 C.7.6.3.1.2).
+    """``spec`` with its pixel data at ``offset``, ``length`` bytes (-1: not native data);
+    native data is checked to be long enough for every frame."""
     s = spec
-    samples = 2 if s.photometric_interpretation == "YBR_FULL_422" else s.samples_per_pixel
-    needed = (s.rows * s.columns * samples * s.bits_allocated * s.number_of_frames + 7) // 8
-    if length < needed:
-        raise TruncatedPixelDataError(
-            f"pixel data is {length} bytes but {s.number_of_frames} frame(s) of "
-            f"{s.rows} x {s.columns} x {s.samples_per_pixel} x {s.bits_allocated} bits need {needed}"
-        )
+    if offset >= 0:
+        # YBR_FULL_422 native data holds two samples per pixel (PS3.3 C.7.6.3.1.2).
+        samples = 2 if s.photometric_interpretation == "YBR_FULL_422" else s.samples_per_pixel
+        needed = (s.rows * s.columns * samples * s.bits_allocated * s.number_of_frames + 7) // 8
+        if length < needed:
+            raise TruncatedPixelDataError(
+                f"pixel data is {length} bytes but {s.number_of_frames} frame(s) of "
+                f"{s.rows} x {s.columns} x {s.samples_per_pixel} x {s.bits_allocated} bits need {needed}"
+            )
+    if offset == s.pixel_offset and length == s.pixel_length:
+        return spec
     placed = object.__new__(PixelSpec)  # dataclasses.replace costs ~6 us per file here
     placed.__dict__.update(spec.__dict__, pixel_offset=offset, pixel_length=length)
     return placed

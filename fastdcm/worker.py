@@ -29,7 +29,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .errors import EncodeError, FastDcmError, Status, UnsafePathError
+from .errors import EncodeError, FastDcmError, Status
 from .naming import output_name, resolve_inside
 from .options import Frames, OnExists, RenderOptions
 from .render import open_image

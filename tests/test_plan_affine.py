@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from fastdcm import kernels
 from fastdcm.kernels.voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_SCALE, MODE_SIGMOID
 from fastdcm.options import RenderOptions
-from fastdcm.plan import _rescale_window_table, build_plan, fit_affine, voi_line
+from fastdcm.plan import _rescale_window_table, fit_affine, voi_line
 from fastdcm.render import _as_unsigned, _plan_with_range, open_image
 from fastdcm.decode import stored_frame
 

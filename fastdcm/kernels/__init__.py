@@ -30,7 +30,7 @@ import math
 import numba
 import numpy as np
 
-from .voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_LUT, MODE_SCALE, MODE_SIGMOID
+from .voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_LUT, MODE_SIGMOID
 
 #: THE decorator policy. A test checks every kernel below was built with it.
 POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}

@@ -81,17 +81,17 @@ class _Unusual(Exception):
 class Attributes(dict):
     """The values fast-parsed from a header, looked up by pydicom keyword like a Dataset.
 
-    Read-only: the slices of a series with the same raw values share one instance. ``key()``
+    Read-only: the slices of a series with the same raw values share one instance. ``key``
     is a hashable snapshot of the values, on which the checks and plans that depend only on
-    them are cached (header.py, plan.py).
+    them are cached (header.py, plan.py); None for values too large to keep in a cache.
     """
 
-    _key: tuple | None = None
+    key: tuple | None = None
 
-    def key(self) -> tuple:
-        if self._key is None:
-            self._key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in self.items())
-        return self._key
+
+#: Raw values of at most this many bytes in all are decoded once and cached (a header whose
+#: window text runs to megabytes is decoded every time, and none of its work is cached).
+_CACHEABLE_BYTES = 4096
 
 
 def parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
@@ -115,11 +115,15 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
     if second_pixel_element(buffer, start + length):
         return None  # ambiguous: header.py's path reports it
     raw = (explicit, tuple(None if s < 0 else (buffer[s : s + n], vr) for s, n, vr in rows))
+    if sum(n for s, n, _ in rows if s >= 0) > _CACHEABLE_BYTES:
+        attrs = _decode(raw)
+        return None if attrs is None else (ts, attrs, start, length)
     attrs = _DECODED.get(raw)
     if attrs is None:
         attrs = _decode(raw)
         if attrs is None:
             return None
+        attrs.key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items())
         if len(_DECODED) >= 256:
             _DECODED.clear()
         _DECODED[raw] = attrs

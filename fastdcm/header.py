@@ -214,13 +214,14 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
         ts, attrs, offset, length = fast
         pi = str(attrs.get("PhotometricInterpretation", ""))
         if attrs.get("BitsAllocated") in (8, 16, 32) and not pi.startswith("YBR") and "Rows" in attrs:
-            key = (ts, attrs.key())
-            module = _FAST_SPECS.get(key)
+            key = (ts, attrs.key) if attrs.key is not None else None
+            module = _FAST_SPECS.get(key) if key is not None else None
             if module is None:
                 module = _validate(attrs, _uid(ts), "PixelData", False, -1, -1)
-                if len(_FAST_SPECS) >= 256:
-                    _FAST_SPECS.clear()
-                _FAST_SPECS[key] = module
+                if key is not None:
+                    if len(_FAST_SPECS) >= 256:
+                        _FAST_SPECS.clear()
+                    _FAST_SPECS[key] = module
             return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=buffer, path=name)
     fp = io.BytesIO(buffer)
     try:

@@ -385,8 +385,8 @@ def build_plan(
     # A fast-parsed header (fastheader.Attributes: no sequences, no functional groups) plans the
     # same for every frame and every file with the same values: series share one plan.
     key = None
-    if present is None and value_range is None and isinstance(ds, Attributes):
-        key = (spec.transfer_syntax_uid, options, ds.key())  # spec is a function of these + offsets
+    if present is None and value_range is None and isinstance(ds, Attributes) and ds.key is not None:
+        key = (spec.transfer_syntax_uid, options, ds.key)  # spec is a function of these + offsets
         plan = _PLANS.get(key)
         if plan is not None:
             return plan

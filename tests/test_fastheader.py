@@ -127,3 +127,26 @@ def test_compiled_walk_equals_its_twin_on_damaged_headers(name, flips, cut):
     both = _walks(bytes(data))
     if both is not None:
         assert both[0] == both[1]
+
+
+def test_series_share_decoded_values_but_huge_values_are_not_cached(tmp_path):
+    """Slices with the same header values share one Attributes (and its cache key); a header
+    whose values run past the cacheable size is decoded each time and cached nowhere."""
+    import pydicom
+
+    path = get_testdata_file("693_UNCR.dcm")
+    data = open(path, "rb").read()
+    first, second = fastheader.parse(data)[1], fastheader.parse(data)[1]
+    assert first is second and first.key is not None
+
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter = [ds.WindowCenter] * 2000  # ~6 KB of DS text: a legal but absurd header
+    ds.WindowWidth = [ds.WindowWidth] * 2000
+    big = tmp_path / "big.dcm"
+    ds.save_as(big)
+    before = len(fastheader._DECODED)
+    parsed = fastheader.parse(big.read_bytes())
+    assert parsed is not None and parsed[1].key is None and len(parsed[1]["WindowCenter"]) == 2000
+    assert len(fastheader._DECODED) == before
+    np.testing.assert_array_equal(Image(header.read_header(str(big))).render_frame(0).array,
+                                  Image(header.read_header(path)).render_frame(0).array)

@@ -139,6 +139,8 @@ def classify_head(head: bytes) -> str:
     is only used to read the file meta's Media Storage SOP Class UID.
     """
     if len(head) >= 132 and head[128:132] == b"DICM":
+        if _MEDIA_STORAGE_DIRECTORY not in head:  # cannot be its SOP class: skip the meta walk
+            return DICOM
         return DICOMDIR if _meta_sop_class(head[132:]) == _MEDIA_STORAGE_DIRECTORY else DICOM
     return DICOM if _plausible_headerless(head) else OTHER
 

@@ -81,16 +81,20 @@ class _Unusual(Exception):
 class Attributes(dict):
     """The values fast-parsed from a header, looked up by pydicom keyword like a Dataset.
 
-    Read-only: the slices of a series with the same raw values share one instance. ``key``
-    is a hashable snapshot of the values, on which the checks and plans that depend only on
-    them are cached (header.py, plan.py); None for values too large to keep in a cache.
+    Read-only: the slices of a series with the same raw values (and so the same transfer
+    syntax) share one instance, and what is computed from the values alone is kept on it,
+    so a series computes it once: ``module``, the validated pixel module (header.py), and
+    ``plans``, render plans by options (plan.py).
     """
 
-    key: tuple | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.module: Any = None
+        self.plans: dict[Any, Any] = {}
 
 
-#: Raw values of at most this many bytes in all are decoded once and cached (a header whose
-#: window text runs to megabytes is decoded every time, and none of its work is cached).
+#: Raw values of at most this many bytes in all are decoded once and shared (a header whose
+#: window text runs to megabytes is decoded every time, and nothing of it is kept).
 _CACHEABLE_BYTES = 4096
 
 
@@ -123,7 +127,6 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
         attrs = _decode(raw)
         if attrs is None:
             return None
-        attrs.key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in attrs.items())
         if len(_DECODED) >= 256:
             _DECODED.clear()
         _DECODED[raw] = attrs

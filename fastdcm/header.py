@@ -194,12 +194,6 @@ def read_header(src: SourceLike) -> Header:
         raise exc.with_path(name)
 
 
-#: Validated pixel modules of fast-parsed headers by (transfer syntax, values): the slices of
-#: a series validate once (the module is a pure function of these; invalid ones raise and are
-#: not kept); each file's pixel data length is still checked (``_placed``).
-_FAST_SPECS: dict[tuple, PixelSpec] = {}
-
-
 @functools.lru_cache(maxsize=64)
 def _uid(value: str) -> UID:
     """pydicom's UID for a transfer syntax string (immutable; building one costs ~25 us)."""
@@ -214,14 +208,9 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
         ts, attrs, offset, length = fast
         pi = str(attrs.get("PhotometricInterpretation", ""))
         if attrs.get("BitsAllocated") in (8, 16, 32) and not pi.startswith("YBR") and "Rows" in attrs:
-            key = (ts, attrs.key) if attrs.key is not None else None
-            module = _FAST_SPECS.get(key) if key is not None else None
+            module = attrs.module  # validated once per series (fastheader.Attributes)
             if module is None:
-                module = _validate(attrs, _uid(ts), "PixelData", False, -1, -1)
-                if key is not None:
-                    if len(_FAST_SPECS) >= 256:
-                        _FAST_SPECS.clear()
-                    _FAST_SPECS[key] = module
+                module = attrs.module = _validate(attrs, _uid(ts), "PixelData", False, -1, -1)
             return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=buffer, path=name)
     fp = io.BytesIO(buffer)
     try:

@@ -383,23 +383,17 @@ def build_plan(
     stored min and max).
     """
     # A fast-parsed header (fastheader.Attributes: no sequences, no functional groups) plans the
-    # same for every frame and every file with the same values: series share one plan.
-    key = None
-    if present is None and value_range is None and isinstance(ds, Attributes) and ds.key is not None:
-        key = (spec.transfer_syntax_uid, options, ds.key)  # spec is a function of these + offsets
-        plan = _PLANS.get(key)
-        if plan is not None:
-            return plan
-    plan = _build_plan(ds, spec, frame, options, present, value_range)
-    if key is not None and plan is not None:
-        if len(_PLANS) >= 256:
-            _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
-
-
-#: Plans of fast-parsed headers (see build_plan); plans are never changed once built.
-_PLANS: dict[tuple, RenderPlan] = {}
+    # same for every frame and every slice that shares its values: the plan is kept on them.
+    if present is None and value_range is None and isinstance(ds, Attributes):
+        plan = ds.plans.get(options)
+        if plan is None:
+            plan = _build_plan(ds, spec, frame, options, present, value_range)
+            if plan is not None:
+                if len(ds.plans) >= 64:
+                    ds.plans.clear()
+                ds.plans[options] = plan
+        return plan
+    return _build_plan(ds, spec, frame, options, present, value_range)
 
 
 def _build_plan(

@@ -71,7 +71,7 @@ def mammo():
 
 @pytest.mark.parametrize("impl", ["fastdcm", "numpy-copy"])
 def test_kernel_mammo(benchmark, mammo, impl):
-    """The fused kernel as render runs it (cached plan, fresh output), vs one numpy copy."""
+    """The fused kernel as render runs it (plan with its cached table, fresh output), vs one numpy copy."""
     benchmark.group = "kernel-mammo"
     frame, ds, image, stored, expected = mammo
     if impl == "fastdcm":

@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from fastdcm.decode import stored_frame
+from fastdcm.decoders import stored_frame
 from fastdcm import kernels
 from fastdcm.kernels import twins
 from fastdcm.options import RenderOptions

@@ -14,7 +14,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 import fastdcm
 from fastdcm.kernels import twins
-from fastdcm.decode import stored_frame
+from fastdcm.decoders import stored_frame
 from fastdcm.options import RenderOptions
 from fastdcm.plan import build_plan
 from fastdcm.render import _render_stored, open_image

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .convert import Report, convert
-from .decode import decoders
+from .decoders import decoders
 from .errors import (
     DecodeError,
     EncodeError,

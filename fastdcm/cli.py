@@ -123,11 +123,18 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import decoders, inspect
 
     if args.plugins:
+        from .decoders import FAMILIES
+
         rows = decoders()
-        width = max(len(r.name) for r in rows)
-        for r in rows:
-            state = r.plugin if r.plugin else f"MISSING: {r.install}"
-            print(f"{r.transfer_syntax:<24} {r.name:<{width}}  {state}")
+        width = max(len(r.backend) for r in rows)
+        print("decoders per family, in the order fastdcm tries them (--decoder FAMILY=BACKEND chooses one):")
+        for fam, syntaxes in FAMILIES.items():
+            print(f"{fam}: {', '.join(syntaxes)}")
+            first = True
+            for r in (r for r in rows if r.transfer_syntax == syntaxes[0]):
+                state = ("used" if first else "fallback") if r.available else f"MISSING: {r.install}"
+                first = first and not r.available
+                print(f"  {r.rank}. {r.backend:<{width}}  {state:<8}  {r.note}")
         from .encoders import available
 
         for name, state in available().items():

@@ -314,6 +314,7 @@ def _record(source: Source, result: Result, registry: NameRegistry, report: Repo
         frames=result.frames,
         transfer_syntax=result.transfer_syntax,
         voi=result.voi,
+        decoder=result.decoder,
         timings={k: round(v, 6) for k, v in result.timings.items() if v},
     )
 

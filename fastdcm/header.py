@@ -1,10 +1,11 @@
 """Source -> PixelSpec: read a DICOM header with pydicom and validate the pixel module.
 
 This is the only module that parses DICOM. The header is read once, stopping before the
-pixel data; for native (uncompressed) little-endian data we then locate the pixel data
-element ourselves so that frames are numpy views of the file's bytes (no copy, no Python
-objects per pixel). Everything unusual (deflated, big endian, encapsulated) keeps pydicom's
-full dataset and goes through pydicom's decoders (see decode.py).
+pixel data; we then locate the pixel data element ourselves: native (uncompressed)
+little-endian frames are numpy views of the file's bytes (no copy, no Python objects per
+pixel), encapsulated frames are byte ranges of the file found from its fragment table
+(decoders/frames.py) and decoded from there. Deflated and big endian data keep pydicom's
+full dataset and go through pydicom's decoders (see decoders/).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, BinaryIO, Union
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import parse_fragments
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -30,6 +30,7 @@ from pydicom.uid import (
 )
 
 from . import fastheader
+from .decoders.frames import frame_table
 from .errors import (
     FastDcmError,
     InvalidPixelModuleError,
@@ -78,7 +79,8 @@ class PixelSpec:
     is_encapsulated: bool
     sop_class_uid: str = ""
     modality: str = ""
-    # Native little-endian data only: where the pixel bytes start and how many there are.
+    # Native little-endian data: where the pixel bytes start and how many there are;
+    # encapsulated data: where its first item (the Basic Offset Table) starts, length -1.
     pixel_offset: int = -1
     pixel_length: int = -1
 
@@ -100,8 +102,8 @@ class PixelSpec:
 
     @property
     def is_native_view(self) -> bool:
-        """True when frames can be numpy views of the file's bytes (see decode.py)."""
-        return self.pixel_offset >= 0
+        """True when frames can be numpy views of the file's bytes (see decoders/)."""
+        return self.pixel_offset >= 0 and not self.is_encapsulated
 
     @property
     def transfer_syntax_name(self) -> str:
@@ -113,21 +115,28 @@ class PixelSpec:
 
 class Header:
     """A parsed header: the validated spec, the attributes the pipeline reads, and the bytes
-    of the file (frames of native data are views into them).
+    of the file (frames of native data are views into them, encapsulated frames byte ranges:
+    ``frames`` holds each frame's (start, length) ranges, from decoders/frames.py).
 
     ``attrs`` is pydicom's dataset, or for files the fast parser read (fastheader.py) a
     small mapping with the same keywords; ``dataset`` is always pydicom's, parsed on first
     use when the fast parser was enough for rendering.
     """
 
-    __slots__ = ("spec", "attrs", "buffer", "path", "_dataset")
+    __slots__ = ("spec", "attrs", "buffer", "path", "frames", "_dataset")
 
     def __init__(self, spec: PixelSpec, attrs: Any, buffer: bytes | None, path: str | None) -> None:
         self.spec = spec
         self.attrs = attrs
         self.buffer = buffer
         self.path = path
+        self.frames: list[list[tuple[int, int]]] | None = None
         self._dataset = attrs if isinstance(attrs, Dataset) else None
+        if spec.is_encapsulated and buffer is not None and spec.pixel_offset >= 0:
+            # offset 0: the buffer is a Dataset's PixelData value, which has no sequence delimiter
+            self.frames = frame_table(
+                buffer, spec.pixel_offset, spec.number_of_frames, _extended_offsets(attrs), delimited=spec.pixel_offset > 0
+            )
 
     @property
     def dataset(self) -> Dataset:
@@ -207,10 +216,11 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
     if fast is not None:
         ts, attrs, offset, length = fast
         pi = str(attrs.get("PhotometricInterpretation", ""))
-        if attrs.get("BitsAllocated") in (8, 16, 32) and not pi.startswith("YBR") and "Rows" in attrs:
+        encapsulated = length < 0
+        if attrs.get("BitsAllocated") in (8, 16, 32) and (encapsulated or not pi.startswith("YBR")) and "Rows" in attrs:
             module = attrs.module  # validated once per series (fastheader.Attributes)
             if module is None:
-                module = attrs.module = _validate(attrs, _uid(ts), "PixelData", False, -1, -1)
+                module = attrs.module = _validate(attrs, _uid(ts), "PixelData", encapsulated, -1, -1)
             return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=buffer, path=name)
     fp = io.BytesIO(buffer)
     try:
@@ -284,7 +294,9 @@ def _header_from_dataset(
         pixel_keyword = next((kw for tag, kw in PIXEL_TAGS.items() if tag in ds), None)
     elif buffer is not None and pixel_keyword is None:
         pixel_keyword, offset, length, undefined = _locate_pixel_element(buffer, pixel_pos, ds, has_image_module)
-        encapsulated = undefined
+        if undefined != encapsulated and pixel_keyword is not None:
+            what = "encapsulated" if undefined else "native"
+            raise InvalidPixelModuleError(f"{what} pixel data in a file whose transfer syntax is {ts.name}")
     if pixel_keyword is None:
         sop = ds.get("SOPClassUID")
         what = UID(str(sop)).name if sop else "this object"
@@ -305,19 +317,22 @@ def _header_from_dataset(
         and ds.get("BitsAllocated") in (8, 16, 32, 64)
         and not str(ds.get("PhotometricInterpretation", "")).strip().upper().startswith("YBR")
     )
+    if encapsulated:
+        if buffer is None:  # a Dataset given by the caller: its pixel data value is the buffer
+            buffer, offset = ds[pixel_keyword].value, 0
+        spec = _validate(ds, ts, pixel_keyword, True, offset, -1)
+        return Header(spec=spec, attrs=ds, buffer=buffer, path=path)
     if buffer is not None and not native_view:
-        # Deflated, big endian or encapsulated: pydicom reads the whole object, decode.py
-        # hands it to pydicom's decoders.
+        # Deflated, big endian, YBR or 1-bit native data: pydicom reads the whole object,
+        # and its decoders read it (decoders/).
         ds = _read_full(buffer)
         offset = length = -1
-    if offset < 0 and not encapsulated and pixel_keyword in ds:
+    if offset < 0 and pixel_keyword in ds:
         # Read by pydicom (big endian, deflated, YBR, 1-bit): check the length it found.
         offset, length = 0, len(ds[pixel_keyword].value or b"")
         spec = _placed(_validate(ds, ts, pixel_keyword, encapsulated, offset, length), -1, -1)
     else:
-        spec = _validate(ds, ts, pixel_keyword, encapsulated, offset, length)
-        if encapsulated and pixel_keyword in ds:
-            _check_fragments(ds[pixel_keyword].value, spec.number_of_frames)
+        spec = _validate(ds, ts, pixel_keyword, False, offset, length)
     return Header(spec=spec, attrs=ds, buffer=buffer if native_view else None, path=path)
 
 
@@ -362,7 +377,7 @@ def _locate_pixel_element(
         (length,) = struct.unpack_from("<I", buffer, pos + 4)
         start = pos + 8
     if length == 0xFFFFFFFF:
-        return keyword, -1, -1, True
+        return keyword, start, -1, True  # encapsulated: its items start here
     if start + length > n:
         raise TruncatedPixelDataError(
             f"pixel data element claims {length} bytes but only {n - start} follow"
@@ -374,19 +389,18 @@ def _locate_pixel_element(
     return keyword, start, length, False
 
 
-def _check_fragments(data: bytes, frames: int) -> None:
-    """Encapsulated pixel data must hold at least one fragment per frame (PS3.5 A.4)."""
+def _extended_offsets(attrs: Any) -> tuple[Any, Any] | None:
+    """The Extended Offset Table and its lengths (7FE0,0001/0002) as 64-bit integers, or None."""
+    if not isinstance(attrs, Dataset) or "ExtendedOffsetTable" not in attrs:
+        return None
+    import numpy as np
+
     try:
-        if len(data) < 8 or struct.unpack_from("<I", data, 0)[0] != 0xE000FFFE:
-            raise ValueError("it does not start with an item")
-        (bot_length,) = struct.unpack_from("<I", data, 4)
-        count, _ = parse_fragments(data[8 + bot_length :])
-    except Exception as exc:
-        raise TruncatedPixelDataError(f"encapsulated pixel data is malformed: {exc}") from None
-    if count < frames:
-        raise TruncatedPixelDataError(
-            f"encapsulated pixel data has {count} fragment(s) for {frames} frame(s)"
-        )
+        offsets = np.frombuffer(attrs.ExtendedOffsetTable, "<u8")
+        lengths = np.frombuffer(attrs.ExtendedOffsetTableLengths, "<u8")
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise TruncatedPixelDataError(f"the Extended Offset Table cannot be read: {exc}") from None
+    return offsets.tolist(), lengths.tolist()
 
 
 def _int(ds: Any, keyword: str, default: int | None = None) -> int:
@@ -492,7 +506,7 @@ def _placed(spec: PixelSpec, offset: int, length: int) -> PixelSpec:
     """``spec`` with its pixel data at ``offset``, ``length`` bytes (-1: not native data);
     native data is checked to be long enough for every frame."""
     s = spec
-    if offset >= 0:
+    if offset >= 0 and not s.is_encapsulated:
         # YBR_FULL_422 native data holds two samples per pixel (PS3.3 C.7.6.3.1.2).
         samples = 2 if s.photometric_interpretation == "YBR_FULL_422" else s.samples_per_pixel
         needed = (s.rows * s.columns * samples * s.bits_allocated * s.number_of_frames + 7) // 8

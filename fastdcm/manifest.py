@@ -46,7 +46,8 @@ class Record:
     """The outcome of one input. ``source`` is the input's path (absolute), ``rel`` the
     relative path output names mirror; ``outputs`` are relative to the output folder;
     ``frames`` is the number of frames written; ``voi`` names the VOI step used (e.g.
-    ``window``, ``voi_lut``, ``minmax``); ``timings`` maps stage -> seconds; ``time`` is
+    ``window``, ``voi_lut``, ``minmax``); ``decoder`` what decoded the pixel data (a
+    backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``timings`` maps stage -> seconds; ``time`` is
     when the record was made (Unix seconds). Unknown keys read from a newer manifest are
     kept in ``extra``."""
 
@@ -60,6 +61,7 @@ class Record:
     frames: int | None = None
     transfer_syntax: str | None = None
     voi: str | None = None
+    decoder: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     time: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

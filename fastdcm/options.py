@@ -64,6 +64,15 @@ class RenderOptions:
         default=False, metadata=_meta("invert the output once more (after MONOCHROME1 handling)")
     )
     depth: int = field(default=8, metadata=_meta("output bits per sample: 8 or 16"))
+    decoder: str | tuple | None = field(
+        default=None,
+        metadata=_meta(
+            "decoder to use instead of the fastest installed one, per family "
+            "(jpeg, jpegls, jpeg2000, htj2k, rle) or transfer syntax UID, e.g. "
+            "jpeg2000=pylibjpeg,rle=pydicom (fastdcm info --plugins lists them)",
+            metavar="FAMILY=BACKEND[,...]",
+        ),
+    )
 
     def __post_init__(self) -> None:
         # Coerce plain strings / lists at the boundary; reject nonsense early.
@@ -83,6 +92,9 @@ class RenderOptions:
         if int(self.voi_index) != self.voi_index or self.voi_index < 0:
             raise ValueError(f"voi_index must be a non-negative integer, not {self.voi_index!r}")
         object.__setattr__(self, "voi_index", int(self.voi_index))
+        from .decoders import parse_choice
+
+        object.__setattr__(self, "decoder", parse_choice(self.decoder))
 
     @property
     def y_max(self) -> int:

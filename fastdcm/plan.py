@@ -419,10 +419,10 @@ def _build_plan(
                 voi.mode, voi.p1, voi.p2, ymax, invert, out_dtype.str,
             )
             return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine)
+        if voi is None and present is None:
+            return None  # min-max: the caller finds the frame's values first
         mvals = _modality_table(ds, spec, modality)
         if voi is None:
-            if present is None:
-                return None
             if not present.any():  # cannot happen for a non-empty frame
                 present = np.ones_like(present)
             lo, hi = float(mvals[present].min()), float(mvals[present].max())

@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from . import kernels
-from .decode import choose_plugin, stored_frame
+from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import RenderOptions
@@ -32,6 +32,7 @@ class Rendered:
     array: np.ndarray
     frame: int
     voi: str
+    decoder: str  # what decoded the frame: a backend's name, "native" or "pydicom"
 
 
 class Image:
@@ -51,15 +52,15 @@ class Image:
     def n_frames(self) -> int:
         return self.spec.number_of_frames
 
-    @property
-    def decoder(self) -> str:
-        """The decoding plugin used ('' for native data read directly)."""
-        return choose_plugin(self._ts()) if not self.spec.is_native_view else ""
-
-    def _ts(self):
-        from pydicom.uid import UID
-
-        return UID(self.spec.transfer_syntax_uid)
+    def decoder(self, options: RenderOptions | None = None) -> str:
+        """The backend that will be tried first ("native" for data read directly); typed
+        errors when none is installed."""
+        spec = self.spec
+        if spec.is_native_view:
+            return NATIVE
+        if not spec.is_encapsulated:
+            return "pydicom"
+        return candidates(spec.transfer_syntax_uid, spec, (options or RenderOptions()).decoder)[0].name
 
     def render_frame(self, frame: int = 0, options: RenderOptions | None = None) -> Rendered:
         """Frame ``frame`` (0-based) rendered as RENDERING.md says."""
@@ -67,11 +68,11 @@ class Image:
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
         try:
-            stored = stored_frame(self._header, int(frame))
+            stored, decoder = decode_frame(self._header, int(frame), options.decoder)
             array, voi = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
-        return Rendered(array=array, frame=int(frame), voi=voi)
+        return Rendered(array=array, frame=int(frame), voi=voi, decoder=decoder)
 
 
 def open_image(src: SourceLike) -> Image:
@@ -202,7 +203,7 @@ class Inspection:
         lines = [
             f"source:          {self.source}",
             f"transfer syntax: {s.transfer_syntax_uid} ({s.transfer_syntax_name})",
-            f"decoder:         {self.decoder or 'native (read directly)'}",
+            f"decoder:         {'native (read directly)' if self.decoder == NATIVE else self.decoder}",
             f"image:           {s.rows} x {s.columns} x {s.samples_per_pixel}, {s.number_of_frames} frame(s), {s.photometric_interpretation}",
             f"bits:            allocated {s.bits_allocated}, stored {s.bits_stored}, high bit {s.high_bit}, "
             f"{'signed' if s.is_signed else 'unsigned'}{', float' if s.is_float else ''}",
@@ -220,4 +221,8 @@ def inspect(src: SourceLike, **options: Any) -> Inspection:
     image = open_image(src)
     plan = build_plan(image._header.attrs, image.spec, 0, opts)
     voi = plan.voi if plan is not None else image.render_frame(0, opts).voi
-    return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=image.decoder, voi=voi)
+    try:
+        decoder = image.decoder(opts)
+    except FastDcmError as exc:
+        decoder = f"none ({exc.reason})"
+    return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=decoder, voi=voi)

@@ -68,6 +68,7 @@ class Result:
     frames: int | None = None
     transfer_syntax: str | None = None
     voi: str | None = None
+    decoder: str | None = None  # the backend that decoded the frames (several: comma-separated)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -358,7 +359,7 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
             result.status, result.reason, result.outputs = Status.SKIPPED, "outputs exist", names
             return result
         tmp_dir = os.path.join(job.out, TMP_DIR)
-        vois = []
+        vois, decoders = [], []
         for i, name, final in zip(indexes, names, finals):
             t0 = time.perf_counter()
             rendered = image.render_frame(i, job.render)
@@ -393,10 +394,13 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
             timings["encode"] += t2 - t1
             timings["write"] += t3 - t2
             vois.append(rendered.voi)
+            if rendered.decoder not in decoders:
+                decoders.append(rendered.decoder)
         result.status = Status.CONVERTED
         result.outputs = names
         result.frames = len(names)
         result.voi = vois[0] if len(set(vois)) == 1 else ",".join(vois) if vois else None
+        result.decoder = ",".join(decoders) or None
         written.clear()
         return result
     except FastDcmError as exc:

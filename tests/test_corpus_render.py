@@ -26,13 +26,31 @@ FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
 #: Files that cannot be rendered, with the error they must raise (and why).
 EXPECTED_ERRORS = {
     "JPEG2000-embedded-sequence-delimiter.dcm": DecodeError,  # J2K codestream damaged on purpose
-    "JPEG-lossy.dcm": DecodeError,  # 12-bit JPEG that libjpeg rejects (misplaced marker); Pillow has no 12-bit
     "badVR.dcm": InvalidPixelModuleError,  # Number of Frames '1A'
     "meta_missing_tsyntax.dcm": InvalidPixelModuleError,  # pixel data without an image module
     "nested_priv_SQ.dcm": InvalidPixelModuleError,  # pixel data without an image module
     "MR_truncated.dcm": TruncatedPixelDataError,  # pixel data cut short
-    "emri_small_jpeg_2k_lossless_too_short.dcm": InvalidPixelModuleError,  # Rows missing
+    "emri_small_jpeg_2k_lossless_too_short.dcm": TruncatedPixelDataError,  # cut before the sequence delimiter
 }
+
+
+#: Lossy JPEG colour: fastdcm decodes with libjpeg-turbo (imagecodecs), the reference with
+#: pydicom's default plugin (libjpeg 9). Two conforming decoders whose IDCT and chroma
+#: upsampling differ by a few levels on colour (measured on these files: at most 5, mean
+#: under 0.5); the colour conversion itself is pydicom's rule (test_decoders holds
+#: ``decoder="jpeg=pylibjpeg"`` within 1 of the reference on the same files).
+LOSSY_COLOUR_TOLERANCE = 5
+LOSSY_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+#: Files pydicom cannot decode (so no reference here) that fastdcm renders: held against
+#: dcmtk's decoder in test_decoders.py.
+NO_PYDICOM_REFERENCE = {"JPEG-lossy.dcm"}  # 12-bit lossy JPEG that pylibjpeg-libjpeg rejects
+
+
+def tolerance(image) -> int:
+    spec = image.spec
+    return LOSSY_COLOUR_TOLERANCE if spec.transfer_syntax_uid in LOSSY_JPEG and spec.samples_per_pixel == 3 else 1
 
 
 def _classify(path: str):
@@ -72,11 +90,17 @@ def test_file_renders_like_reference(path):
     assert image.n_frames >= 1
     for i in range(image.n_frames):
         got = image.render_frame(i).array
+        if os.path.basename(path) in NO_PYDICOM_REFERENCE:
+            assert got.dtype == np.uint8 and got.shape == (image.spec.rows, image.spec.columns)
+            continue
         ref = reference(path, i)
         assert got.dtype == np.uint8 and got.flags.c_contiguous
         assert got.shape == ref.shape, (i, got.shape, ref.shape)
         diff = np.abs(got.astype(np.int16) - ref.astype(np.int16))
-        assert diff.max() <= 1, f"frame {i}: max diff {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}"
+        limit = tolerance(image)
+        assert diff.max() <= limit, f"frame {i}: max diff {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}"
+        if limit > 1:  # a wrong colour transform would be off by tens everywhere
+            assert diff.mean() < 0.5, f"frame {i}: mean diff {diff.mean():.2f}"
 
 
 def test_corpus_is_not_empty():

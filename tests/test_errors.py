@@ -14,7 +14,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 import fastdcm
-from fastdcm import decode, fastheader
+from fastdcm import fastheader
+from fastdcm.decoders import backends
 from fastdcm.errors import (
     DecodeError,
     FastDcmError,
@@ -164,13 +165,13 @@ def test_unsupported_transfer_syntax(tmp_path):
 
 
 def test_missing_decoder_names_the_pip_command(monkeypatch):
-    class NoPlugins:
-        available_plugins: dict = {}
-
-    monkeypatch.setattr(decode, "get_decoder", lambda ts: NoPlugins())
+    monkeypatch.setattr(backends.Backend, "available", property(lambda self: False))
     path = get_testdata_file("JPEG2000.dcm")
-    err = _raises(MissingDecoderError, path, "pip install pylibjpeg pylibjpeg-openjpeg")
+    err = _raises(MissingDecoderError, path, "pip install imagecodecs")  # the fastest backend's package
     assert err.status is Status.MISSING_DECODER
+    # an explicit choice that is not installed names its own package
+    with pytest.raises(MissingDecoderError, match="pip install pylibjpeg pylibjpeg-openjpeg"):
+        fastdcm.render(path, decoder="jpeg2000=pylibjpeg")
 
 
 def test_decode_failure(tmp_path):

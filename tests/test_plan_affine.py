@@ -20,7 +20,7 @@ from fastdcm.kernels.voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_SCALE, MODE
 from fastdcm.options import RenderOptions
 from fastdcm.plan import _rescale_window_table, fit_affine, voi_line
 from fastdcm.render import _as_unsigned, _plan_with_range, open_image
-from fastdcm.decode import stored_frame
+from fastdcm.decoders import stored_frame
 
 
 def _all_values(bits: int, allocated: int) -> np.ndarray:

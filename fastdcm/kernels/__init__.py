@@ -19,8 +19,9 @@ Two paths turn stored values into the output image in one pass:
   inversion per pixel, with the same scalar formulas as the numpy twin in ``voi.py``.
 
 ``walk_header`` is the hot loop of ``fastheader``: it walks the top-level elements of a
-native file up to its pixel data; its twin is ``fastheader``'s plain-Python walk. Every read
-of the buffer is preceded by a check that the bytes are there (fuzzed files reach it).
+file up to its pixel data (native or encapsulated); its twin is ``fastheader``'s plain-Python
+walk. Every read of the buffer is preceded by a check that the bytes are there (fuzzed files
+reach it).
 """
 
 from __future__ import annotations
@@ -254,10 +255,11 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
     (``buf[p] | buf[p + 1] << 8``, 0 for implicit VR) go to ``found[k, 0:3]`` (the last one
     wins; a tag not met leaves ``-1, 0, 0``); sequences of undefined length are skipped item by item,
     at most ``stack.shape[0] - 1`` levels deep. Returns (start, length) of the pixel data
-    value, or (-1, 0) when the header has something this walk leaves to pydicom: a tag of
-    ``unusual`` at the top level, an unknown VR or non-zero reserved bytes there, undefined
-    length on a top-level element that is not SQ or UN, a value running past the end, no
-    pixel data, or undefined-length / short pixel data.
+    value (length 0xFFFFFFFF: encapsulated, its items start at ``start``), or (-1, 0) when
+    the header has something this walk leaves to pydicom: a tag of ``unusual`` at the top
+    level, an unknown VR or non-zero reserved bytes there, undefined length on a top-level
+    element that is not SQ or UN, a value running past the end, no pixel data, or short
+    pixel data.
     """
     n = buf.shape[0]
     for k in range(found.shape[0]):
@@ -296,7 +298,9 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
                 start = pos + 8
             if depth == 0:
                 if tag == _PIXEL_DATA_TAG:
-                    if length == _UNDEFINED_LENGTH or start + length > n:
+                    if length == _UNDEFINED_LENGTH:
+                        return start, length  # encapsulated: the caller walks its items
+                    if start + length > n:
                         return -1, 0
                     return start, length
                 for k in range(unusual.shape[0]):

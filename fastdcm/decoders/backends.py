@@ -1,0 +1,242 @@
+"""The decoding backends: one small record each, as pydicom's pixel plugins declare theirs.
+
+A backend decodes one frame's codestream (bytes or a memoryview of the file) to the stored
+values: shape (rows, columns) for one sample, (rows, columns, 3) RGB for three. Colour is
+converted once, whichever backend decodes: a backend that applies the JPEG / JPEG 2000 colour
+transform itself reports RGB, the others hand YBR_FULL data to pydicom's ``convert_color_space``.
+Each backend imports its package on first use, so a missing package costs nothing until asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from ..header import PixelSpec
+
+JPEG = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
+JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)
+J2K = (JPEG2000Lossless, JPEG2000)
+HT = (HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K)
+RLE = (RLELossless,)
+
+#: Short names for groups of transfer syntaxes, for ``--decoder jpeg2000=pylibjpeg``.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "jpeg": JPEG,
+    "jpegls": JPEG_LS,
+    "jpeg2000": J2K,
+    "htj2k": HT,
+    "rle": RLE,
+}
+YBR = ("YBR_FULL", "YBR_FULL_422")
+_RGB_IDS = ([82, 71, 66], [114, 103, 98])  # component ids 'RGB' / 'rgb'
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way of decoding some transfer syntaxes."""
+
+    name: str
+    syntaxes: tuple[str, ...]
+    modules: tuple[str, ...]  # import names that must be present
+    install: str  # the pip command that brings them
+    decode: Callable[[Any, PixelSpec], np.ndarray]
+    max_bits: int = 16  # the widest Bits Allocated it decodes
+    photometric: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+    note: str = ""
+    _available: list = field(default_factory=list, compare=False, repr=False)
+
+    @property
+    def available(self) -> bool:
+        if not self._available:
+            self._available.append(all(importlib.util.find_spec(m) is not None for m in self.modules))
+        return self._available[0]
+
+    def supports(self, spec: PixelSpec) -> bool:
+        return spec.bits_allocated <= self.max_bits and spec.photometric_interpretation in self.photometric
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+def _shaped(arr: np.ndarray, spec: PixelSpec) -> np.ndarray:
+    """A decoded frame as (rows, columns[, 3]); colour planes last."""
+    if spec.samples_per_pixel == 3 and arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[2] != 3:
+        arr = arr.transpose(1, 2, 0)
+    return arr
+
+
+def ybr_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """YBR_FULL -> RGB as PS3.3 C.7.6.3.1.2 defines it (pydicom's conversion)."""
+    from pydicom.pixels import convert_color_space
+
+    return convert_color_space(np.ascontiguousarray(arr), "YBR_FULL", "RGB")
+
+
+def jpeg_is_ybr(data: Any, spec: PixelSpec) -> bool:
+    """Whether a 3-component JPEG holds YCbCr, decided as pydicom decides it: component ids
+    'R','G','B' mean RGB, a JFIF marker means YCbCr, else the Photometric Interpretation says."""
+    from pydicom.pixels.utils import _get_jpg_parameters
+
+    info = _get_jpg_parameters(bytes(data))
+    if info.get("component_ids") in _RGB_IDS:
+        return False
+    if any(bytes(v).startswith(b"JFIF") for v in info.get("app", {}).values()):
+        return True
+    return spec.photometric_interpretation in YBR
+
+
+def _colour(arr: np.ndarray, spec: PixelSpec) -> np.ndarray:
+    """Convert a backend's untransformed YBR output to RGB."""
+    if spec.samples_per_pixel == 3 and spec.photometric_interpretation in YBR:
+        return ybr_to_rgb(arr)
+    return arr
+
+
+# --------------------------------------------------------------------------- imagecodecs
+
+
+def _ic_jpeg(data: Any, spec: PixelSpec) -> np.ndarray:
+    ic = _module("imagecodecs")
+    if spec.samples_per_pixel == 3:
+        if jpeg_is_ybr(data, spec):
+            return ic.jpeg8_decode(data, colorspace="YCbCr", outcolorspace="RGB")
+        return ic.jpeg8_decode(data, colorspace="RGB", outcolorspace="RGB")
+    return ic.jpeg8_decode(data)
+
+
+def _ic_jpegls(data: Any, spec: PixelSpec) -> np.ndarray:
+    return _colour(_shaped(_module("imagecodecs").jpegls_decode(data), spec), spec)
+
+
+def _ic_jpeg2k(data: Any, spec: PixelSpec) -> np.ndarray:
+    # OpenJPEG applies the codestream's colour transform: YBR_ICT / YBR_RCT come back RGB.
+    return _colour(_shaped(_module("imagecodecs").jpeg2k_decode(data), spec), spec)
+
+
+def _ic_htj2k(data: Any, spec: PixelSpec) -> np.ndarray:
+    return _colour(_shaped(_module("imagecodecs").htj2k_decode(data), spec), spec)
+
+
+def _ic_rle(data: Any, spec: PixelSpec) -> np.ndarray:
+    dtype = np.dtype(f"u{spec.bits_allocated // 8}")
+    raw = _module("imagecodecs").dicomrle_decode(data, dtype)
+    return _colour(_rle_array(raw, dtype, spec), spec)
+
+
+def _rle_array(raw: Any, dtype: np.dtype, spec: PixelSpec) -> np.ndarray:
+    """RLE segments decode to planes (PS3.5 G.2): (samples, rows, columns) -> (rows, columns[, 3])."""
+    count = spec.rows * spec.columns * spec.samples_per_pixel
+    flat = np.frombuffer(raw, dtype=dtype)
+    if flat.size < count:
+        raise ValueError(f"the RLE data decodes to {flat.size} values, the header needs {count}")
+    flat = flat[:count]
+    if spec.samples_per_pixel == 1:
+        return flat.reshape(spec.rows, spec.columns)
+    return flat.reshape(3, spec.rows, spec.columns).transpose(1, 2, 0)
+
+
+# --------------------------------------------------------------------------- pydicom's plugins' libraries
+
+
+def _libjpeg(data: Any, spec: PixelSpec) -> np.ndarray:
+    arr = _module("libjpeg").decode(bytes(data))  # no colour transform: the components as coded
+    if spec.samples_per_pixel == 3 and spec.transfer_syntax_uid in JPEG and jpeg_is_ybr(data, spec):
+        return ybr_to_rgb(arr)
+    return _colour(arr, spec) if spec.transfer_syntax_uid not in JPEG else arr
+
+
+def _openjpeg(data: Any, spec: PixelSpec) -> np.ndarray:
+    return _colour(_shaped(_module("openjpeg").decode(bytes(data)), spec), spec)
+
+
+def _pyjpegls(data: Any, spec: PixelSpec) -> np.ndarray:
+    arr = _module("jpeg_ls").decode(np.frombuffer(data, np.uint8))
+    return _colour(_shaped(arr, spec), spec)
+
+
+def _pylibjpeg_rle(data: Any, spec: PixelSpec) -> np.ndarray:
+    raw = _module("rle").decode_pixel_data(
+        bytes(data), version=2, rows=spec.rows, columns=spec.columns,
+        samples_per_pixel=spec.samples_per_pixel, bits_allocated=spec.bits_allocated, byteorder="<",
+    )
+    return _colour(_rle_array(raw, np.dtype(f"<u{spec.bits_allocated // 8}"), spec), spec)
+
+
+def _pydicom_rle(data: Any, spec: PixelSpec) -> np.ndarray:
+    from pydicom.pixels.decoders.rle import _rle_decode_frame
+
+    # The segments are most significant first in the stream; the bytes come back little endian.
+    raw = _rle_decode_frame(bytes(data), spec.rows, spec.columns, spec.samples_per_pixel, spec.bits_allocated)
+    return _colour(_rle_array(raw, np.dtype(f"<u{spec.bits_allocated // 8}"), spec), spec)
+
+
+_IC = "pip install imagecodecs"
+
+#: Every backend fastdcm knows, in no order; the preference per transfer syntax is PREFERENCE.
+BACKENDS: tuple[Backend, ...] = (
+    Backend("imagecodecs", JPEG, ("imagecodecs",), _IC, _ic_jpeg, note="libjpeg-turbo 3: 8/12-bit lossy, 2-16 bit lossless"),
+    Backend("imagecodecs", JPEG_LS, ("imagecodecs",), _IC, _ic_jpegls, note="CharLS"),
+    Backend("imagecodecs", J2K + HT, ("imagecodecs",), _IC, _ic_jpeg2k, max_bits=32, note="OpenJPEG"),
+    Backend("imagecodecs-openjph", HT, ("imagecodecs",), _IC, _ic_htj2k, max_bits=32, note="OpenJPH"),
+    Backend("imagecodecs", RLE, ("imagecodecs",), _IC, _ic_rle, max_bits=32, note="DICOM RLE"),
+    Backend("pylibjpeg", JPEG, ("libjpeg",), "pip install pylibjpeg pylibjpeg-libjpeg", _libjpeg, note="libjpeg 9 (Richter)"),
+    Backend("pylibjpeg", JPEG_LS, ("libjpeg",), "pip install pylibjpeg pylibjpeg-libjpeg", _libjpeg, note="libjpeg 9 (Richter)"),
+    Backend("pylibjpeg", J2K + HT, ("openjpeg",), "pip install pylibjpeg pylibjpeg-openjpeg", _openjpeg, max_bits=32, note="OpenJPEG"),
+    Backend("pylibjpeg", RLE, ("rle",), "pip install pylibjpeg pylibjpeg-rle", _pylibjpeg_rle, max_bits=32, note="Rust"),
+    Backend("pyjpegls", JPEG_LS, ("jpeg_ls",), "pip install pyjpegls", _pyjpegls, note="CharLS"),
+    Backend("pydicom", RLE, ("pydicom",), "", _pydicom_rle, max_bits=32, note="pure Python (numpy)"),
+)
+
+#: The order backends are tried in, per family: fastest first, as measured by
+#: benchmarks/bench_decode.py (imagecodecs decodes JPEG 3-8x, JPEG-LS and RLE 5x faster than
+#: pydicom's default plugins, JPEG 2000 at the same speed; OpenJPEG decodes HTJ2K faster than OpenJPH here).
+PREFERENCE: dict[str, tuple[str, ...]] = {
+    "jpeg": ("imagecodecs", "pylibjpeg"),
+    "jpegls": ("imagecodecs", "pyjpegls", "pylibjpeg"),
+    "jpeg2000": ("imagecodecs", "pylibjpeg"),
+    "htj2k": ("imagecodecs", "imagecodecs-openjph", "pylibjpeg"),
+    "rle": ("imagecodecs", "pylibjpeg", "pydicom"),
+}
+
+
+def family(ts: str) -> str | None:
+    for name, syntaxes in FAMILIES.items():
+        if ts in syntaxes:
+            return name
+    return None
+
+
+def backend(name: str, ts: str) -> Backend | None:
+    """The backend called ``name`` for transfer syntax ``ts``, or None."""
+    for b in BACKENDS:
+        if b.name == name and ts in b.syntaxes:
+            return b
+    return None
+
+
+def chain(ts: str) -> list[Backend]:
+    """The backends for ``ts`` in the order they are tried (installed or not)."""
+    fam = family(ts)
+    if fam is None:
+        return []
+    return [b for b in (backend(n, ts) for n in PREFERENCE[fam]) if b is not None]

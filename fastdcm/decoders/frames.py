@@ -1,0 +1,150 @@
+"""Encapsulated pixel data -> the byte ranges of each frame (PS3.5 A.4), without copying.
+
+The pixel data element of undefined length holds a Basic Offset Table item, then one item per
+fragment, then a sequence delimiter. :func:`frame_table` walks the item headers once
+(bounds-checked: every claimed length is checked against the buffer before it is used) and
+says which fragments make up each frame, from the Extended Offset Table, the Basic Offset
+Table, one fragment per frame, or (no table, more fragments than frames) the codestream's
+start marker at the beginning of a frame's first fragment. Frame N is then a memoryview of its
+fragment (a join only when a frame spans several fragments): no frame before N is decoded or
+copied. The tests hold it to pydicom's ``generate_frames`` on every test file.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+from ..errors import DecodeError, TruncatedPixelDataError
+
+_ITEM = b"\xfe\xff\x00\xe0"
+_SEQ_END = b"\xfe\xff\xdd\xe0"
+_U32 = struct.Struct("<I")
+
+#: Codestream start markers, by which a frame's first fragment is told apart when there is
+#: no offset table: JPEG / JPEG-LS (SOI), JPEG 2000 / HTJ2K codestream (SOC), JP2 file.
+_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+
+#: A fragment table of more entries than this is refused (a hostile file could otherwise
+#: claim millions of empty items).
+MAX_FRAGMENTS = 1 << 20
+
+
+def fragments(
+    buffer: bytes | memoryview, offset: int, delimited: bool = True
+) -> tuple[list[int], list[tuple[int, int]], int]:
+    """(Basic Offset Table entries, [(start, length)] of each fragment, end) of the encapsulated
+    value that starts at ``offset`` of ``buffer`` (at the Basic Offset Table item). In a file
+    the value ends with a sequence delimiter; ``delimited=False`` is for a value on its own
+    (a pydicom Dataset's ``PixelData``), which ends with its last fragment."""
+    view = memoryview(buffer)
+    n = len(view)
+    if offset + 8 > n or view[offset : offset + 4] != _ITEM:
+        raise TruncatedPixelDataError("encapsulated pixel data does not start with an item (the Basic Offset Table)")
+    (bot_length,) = _U32.unpack_from(view, offset + 4)
+    pos = offset + 8
+    if bot_length % 4 or pos + bot_length > n:
+        raise TruncatedPixelDataError(f"the Basic Offset Table claims {bot_length} bytes, which do not fit")
+    bot = list(struct.unpack_from(f"<{bot_length // 4}I", view, pos)) if bot_length else []
+    pos += bot_length
+    frags: list[tuple[int, int]] = []
+    while True:
+        if pos == n and not delimited and frags:
+            return bot, frags, pos
+        if pos + 8 > n:  # cut short: a file whose last fragment may be missing is not trusted
+            raise TruncatedPixelDataError(
+                f"encapsulated pixel data ends after {len(frags)} fragment(s) without its sequence delimiter"
+            )
+        tag = view[pos : pos + 4]
+        (length,) = _U32.unpack_from(view, pos + 4)
+        if tag == _SEQ_END:
+            return bot, frags, pos + 8
+        if tag != _ITEM:
+            raise TruncatedPixelDataError(f"encapsulated pixel data: no item at byte {pos} (a fragment or the delimiter)")
+        start = pos + 8
+        if length == 0xFFFFFFFF or start + length > n:
+            raise TruncatedPixelDataError(
+                f"a fragment at byte {pos} claims {length} bytes but only {n - start} follow"
+            )
+        frags.append((start, length))
+        if len(frags) > MAX_FRAGMENTS:
+            raise TruncatedPixelDataError(f"encapsulated pixel data has more than {MAX_FRAGMENTS} fragments")
+        pos = start + length
+
+
+def frame_table(
+    buffer: bytes | memoryview,
+    offset: int,
+    n_frames: int,
+    extended: tuple[Sequence[int], Sequence[int]] | None = None,
+    delimited: bool = True,
+) -> list[list[tuple[int, int]]]:
+    """For each frame, the (start, length) byte ranges in ``buffer`` that make it up."""
+    bot, frags, _ = fragments(buffer, offset, delimited)
+    if not frags:
+        raise TruncatedPixelDataError("encapsulated pixel data holds no fragment")
+    first = frags[0][0] - 8  # item offsets in the tables count from the first fragment's item
+    if extended is not None:
+        return _from_extended(buffer, first, n_frames, extended)
+    if n_frames == 1:
+        return [frags]
+    if bot:
+        return _from_bot(bot, frags, first, n_frames)
+    if len(frags) == n_frames:
+        return [[f] for f in frags]
+    if len(frags) < n_frames:
+        raise TruncatedPixelDataError(f"encapsulated pixel data has {len(frags)} fragment(s) for {n_frames} frame(s)")
+    view = memoryview(buffer)
+    starts = [i for i, (s, length) in enumerate(frags) if any(view[s : s + len(m)] == m for m in _STARTS)]
+    if len(starts) != n_frames or starts[0] != 0:
+        raise DecodeError(
+            f"{len(frags)} fragments for {n_frames} frames and no offset table: "
+            f"{len(starts)} fragments begin a codestream, so the frames cannot be told apart"
+        )
+    bounds = starts + [len(frags)]
+    return [frags[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _from_bot(bot: list[int], frags: list[tuple[int, int]], first: int, n_frames: int) -> list[list[tuple[int, int]]]:
+    if len(bot) != n_frames:
+        raise TruncatedPixelDataError(f"the Basic Offset Table has {len(bot)} entries for {n_frames} frame(s)")
+    index = {s - 8 - first: i for i, (s, _) in enumerate(frags)}
+    firsts = []
+    for k, off in enumerate(bot):
+        i = index.get(off)
+        if i is None or (firsts and i <= firsts[-1]):
+            raise TruncatedPixelDataError(f"Basic Offset Table entry {k} ({off}) does not point at a fragment in order")
+        firsts.append(i)
+    if firsts[0] != 0:
+        raise TruncatedPixelDataError("the Basic Offset Table's first entry does not point at the first fragment")
+    bounds = firsts + [len(frags)]
+    return [frags[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _from_extended(
+    buffer: bytes | memoryview, first: int, n_frames: int, extended: tuple[Sequence[int], Sequence[int]]
+) -> list[list[tuple[int, int]]]:
+    offsets, lengths = extended
+    if len(offsets) != n_frames or len(lengths) != n_frames:
+        raise TruncatedPixelDataError(
+            f"the Extended Offset Table has {len(offsets)} offsets and {len(lengths)} lengths for {n_frames} frame(s)"
+        )
+    n = len(buffer)
+    table = []
+    for k, (off, length) in enumerate(zip(offsets, lengths)):
+        item = first + int(off)
+        start = item + 8
+        if item < first or start + int(length) > n or memoryview(buffer)[item : item + 4] != _ITEM:
+            raise TruncatedPixelDataError(f"Extended Offset Table entry {k} does not point at a fragment inside the data")
+        table.append([(start, int(length))])
+    return table
+
+
+def frame_bytes(buffer: bytes | memoryview, ranges: list[tuple[int, int]]) -> bytes | memoryview:
+    """The bytes of one frame: a view when it is one fragment, else the fragments joined.
+    Trailing padding (the even-length byte) is left for the codec to ignore."""
+    view = memoryview(buffer)
+    if len(ranges) == 1:
+        s, length = ranges[0]
+        return view[s : s + length]
+    return b"".join(view[s : s + length] for s, length in ranges)

@@ -52,9 +52,14 @@ class Image:
     def n_frames(self) -> int:
         return self.spec.number_of_frames
 
-    def decoder(self, options: RenderOptions | None = None) -> str:
-        """The backend that will be tried first ("native" for data read directly); typed
-        errors when none is installed."""
+    @property
+    def decoder(self) -> str:
+        """The backend tried first with the default options ("native": read directly)."""
+        return self.decoder_for(None)
+
+    def decoder_for(self, options: RenderOptions | None) -> str:
+        """The backend that will be tried first with ``options`` ("native" for data read
+        directly, "pydicom" for deflated / big endian data); typed errors when none is installed."""
         spec = self.spec
         if spec.is_native_view:
             return NATIVE
@@ -222,7 +227,7 @@ def inspect(src: SourceLike, **options: Any) -> Inspection:
     plan = build_plan(image._header.attrs, image.spec, 0, opts)
     voi = plan.voi if plan is not None else image.render_frame(0, opts).voi
     try:
-        decoder = image.decoder(opts)
+        decoder = image.decoder_for(opts)
     except FastDcmError as exc:
         decoder = f"none ({exc.reason})"
     return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=decoder, voi=voi)

@@ -11,6 +11,10 @@ pydicom's ``pixel_array``.
 
 A native decoder's panic (pyo3's ``PanicException`` is a ``BaseException``) or any other
 failure of a backend is a :class:`DecodeError` for that frame, never a dead run.
+
+``fastdcm.decoders`` (the attribute of the package) is the public function :func:`decoders`,
+the table of ``fastdcm info --plugins``; import this module's names with
+``from fastdcm.decoders import ...``.
 """
 
 from __future__ import annotations

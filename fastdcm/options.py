@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from .decoders import parse_choice
+
 
 class VoiPolicy(str, Enum):
     """Which VOI step to use (RENDERING.md section 2.2)."""
@@ -92,8 +94,6 @@ class RenderOptions:
         if int(self.voi_index) != self.voi_index or self.voi_index < 0:
             raise ValueError(f"voi_index must be a non-negative integer, not {self.voi_index!r}")
         object.__setattr__(self, "voi_index", int(self.voi_index))
-        from .decoders import parse_choice
-
         object.__setattr__(self, "decoder", parse_choice(self.decoder))
 
     @property

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 from pydicom.uid import UID
 
-from ..errors import DecodeError, InvalidOptionError, MissingDecoderError, UnsupportedTransferSyntaxError
+from ..errors import DecodeError, MissingDecoderError, UnsupportedTransferSyntaxError
 from . import backends as _backends
 from .backends import BACKENDS, FAMILIES, Backend, chain, family
 from .frames import frame_bytes
@@ -146,7 +146,7 @@ def _checked(arr: Any, spec: PixelSpec) -> np.ndarray:
     """The decoded frame, checked against the header's promise (a lying header must not reach a kernel)."""
     if not isinstance(arr, np.ndarray):
         raise ValueError(f"the decoder returned {type(arr).__name__}, not an array")
-    expected = (spec.rows, spec.columns) if spec.samples_per_pixel == 1 else (spec.rows, spec.columns, 3)
+    expected = _shape(spec)
     if arr.ndim == 3 and arr.shape[2] == 1 and spec.samples_per_pixel == 1:
         arr = arr[:, :, 0]
     if arr.shape != expected:
@@ -156,6 +156,11 @@ def _checked(arr: Any, spec: PixelSpec) -> np.ndarray:
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def _shape(spec: PixelSpec) -> tuple[int, ...]:
+    """The shape the header promises for one frame."""
+    return (spec.rows, spec.columns) if spec.samples_per_pixel == 1 else (spec.rows, spec.columns, 3)
 
 
 _NATIVE_DTYPES = {
@@ -203,15 +208,10 @@ def _decode_with_pydicom(header: Header, index: int) -> np.ndarray:
         raise
     except Exception as exc:
         raise DecodeError(f"frame {index} cannot be decoded ({ts.name}): {type(exc).__name__}: {exc}") from None
-    return _checked_native(arr, spec)
-
-
-def _checked_native(arr: np.ndarray, spec: PixelSpec) -> np.ndarray:
     if not arr.dtype.isnative:  # big endian data: the kernels read native byte order
         arr = arr.astype(arr.dtype.newbyteorder("="))
-    expected = (spec.rows, spec.columns) if spec.samples_per_pixel == 1 else (spec.rows, spec.columns, 3)
-    if arr.shape != expected:
-        raise DecodeError(f"the decoder returned shape {arr.shape}, the header promises {expected}")
+    if arr.shape != _shape(spec):
+        raise DecodeError(f"the decoder returned shape {arr.shape}, the header promises {_shape(spec)}")
     return arr
 
 

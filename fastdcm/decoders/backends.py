@@ -9,9 +9,10 @@ Each backend imports its package on first use, so a missing package costs nothin
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -62,16 +63,19 @@ class Backend:
     max_bits: int = 16  # the widest Bits Allocated it decodes
     photometric: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
     note: str = ""
-    _available: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def available(self) -> bool:
-        if not self._available:
-            self._available.append(all(importlib.util.find_spec(m) is not None for m in self.modules))
-        return self._available[0]
+        return _installed(self.modules)
 
     def supports(self, spec: PixelSpec) -> bool:
         return spec.bits_allocated <= self.max_bits and spec.photometric_interpretation in self.photometric
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(modules: tuple[str, ...]) -> bool:
+    """Whether every module can be imported (looked up once per process, not imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def _module(name: str) -> Any:
@@ -158,11 +162,15 @@ def _rle_array(raw: Any, dtype: np.dtype, spec: PixelSpec) -> np.ndarray:
 # --------------------------------------------------------------------------- pydicom's plugins' libraries
 
 
-def _libjpeg(data: Any, spec: PixelSpec) -> np.ndarray:
+def _libjpeg_jpeg(data: Any, spec: PixelSpec) -> np.ndarray:
     arr = _module("libjpeg").decode(bytes(data))  # no colour transform: the components as coded
-    if spec.samples_per_pixel == 3 and spec.transfer_syntax_uid in JPEG and jpeg_is_ybr(data, spec):
+    if spec.samples_per_pixel == 3 and jpeg_is_ybr(data, spec):
         return ybr_to_rgb(arr)
-    return _colour(arr, spec) if spec.transfer_syntax_uid not in JPEG else arr
+    return arr
+
+
+def _libjpeg_jpegls(data: Any, spec: PixelSpec) -> np.ndarray:
+    return _colour(_module("libjpeg").decode(bytes(data)), spec)
 
 
 def _openjpeg(data: Any, spec: PixelSpec) -> np.ndarray:
@@ -199,8 +207,8 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("imagecodecs", J2K + HT, ("imagecodecs",), _IC, _ic_jpeg2k, max_bits=32, note="OpenJPEG"),
     Backend("imagecodecs-openjph", HT, ("imagecodecs",), _IC, _ic_htj2k, max_bits=32, note="OpenJPH"),
     Backend("imagecodecs", RLE, ("imagecodecs",), _IC, _ic_rle, max_bits=32, note="DICOM RLE"),
-    Backend("pylibjpeg", JPEG, ("libjpeg",), "pip install pylibjpeg pylibjpeg-libjpeg", _libjpeg, note="libjpeg 9 (Richter)"),
-    Backend("pylibjpeg", JPEG_LS, ("libjpeg",), "pip install pylibjpeg pylibjpeg-libjpeg", _libjpeg, note="libjpeg 9 (Richter)"),
+    Backend("pylibjpeg", JPEG, ("libjpeg",), "pip install pylibjpeg pylibjpeg-libjpeg", _libjpeg_jpeg, note="libjpeg 9 (Richter)"),
+    Backend("pylibjpeg", JPEG_LS, ("libjpeg",), "pip install pylibjpeg pylibjpeg-libjpeg", _libjpeg_jpegls, note="libjpeg 9 (Richter)"),
     Backend("pylibjpeg", J2K + HT, ("openjpeg",), "pip install pylibjpeg pylibjpeg-openjpeg", _openjpeg, max_bits=32, note="OpenJPEG"),
     Backend("pylibjpeg", RLE, ("rle",), "pip install pylibjpeg pylibjpeg-rle", _pylibjpeg_rle, max_bits=32, note="Rust"),
     Backend("pyjpegls", JPEG_LS, ("jpeg_ls",), "pip install pyjpegls", _pyjpegls, note="CharLS"),
@@ -209,7 +217,7 @@ BACKENDS: tuple[Backend, ...] = (
 
 #: The order backends are tried in, per family: fastest first, as measured by
 #: benchmarks/bench_decode.py (imagecodecs decodes JPEG 3-8x, JPEG-LS and RLE 5x faster than
-#: pydicom's default plugins, JPEG 2000 at the same speed; OpenJPEG decodes HTJ2K faster than OpenJPH here).
+#: pydicom's default plugins, JPEG 2000 at the same speed).
 PREFERENCE: dict[str, tuple[str, ...]] = {
     "jpeg": ("imagecodecs", "pylibjpeg"),
     "jpegls": ("imagecodecs", "pyjpegls", "pylibjpeg"),

@@ -32,8 +32,8 @@ MAX_FRAGMENTS = 1 << 20
 
 def fragments(
     buffer: bytes | memoryview, offset: int, delimited: bool = True
-) -> tuple[list[int], list[tuple[int, int]], int]:
-    """(Basic Offset Table entries, [(start, length)] of each fragment, end) of the encapsulated
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """(Basic Offset Table entries, [(start, length)] of each fragment) of the encapsulated
     value that starts at ``offset`` of ``buffer`` (at the Basic Offset Table item). In a file
     the value ends with a sequence delimiter; ``delimited=False`` is for a value on its own
     (a pydicom Dataset's ``PixelData``), which ends with its last fragment."""
@@ -50,7 +50,7 @@ def fragments(
     frags: list[tuple[int, int]] = []
     while True:
         if pos == n and not delimited and frags:
-            return bot, frags, pos
+            return bot, frags
         if pos + 8 > n:  # cut short: a file whose last fragment may be missing is not trusted
             raise TruncatedPixelDataError(
                 f"encapsulated pixel data ends after {len(frags)} fragment(s) without its sequence delimiter"
@@ -58,7 +58,7 @@ def fragments(
         tag = view[pos : pos + 4]
         (length,) = _U32.unpack_from(view, pos + 4)
         if tag == _SEQ_END:
-            return bot, frags, pos + 8
+            return bot, frags
         if tag != _ITEM:
             raise TruncatedPixelDataError(f"encapsulated pixel data: no item at byte {pos} (a fragment or the delimiter)")
         start = pos + 8
@@ -80,7 +80,7 @@ def frame_table(
     delimited: bool = True,
 ) -> list[list[tuple[int, int]]]:
     """For each frame, the (start, length) byte ranges in ``buffer`` that make it up."""
-    bot, frags, _ = fragments(buffer, offset, delimited)
+    bot, frags = fragments(buffer, offset, delimited)
     if not frags:
         raise TruncatedPixelDataError("encapsulated pixel data holds no fragment")
     first = frags[0][0] - 8  # item offsets in the tables count from the first fragment's item

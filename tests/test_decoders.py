@@ -263,6 +263,24 @@ def test_lossy_generated_file_within_codec_error(name, ts, encode, tmp_path):
     assert diff.mean() < 1.0 and diff.max() <= 16, (diff.mean(), diff.max())
 
 
+@pytest.mark.parametrize("samples", [1, 3])
+def test_lossy_8_bit_htj2k_keeps_its_highlights(samples, tmp_path):
+    """Saturated samples of a lossy 8-bit HTJ2K stream stay bright with the default backend
+    (imagecodecs' OpenJPH path wraps them to 0, which is why OpenJPEG is tried first)."""
+    us = _read(get_testdata_file("US1_J2KR.dcm"))
+    rgb = us.pixel_array  # real ultrasound, RGB, many samples at 255
+    arr = np.ascontiguousarray(rgb if samples == 3 else rgb[..., 0])
+    ds = us.copy()
+    ds.PhotometricInterpretation = "RGB" if samples == 3 else "MONOCHROME2"
+    ds.SamplesPerPixel = samples
+    if samples == 1:
+        del ds.PlanarConfiguration
+    path, _ = _save(ds, arr, "1.2.840.10008.1.2.4.203", imagecodecs.htj2k_encode(arr, reversible=False), tmp_path, "ht8.dcm")
+    got = fastdcm.render(path, voi="none").astype(int)
+    diff = np.abs(got - arr.astype(int))
+    assert diff.max() <= 8 and diff.mean() < 0.5, (diff.max(), diff.mean())
+
+
 # --------------------------------------------------------------------------- an independent decoder
 
 DCMDJPEG = shutil.which("dcmdjpeg")

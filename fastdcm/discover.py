@@ -36,13 +36,13 @@ import hashlib
 import os
 import re
 import stat as _stat
-import struct
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import IO, Iterable, Iterator
 
+from . import elements
 from .errors import Status
 
 __all__ = [
@@ -71,11 +71,6 @@ OTHER = "other"
 
 _HEAD_BYTES = 512
 _MEDIA_STORAGE_DIRECTORY = b"1.2.840.10008.1.3.10"
-_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI "
-    b"UL UN UR US UT UV".split()
-)
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 #: Names that claim to be DICOM: a walk yields them even when their content does not look
 #: like DICOM (malformed files deserve a status, not silence). Lower case.
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom", ".dic", ".ima"})
@@ -138,11 +133,11 @@ def classify_head(head: bytes) -> str:
     Non-DICOM is decided from the first 132 bytes; the rest of ``head`` (up to 512 bytes)
     is only used to read the file meta's Media Storage SOP Class UID.
     """
-    if len(head) >= 132 and head[128:132] == b"DICM":
+    if elements.has_preamble(head):
         if _MEDIA_STORAGE_DIRECTORY not in head:  # cannot be its SOP class: skip the meta walk
             return DICOM
-        return DICOMDIR if _meta_sop_class(head[132:]) == _MEDIA_STORAGE_DIRECTORY else DICOM
-    return DICOM if _plausible_headerless(head) else OTHER
+        return DICOMDIR if _meta_sop_class(head) == _MEDIA_STORAGE_DIRECTORY else DICOM
+    return DICOM if elements.looks_headerless(head) else OTHER
 
 
 def sniff(path: str) -> str:
@@ -158,47 +153,15 @@ def sniff(path: str) -> str:
     return classify_head(head)
 
 
-def _meta_sop_class(meta: bytes) -> bytes | None:
-    """Media Storage SOP Class UID from file-meta bytes (explicit VR little endian)."""
-    pos = 0
-    while pos + 8 <= len(meta):
-        group, elem = struct.unpack_from("<HH", meta, pos)
-        if group != 0x0002:
-            return None
-        vr = meta[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > len(meta):
-                return None
-            (length,) = struct.unpack_from("<I", meta, pos + 8)
-            pos += 12
-        else:
-            (length,) = struct.unpack_from("<H", meta, pos + 6)
-            pos += 8
-        if elem == 0x0002:
-            return meta[pos : pos + length].rstrip(b"\x00 ")
-        if elem > 0x0002 or length > len(meta):
-            return None
-        pos += length
-    return None
-
-
-def _plausible_headerless(head: bytes) -> bool:
-    """A conservative test for DICOM without preamble: the first element header of a
-    dataset (group 0002 or 0008, a low element number, a known VR or a short even
-    implicit-VR length)."""
-    if len(head) < 8:
-        return False
-    for order in ("<", ">"):
-        group, elem = struct.unpack_from(order + "HH", head, 0)
-        if group not in (0x0002, 0x0008) or elem > 0x00FF:
-            continue
-        if head[4:6] in _VRS:
-            return True
-        if order == "<":  # implicit VR is always little endian
-            (length,) = struct.unpack_from("<I", head, 4)
-            if length % 2 == 0 and length <= 0xFFFF:
-                return True
-    return False
+def _meta_sop_class(head: bytes) -> bytes | None:
+    """Media Storage SOP Class UID from the file meta in the first bytes of a file (a meta cut
+    off by the end of ``head`` gives what was read)."""
+    try:
+        values, _ = elements.file_meta(head, cut_ok=True)
+    except elements.Malformed:
+        return None
+    value = values.get(0x0002)
+    return value.rstrip(b"\x00 ") if value is not None else None
 
 
 # --------------------------------------------------------------------------- helpers

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
+from . import elements, kernels
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -64,21 +64,11 @@ UNUSUAL = {
     0x7FE00001, 0x7FE00002,  # Extended Offset Table (and its lengths)
 }
 
-PIXEL_DATA = 0x7FE00010
-_LONG = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
-_UNDEFINED = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_MAX_DEPTH = 16
-_SHORT = frozenset(
-    (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
-     b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
-)
+PIXEL_DATA = elements.PIXEL_DATA
+_UNDEFINED = elements.UNDEFINED
 _VR_BYTES = {vr: vr.encode() for vr in ("US", "CS", "UI", "IS", "DS")}
-_EXPLICIT = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (or reserved)
-_IMPLICIT = struct.Struct("<HHI")  # group, element, 32-bit length
-_HH = struct.Struct("<HH")
 _H = struct.Struct("<H")
-_I = struct.Struct("<I")
+_HH = struct.Struct("<HH")
 
 
 class _Unusual(Exception):
@@ -170,21 +160,10 @@ def _decode(raw: tuple) -> Attributes | None:
 
 def _file_meta(buffer: bytes) -> tuple[str, int] | None:
     """(transfer syntax, position after the file meta) of a little-endian file, or None."""
-    n = len(buffer)
-    if n < 144 or buffer[128:132] != b"DICM":
+    if len(buffer) < 144 or not elements.has_preamble(buffer):
         return None
-    # File meta: explicit VR little endian, group 0002, starting with its group length.
-    pos = 132
-    ts = None
-    while pos + 8 <= n:
-        group, elem, length, start = _element(buffer, pos, True)
-        if group != 0x0002:
-            break
-        if length == _UNDEFINED or start + length > n:
-            return None
-        if elem == 0x0010:
-            ts = buffer[start : start + length].rstrip(b"\0 ").decode("ascii")
-        pos = start + length
+    values, pos = elements.file_meta(buffer)
+    ts = elements.uid_text(values[0x0010]) if 0x0010 in values else None
     if ts not in (EXPLICIT_LE, IMPLICIT_LE) and ts not in ENCAPSULATED:
         return None
     return ts, pos
@@ -193,20 +172,14 @@ def _file_meta(buffer: bytes) -> tuple[str, int] | None:
 _WANTED_LIST = sorted(WANTED)
 _WANTED_TAGS = np.array(_WANTED_LIST, dtype=np.int64)
 _UNUSUAL_TAGS = np.array(sorted(UNUSUAL), dtype=np.int64)
-_VR_CLASS = np.zeros(1 << 16, dtype=np.uint8)
-for _vrs, _kind in ((_SHORT, kernels.VR_SHORT), (_LONG, kernels.VR_LONG)):
-    for _vr in _vrs:
-        _VR_CLASS[_vr[0] | _vr[1] << 8] = _kind
-
-
 def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[int]]] | None:
     """The top-level walk, compiled (``kernels.walk_header``): (pixel data start, its length,
     [value start, value length, VR code] per tag of ``_WANTED_LIST``, start -1 when absent),
     or None for pydicom."""
     found = np.empty((len(_WANTED_LIST), 3), np.int64)
-    stack = np.empty(_MAX_DEPTH + 2, np.int64)
+    stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
     start, length = kernels.walk_header(
-        np.frombuffer(buffer, np.uint8), pos, explicit, _VR_CLASS, _WANTED_TAGS, _UNUSUAL_TAGS, found, stack
+        np.frombuffer(buffer, np.uint8), pos, explicit, elements.VR_CLASS, _WANTED_TAGS, _UNUSUAL_TAGS, found, stack
     )
     if start < 0:
         return None
@@ -214,26 +187,15 @@ def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[
 
 
 def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[int]]] | None:
-    """The plain-Python twin of ``_walk`` (the definition the tests hold the kernel to)."""
+    """The plain-Python twin of ``_walk`` (the definition the tests hold the kernel to), on
+    the shared element reader (``elements``)."""
     n = len(buffer)
     found = {tag: [-1, 0, 0] for tag in _WANTED_LIST}
     while pos + 8 <= n:
-        if explicit:
-            group, elem, vr, length = _EXPLICIT.unpack_from(buffer, pos)
-            if vr in _LONG:
-                if length != 0 or pos + 12 > n:  # the two reserved bytes; a cut header
-                    return None
-                (length,) = _I.unpack_from(buffer, pos + 8)
-                start = pos + 12
-            elif vr in _SHORT:
-                start = pos + 8
-            else:
-                return None  # implicit VR inside an explicit file: let pydicom sort it out
-        else:
-            group, elem, length = _IMPLICIT.unpack_from(buffer, pos)
-            vr = None
-            start = pos + 8
-        tag = group << 16 | elem
+        try:
+            tag, vr, length, start = elements.element(buffer, pos, explicit, strict=True)
+        except elements.Malformed:
+            return None  # a cut header, an unknown VR or reserved bytes: let pydicom sort it out
         if tag == PIXEL_DATA:
             if length != _UNDEFINED and start + length > n:
                 return None  # short: pydicom's path reports it
@@ -244,31 +206,17 @@ def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list
             if explicit and vr not in (b"SQ", b"UN"):
                 return None
             try:
-                pos = _skip_undefined(buffer, start, explicit, 0)
-            except (_Unusual, struct.error):
+                pos = elements.skip_sequence(buffer, start, explicit)
+            except elements.Malformed:
                 return None
             continue
         end = start + length
         if end > n:
             return None
         if tag in WANTED:
-            found[tag] = [start, length, (vr[0] | vr[1] << 8) if explicit else 0]
+            found[tag] = [start, length, (vr[0] | vr[1] << 8) if vr else 0]
         pos = end
     return None  # no pixel data: pydicom's path reports what kind of object this is
-
-
-def _element(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, int, int]:
-    """(group, element, value length, value start) of the element header at ``pos``.
-    The top-level walk (``walk_python``, compiled as ``kernels.walk_header``) inlines this
-    with stricter checks."""
-    group, elem = _HH.unpack_from(buffer, pos)
-    if not explicit:
-        return group, elem, _I.unpack_from(buffer, pos + 4)[0], pos + 8
-    if buffer[pos + 4 : pos + 6] in _LONG:
-        if pos + 12 > len(buffer):
-            raise _Unusual
-        return group, elem, _I.unpack_from(buffer, pos + 8)[0], pos + 12
-    return group, elem, _H.unpack_from(buffer, pos + 6)[0], pos + 8
 
 
 def second_pixel_element(buffer: bytes, pos: int) -> bool:
@@ -278,41 +226,6 @@ def second_pixel_element(buffer: bytes, pos: int) -> bool:
         return False
     group, elem = _HH.unpack_from(buffer, pos)
     return group == 0x7FE0 and elem in (0x0008, 0x0009, 0x0010)
-
-
-def _skip_undefined(buffer: bytes, pos: int, explicit: bool, depth: int) -> int:
-    """Skip the items of a sequence of undefined length; return the position after it."""
-    if depth > _MAX_DEPTH:
-        raise _Unusual
-    n = len(buffer)
-    while pos + 8 <= n:
-        group, elem = _HH.unpack_from(buffer, pos)
-        tag = group << 16 | elem
-        (length,) = _I.unpack_from(buffer, pos + 4)
-        pos += 8
-        if tag == _SEQ_END:
-            return pos
-        if tag != _ITEM:
-            raise _Unusual
-        if length != _UNDEFINED:
-            pos += length
-            continue
-        pos = _skip_item(buffer, pos, explicit, depth + 1)
-    raise _Unusual
-
-
-def _skip_item(buffer: bytes, pos: int, explicit: bool, depth: int) -> int:
-    """Skip the elements of an item of undefined length, up to its delimiter."""
-    n = len(buffer)
-    while pos + 8 <= n:
-        group, elem, length, start = _element(buffer, pos, explicit)
-        if (group << 16 | elem) == _ITEM_END:
-            return pos + 8
-        if length == _UNDEFINED:
-            pos = _skip_undefined(buffer, start, explicit, depth + 1)
-        else:
-            pos = start + length
-    raise _Unusual
 
 
 def _value(raw: bytes, vr: str) -> Any:

@@ -14,7 +14,6 @@ import functools
 import io
 import logging
 import os
-import struct
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Union
@@ -29,7 +28,7 @@ from pydicom.uid import (
     UID,
 )
 
-from . import fastheader
+from . import elements, fastheader
 from .decoders.frames import frame_table
 from .errors import (
     FastDcmError,
@@ -228,7 +227,7 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except InvalidDicomError as exc:
-        if not _looks_like_raw_dataset(buffer):
+        if not elements.looks_headerless(buffer):
             raise NotDicomError(f"not a DICOM file ({exc})") from None
         # No preamble and no meta (ACR-NEMA style): a raw little-endian dataset.
         fp = io.BytesIO(buffer)
@@ -245,22 +244,6 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
     if len(ds) == 0 and not ds.file_meta:
         raise NotDicomError("no DICOM elements found")
     return _header_from_dataset(ds, buffer=buffer, path=name, pixel_pos=fp.tell())
-
-
-def _looks_like_raw_dataset(buffer: bytes) -> bool:
-    """A dataset without preamble: it starts with a group 0002/0008 element, either VR encoding."""
-    if len(buffer) < 8:
-        return False
-    for order in "<>":  # little or big endian
-        group, elem = struct.unpack_from(order + "HH", buffer, 0)
-        if group not in (0x0002, 0x0008) or elem > 0x0200:
-            continue
-        vr = buffer[4:6]
-        if vr.isalpha() and vr.isupper():
-            return True  # explicit VR
-        (length,) = struct.unpack_from(order + "I", buffer, 4)
-        return length < len(buffer)  # implicit VR: a plausible length
-    return False
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -345,9 +328,6 @@ def _read_full(buffer: bytes) -> Dataset:
         raise TruncatedPixelDataError(f"pixel data cannot be read: {type(exc).__name__}: {exc}") from None
 
 
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}
-
-
 def _locate_pixel_element(
     buffer: bytes, pos: int | None, ds: Dataset, has_image_module: bool
 ) -> tuple[str | None, int, int, bool]:
@@ -355,28 +335,20 @@ def _locate_pixel_element(
     n = len(buffer)
     if pos is None or pos >= n:
         return None, -1, -1, False
-    if pos + 8 > n:
-        raise TruncatedPixelDataError(f"file ends {n - pos} bytes into the pixel data element")
-    group, elem = struct.unpack_from("<HH", buffer, pos)
-    tag = group << 16 | elem
+    try:
+        # Explicit or implicit by its VR bytes: pydicom may have guessed the encoding.
+        tag, _, length, start = elements.element(buffer, pos, None)
+    except elements.Malformed:
+        raise TruncatedPixelDataError(f"file ends {n - pos} bytes into the pixel data element") from None
     keyword = PIXEL_TAGS.get(tag)
     if keyword is None:
         if has_image_module:
             raise TruncatedPixelDataError(
                 f"the header parser stopped at byte {pos} of {n} "
-                f"(element ({group:04X},{elem:04X})): pixel data missing"
+                f"(element ({tag >> 16:04X},{tag & 0xFFFF:04X})): pixel data missing"
             )
         return None, -1, -1, False
-    vr = buffer[pos + 4 : pos + 6]
-    if vr in _LONG_VRS and buffer[pos + 6 : pos + 8] == b"\0\0":
-        if pos + 12 > n:
-            raise TruncatedPixelDataError("file ends inside the pixel data element header")
-        (length,) = struct.unpack_from("<I", buffer, pos + 8)
-        start = pos + 12
-    else:
-        (length,) = struct.unpack_from("<I", buffer, pos + 4)
-        start = pos + 8
-    if length == 0xFFFFFFFF:
+    if length == elements.UNDEFINED:
         return keyword, start, -1, True  # encapsulated: its items start here
     if start + length > n:
         raise TruncatedPixelDataError(

@@ -111,7 +111,7 @@ def _walks(buffer: bytes):
     if meta is None:
         return None
     ts, pos = meta
-    explicit = ts == fastheader.EXPLICIT_LE
+    explicit = ts != fastheader.IMPLICIT_LE  # as parse() walks it (encapsulated syntaxes are explicit VR)
     return fastheader._walk(buffer, pos, explicit), fastheader.walk_python(buffer, pos, explicit)
 
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 import struct
 from typing import Sequence
 
+from .. import elements
 from ..errors import DecodeError, TruncatedPixelDataError
 
 _ITEM = b"\xfe\xff\x00\xe0"
-_SEQ_END = b"\xfe\xff\xdd\xe0"
-_U32 = struct.Struct("<I")
 
 #: Codestream start markers, by which a frame's first fragment is told apart when there is
 #: no offset table: JPEG / JPEG-LS (SOI), JPEG 2000 / HTJ2K codestream (SOC), JP2 file.
@@ -41,8 +40,7 @@ def fragments(
     n = len(view)
     if offset + 8 > n or view[offset : offset + 4] != _ITEM:
         raise TruncatedPixelDataError("encapsulated pixel data does not start with an item (the Basic Offset Table)")
-    (bot_length,) = _U32.unpack_from(view, offset + 4)
-    pos = offset + 8
+    _, bot_length, pos = elements.item(view, offset)
     if bot_length % 4 or pos + bot_length > n:
         raise TruncatedPixelDataError(f"the Basic Offset Table claims {bot_length} bytes, which do not fit")
     bot = list(struct.unpack_from(f"<{bot_length // 4}I", view, pos)) if bot_length else []
@@ -55,14 +53,12 @@ def fragments(
             raise TruncatedPixelDataError(
                 f"encapsulated pixel data ends after {len(frags)} fragment(s) without its sequence delimiter"
             )
-        tag = view[pos : pos + 4]
-        (length,) = _U32.unpack_from(view, pos + 4)
-        if tag == _SEQ_END:
+        tag, length, start = elements.item(view, pos)
+        if tag == elements.SEQ_END:
             return bot, frags
-        if tag != _ITEM:
+        if tag != elements.ITEM:
             raise TruncatedPixelDataError(f"encapsulated pixel data: no item at byte {pos} (a fragment or the delimiter)")
-        start = pos + 8
-        if length == 0xFFFFFFFF or start + length > n:
+        if length == elements.UNDEFINED or start + length > n:
             raise TruncatedPixelDataError(
                 f"a fragment at byte {pos} claims {length} bytes but only {n - start} follow"
             )

@@ -31,6 +31,8 @@ import math
 import numba
 import numpy as np
 
+from ..elements import ITEM as _ITEM_TAG, ITEM_END as _ITEM_END_TAG, SEQ_END as _SEQ_END_TAG
+from ..elements import PIXEL_DATA as _PIXEL_DATA_TAG, UNDEFINED as _UNDEFINED_LENGTH, VR_LONG, VR_SHORT
 from .voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_LUT, MODE_SIGMOID
 
 #: THE decorator policy. A test checks every kernel below was built with it.
@@ -227,11 +229,8 @@ def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first,
 
 # --------------------------------------------------------------------------- header walk
 
-#: walk_header's ``vr_class`` table (indexed by the two VR bytes as a little-endian uint16)
-VR_UNKNOWN, VR_SHORT, VR_LONG = 0, 1, 2
-_ITEM_TAG, _ITEM_END_TAG, _SEQ_END_TAG = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_PIXEL_DATA_TAG = 0x7FE00010
+# walk_header's ``vr_class`` table is elements.VR_CLASS (one set of VR rules for every reader).
+
 _IN_SEQUENCE, _IN_ITEM = 1, 2
 _VR_SQ, _VR_UN = 0x5153, 0x4E55  # b"SQ", b"UN" as little-endian uint16
 

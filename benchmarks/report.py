@@ -134,8 +134,11 @@ def warm_page_cache(files: list[str]) -> None:
                 pass
 
 
-def _expected_sizes(files: list[str]) -> list[tuple[int, int] | None]:
-    return [peers._expected_size(f) for f in files]
+def _expected_sizes(files: list[str], reduce: int = 0) -> list[tuple[int, int] | None]:
+    """(width, height) of each input's image; with ``reduce=k``, 2^k times smaller (rounded up)."""
+    sizes = [peers._expected_size(f) for f in files]
+    f = 1 << reduce
+    return [None if s is None else (-(-s[0] // f), -(-s[1] // f)) for s in sizes]
 
 
 _WARM: set[str] = set()
@@ -199,7 +202,8 @@ def run_fastdcm(folder: Path, files: list[str], out_dir: Path, fmt: str, workers
             continue
         with Image.open(p) as im:
             sizes.append(im.size)
-    if sorted(sizes) != sorted(s for s in _expected_sizes(files) if s is not None) and not errors:
+    expected = _expected_sizes(files, int(options.get("reduce", 0)))
+    if sorted(sizes) != sorted(s for s in expected if s is not None) and not errors:
         errors.append("the sizes of fastdcm's outputs are not the inputs' sizes")
     n = len(files)
     return {

@@ -315,6 +315,8 @@ def _record(source: Source, result: Result, registry: NameRegistry, report: Repo
         transfer_syntax=result.transfer_syntax,
         voi=result.voi,
         decoder=result.decoder,
+        shape=result.shape,
+        reduce=result.reduce,
         timings={k: round(v, 6) for k, v in result.timings.items() if v},
     )
 

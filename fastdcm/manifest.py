@@ -47,7 +47,9 @@ class Record:
     relative path output names mirror; ``outputs`` are relative to the output folder;
     ``frames`` is the number of frames written; ``voi`` names the VOI step used (e.g.
     ``window``, ``voi_lut``, ``minmax``); ``decoder`` what decoded the pixel data (a
-    backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``timings`` maps stage -> seconds; ``time`` is
+    backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``shape`` the rows and
+    columns of the output images; ``reduce`` the ``--reduce`` level they were made at (absent: full
+    size); ``timings`` maps stage -> seconds; ``time`` is
     when the record was made (Unix seconds). Unknown keys read from a newer manifest are
     kept in ``extra``."""
 
@@ -62,6 +64,8 @@ class Record:
     transfer_syntax: str | None = None
     voi: str | None = None
     decoder: str | None = None
+    shape: list[int] | None = None
+    reduce: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
     time: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

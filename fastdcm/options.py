@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from .decoders import parse_choice
+from .resample import MAX_REDUCE
 
 
 class VoiPolicy(str, Enum):
@@ -66,6 +67,15 @@ class RenderOptions:
         default=False, metadata=_meta("invert the output once more (after MONOCHROME1 handling)")
     )
     depth: int = field(default=8, metadata=_meta("output bits per sample: 8 or 16"))
+    reduce: int = field(
+        default=0,
+        metadata=_meta(
+            "output 2^K times smaller on each side (0-8): JPEG 2000 / HTJ2K decoded at a reduced "
+            "resolution level (several times faster than a full decode), other data averaged in "
+            "2^K x 2^K blocks of stored values",
+            metavar="K",
+        ),
+    )
     decoder: str | tuple | None = field(
         default=None,
         metadata=_meta(
@@ -94,6 +104,9 @@ class RenderOptions:
         if int(self.voi_index) != self.voi_index or self.voi_index < 0:
             raise ValueError(f"voi_index must be a non-negative integer, not {self.voi_index!r}")
         object.__setattr__(self, "voi_index", int(self.voi_index))
+        if isinstance(self.reduce, bool) or int(self.reduce) != self.reduce or not 0 <= self.reduce <= MAX_REDUCE:
+            raise ValueError(f"reduce must be an integer from 0 to {MAX_REDUCE}, not {self.reduce!r}")
+        object.__setattr__(self, "reduce", int(self.reduce))
         object.__setattr__(self, "decoder", parse_choice(self.decoder))
 
     @property

@@ -65,7 +65,8 @@ class Image:
             return NATIVE
         if not spec.is_encapsulated:
             return "pydicom"
-        return candidates(spec.transfer_syntax_uid, spec, (options or RenderOptions()).decoder)[0].name
+        options = options or RenderOptions()
+        return candidates(spec.transfer_syntax_uid, spec, options.decoder, options.reduce)[0].name
 
     def render_frame(self, frame: int = 0, options: RenderOptions | None = None) -> Rendered:
         """Frame ``frame`` (0-based) rendered as RENDERING.md says."""
@@ -73,7 +74,7 @@ class Image:
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
         try:
-            stored, decoder = decode_frame(self._header, int(frame), options.decoder)
+            stored, decoder = decode_frame(self._header, int(frame), options.decoder, options.reduce)
             array, voi = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
@@ -177,7 +178,8 @@ def render(src: SourceLike, *, frame: int = 0, **options: Any) -> np.ndarray:
 
     ``src`` is a path, bytes, a binary file object or a pydicom Dataset. Keyword options are
     the fields of :class:`fastdcm.options.RenderOptions` (window, voi_function, voi_index,
-    voi, invert, depth). Shape (Rows, Columns) for grayscale, (Rows, Columns, 3) for colour.
+    voi, invert, depth, reduce, decoder). Shape (Rows, Columns) for grayscale, (Rows, Columns, 3)
+    for colour; with ``reduce=k``, ceil(Rows / 2^k) x ceil(Columns / 2^k).
     """
     opts = _options(options)
     return open_image(src).render_frame(frame, opts).array

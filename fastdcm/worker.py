@@ -69,6 +69,8 @@ class Result:
     transfer_syntax: str | None = None
     voi: str | None = None
     decoder: str | None = None  # the backend that decoded the frames (several: comma-separated)
+    shape: list[int] | None = None  # rows, columns of the output images
+    reduce: int | None = None  # the reduce=k level the outputs were made at (None: full size)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -401,6 +403,8 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
         result.frames = len(names)
         result.voi = vois[0] if len(set(vois)) == 1 else ",".join(vois) if vois else None
         result.decoder = ",".join(decoders) or None
+        result.shape = list(rendered.array.shape[:2]) if names else None
+        result.reduce = job.render.reduce or None
         written.clear()
         return result
     except FastDcmError as exc:

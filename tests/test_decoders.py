@@ -120,6 +120,7 @@ LOSSY = set(LOSSY_JPEG)
 #: (file, backend) pairs where a fallback backend cannot decode what the default decodes.
 KNOWN_BACKEND_FAILURES = {
     ("JPEG-lossy.dcm", "pylibjpeg"),  # libjpeg 9: "misplaced marker segment" (12-bit process 4)
+    ("GDCMJ2K_TextGBR.dcm", "pillow"),  # a JPX file (rreq box): Pillow "broken data stream"; imagecodecs reads it
 }
 
 
@@ -396,5 +397,5 @@ def test_manifest_names_the_decoder(tmp_path):
 def test_info_lists_backends_and_pip_commands(monkeypatch):
     rows = decoder_table()
     ht = [r for r in rows if r.transfer_syntax == "1.2.840.10008.1.2.4.201"]
-    assert [r.backend for r in ht] == ["imagecodecs", "imagecodecs-openjph", "pylibjpeg"]
+    assert [r.backend for r in ht] == ["imagecodecs", "imagecodecs-openjph", "pylibjpeg", "pillow"]
     assert all(r.install.startswith("pip install") for r in rows if r.backend != "pydicom")

@@ -29,6 +29,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from ..errors import DecodeError, MissingDecoderError, UnsupportedTransferSyntaxError
+from ..resample import reduce_stored, reduced_size
 from . import backends as _backends
 from .backends import BACKENDS, FAMILIES, Backend, chain, family
 from .frames import frame_bytes
@@ -76,8 +77,9 @@ def parse_choice(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out.items()))
 
 
-def candidates(ts: str, spec: PixelSpec, choice: tuple[tuple[str, str], ...]) -> list[Backend]:
-    """The installed backends that may decode ``spec``'s frames, in the order they are tried."""
+def candidates(ts: str, spec: PixelSpec, choice: tuple[tuple[str, str], ...], reduce: int = 0) -> list[Backend]:
+    """The installed backends that may decode ``spec``'s frames, in the order they are tried
+    (with ``reduce``, those that decode reduced resolution levels first)."""
     chosen = dict(choice)
     name = chosen.get(ts) or chosen.get(family(ts) or "")
     if name is not None:
@@ -98,21 +100,32 @@ def candidates(ts: str, spec: PixelSpec, choice: tuple[tuple[str, str], ...]) ->
             f"no decoder for {UID(ts).name} with {spec.bits_allocated} bits allocated and "
             f"{spec.photometric_interpretation}"
         )
+    if reduce and spec.photometric_interpretation != "PALETTE COLOR":  # indices: resample.py
+        usable.sort(key=lambda b: b.reduce is None)  # stable: the measured order otherwise
     return usable
 
 
-def decode_frame(header: Header, index: int, choice: tuple[tuple[str, str], ...] = ()) -> tuple[np.ndarray, str]:
+def decode_frame(
+    header: Header, index: int, choice: tuple[tuple[str, str], ...] = (), reduce: int = 0
+) -> tuple[np.ndarray, str]:
     """Frame ``index`` (0-based) as stored, and the name of what decoded it.
 
     Shape (rows, columns) or (rows, columns, 3); integers unsigned or signed, not yet masked;
     colour RGB. The array may be a read-only view of the file's bytes; never write into it.
+    ``reduce=k`` returns it 2^k times smaller on each side (``resample.py``): decoded at a
+    reduced resolution level where the codec can, else averaged after a full decode.
     """
     spec = header.spec
+    done = 0
     if header.buffer is not None and spec.is_native_view:
-        return _native_view(header.buffer, spec, index), NATIVE
-    if spec.is_encapsulated and header.frames is not None:
-        return _decode_encapsulated(header, index, choice)
-    return _decode_with_pydicom(header, index), "pydicom"
+        arr, name = _native_view(header.buffer, spec, index), NATIVE
+    elif spec.is_encapsulated and header.frames is not None:
+        arr, name, done = _decode_encapsulated(header, index, choice, reduce)
+    else:
+        arr, name = _decode_with_pydicom(header, index), "pydicom"
+    if done < reduce:
+        arr = reduce_stored(arr, spec, reduce)
+    return arr, name
 
 
 def stored_frame(header: Header, index: int) -> np.ndarray:
@@ -120,16 +133,20 @@ def stored_frame(header: Header, index: int) -> np.ndarray:
     return decode_frame(header, index)[0]
 
 
-def _decode_encapsulated(header: Header, index: int, choice: tuple[tuple[str, str], ...]) -> tuple[np.ndarray, str]:
+def _decode_encapsulated(
+    header: Header, index: int, choice: tuple[tuple[str, str], ...], reduce: int
+) -> tuple[np.ndarray, str, int]:
+    """(frame, backend name, the reduction the backend did: ``reduce`` or 0)."""
     spec = header.spec
     ts = spec.transfer_syntax_uid
     assert header.frames is not None and header.buffer is not None
     data = frame_bytes(header.buffer, header.frames[index])
     errors = []
-    for b in candidates(ts, spec, choice):
+    for b in candidates(ts, spec, choice, reduce):
         try:
-            arr = b.decode(data, spec)
-            return _checked(arr, spec), b.name
+            if reduce and b.reduce is not None and spec.photometric_interpretation != "PALETTE COLOR":
+                return _checked(b.reduce(data, spec, reduce), spec, reduce), b.name, reduce
+            return _checked(b.decode(data, spec), spec), b.name, 0
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -142,11 +159,11 @@ def _decode_encapsulated(header: Header, index: int, choice: tuple[tuple[str, st
     raise DecodeError(f"frame {index} cannot be decoded ({UID(ts).name}): " + "; ".join(errors))
 
 
-def _checked(arr: Any, spec: PixelSpec) -> np.ndarray:
+def _checked(arr: Any, spec: PixelSpec, reduce: int = 0) -> np.ndarray:
     """The decoded frame, checked against the header's promise (a lying header must not reach a kernel)."""
     if not isinstance(arr, np.ndarray):
         raise ValueError(f"the decoder returned {type(arr).__name__}, not an array")
-    expected = _shape(spec)
+    expected = _shape(spec, reduce)
     if arr.ndim == 3 and arr.shape[2] == 1 and spec.samples_per_pixel == 1:
         arr = arr[:, :, 0]
     if arr.shape != expected:
@@ -158,9 +175,10 @@ def _checked(arr: Any, spec: PixelSpec) -> np.ndarray:
     return arr
 
 
-def _shape(spec: PixelSpec) -> tuple[int, ...]:
-    """The shape the header promises for one frame."""
-    return (spec.rows, spec.columns) if spec.samples_per_pixel == 1 else (spec.rows, spec.columns, 3)
+def _shape(spec: PixelSpec, reduce: int = 0) -> tuple[int, ...]:
+    """The shape the header promises for one frame (2^reduce times smaller on each side)."""
+    rows, columns = reduced_size(spec.rows, reduce), reduced_size(spec.columns, reduce)
+    return (rows, columns) if spec.samples_per_pixel == 1 else (rows, columns, 3)
 
 
 _NATIVE_DTYPES = {

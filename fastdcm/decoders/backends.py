@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import io
 import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -63,6 +64,8 @@ class Backend:
     max_bits: int = 16  # the widest Bits Allocated it decodes
     photometric: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
     note: str = ""
+    #: Decodes at a reduced resolution level, (data, spec, k) -> 2^k times smaller; None: cannot.
+    reduce: Callable[[Any, PixelSpec, int], np.ndarray] | None = None
 
     @property
     def available(self) -> bool:
@@ -198,6 +201,41 @@ def _pydicom_rle(data: Any, spec: PixelSpec) -> np.ndarray:
     return _colour(_rle_array(raw, np.dtype(f"<u{spec.bits_allocated // 8}"), spec), spec)
 
 
+# --------------------------------------------------------------------------- Pillow (OpenJPEG)
+
+
+def _pillow_j2k(data: Any, spec: PixelSpec, level: int = 0) -> np.ndarray:
+    """JPEG 2000 / HTJ2K through Pillow's OpenJPEG, at resolution level ``level`` (0: full size).
+
+    Pillow scales samples to the mode's width (``(value + 2^(p-1) if signed) << (8 or 16 - p)``
+    for precision p); that is undone here from the codestream's SIZ marker, so the result is the
+    stored values as every other backend returns them."""
+    from PIL import Image as PILImage
+    from pydicom.pixels.utils import get_j2k_parameters
+
+    head = bytes(data[:4096])
+    start = head.find(b"\xff\x4f\xff\x51")  # SOC + SIZ: the codestream (inside a JP2 file's boxes, too)
+    params = get_j2k_parameters(head[start:]) if start >= 0 else {}
+    precision, signed = params.get("precision"), params.get("is_signed")
+    if not precision or precision > 16:
+        raise ValueError(f"Pillow decodes JPEG 2000 of up to 16 bits, not precision {precision!r}")
+    with PILImage.open(io.BytesIO(data)) as im:
+        if level:
+            im.reduce = level  # OpenJPEG's cp_reduce: decode stops `level` resolution levels early
+        im.load()
+        arr = np.asarray(im)
+    width = 8 if arr.dtype.itemsize == 1 else 16
+    if im.mode not in ("L", "I;16", "RGB") or (arr.ndim == 3 and signed):
+        raise ValueError(f"Pillow gave mode {im.mode} for a {precision}-bit {'signed ' if signed else ''}codestream")
+    if precision > width:
+        raise ValueError(f"Pillow gave {width}-bit samples for a {precision}-bit codestream")
+    if width > precision:
+        arr = arr >> (width - precision)
+    if signed:
+        arr = (arr.astype(np.int32) - (1 << (precision - 1))).astype(np.int8 if width == 8 else np.int16)
+    return _colour(_shaped(arr, spec), spec)
+
+
 _IC = "pip install imagecodecs"
 
 #: Every backend fastdcm knows, in no order; the preference per transfer syntax is PREFERENCE.
@@ -213,6 +251,10 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("pylibjpeg", RLE, ("rle",), "pip install pylibjpeg pylibjpeg-rle", _pylibjpeg_rle, max_bits=32, note="Rust"),
     Backend("pyjpegls", JPEG_LS, ("jpeg_ls",), "pip install pyjpegls", _pyjpegls, note="CharLS"),
     Backend("pydicom", RLE, ("pydicom",), "", _pydicom_rle, max_bits=32, note="pure Python (numpy)"),
+    Backend(
+        "pillow", J2K + HT, ("PIL",), "pip install pillow", _pillow_j2k, reduce=_pillow_j2k,
+        note="OpenJPEG; decodes reduced resolution levels (reduce=k)",
+    ),
 )
 
 #: The order backends are tried in, per family: fastest first, as measured by
@@ -220,12 +262,13 @@ BACKENDS: tuple[Backend, ...] = (
 #: pydicom's default plugins, JPEG 2000 at the same speed). HTJ2K: OpenJPH decodes 2.1-2.4x faster
 #: than OpenJPEG (512x512 CT 1.1 vs 2.4 ms, 2048x2048 12-bit 19 vs 44 ms) but wraps saturated samples
 #: of lossy 8-bit streams (255 -> 0 in 2,800 samples of US1's RGB image; OpenJPEG: within 4), so
-#: OpenJPEG stays first (tests/test_decoders.py holds it).
+#: OpenJPEG stays first (tests/test_decoders.py holds it). With ``reduce=k`` the backends that
+#: decode reduced resolution levels (Pillow's OpenJPEG) go first (decoders.candidates).
 PREFERENCE: dict[str, tuple[str, ...]] = {
     "jpeg": ("imagecodecs", "pylibjpeg"),
     "jpegls": ("imagecodecs", "pyjpegls", "pylibjpeg"),
-    "jpeg2000": ("imagecodecs", "pylibjpeg"),
-    "htj2k": ("imagecodecs", "imagecodecs-openjph", "pylibjpeg"),
+    "jpeg2000": ("imagecodecs", "pylibjpeg", "pillow"),
+    "htj2k": ("imagecodecs", "imagecodecs-openjph", "pylibjpeg", "pillow"),
     "rle": ("imagecodecs", "pylibjpeg", "pydicom"),
 }
 

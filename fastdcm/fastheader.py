@@ -110,6 +110,10 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
         return None
     ts, pos = meta
     explicit = ts != IMPLICIT_LE
+    if pos + 6 <= len(buffer) and (buffer[pos + 4 : pos + 6] in elements.VRS) != explicit:
+        # pydicom's rule: the first element's VR bytes say which encoding the dataset really has
+        # (writers that put implicit VR under an explicit transfer syntax exist).
+        explicit = not explicit
     walked = _walk(buffer, pos, explicit)
     if walked is None:
         return None
@@ -120,7 +124,7 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
         length = -1
     elif ts in ENCAPSULATED or second_pixel_element(buffer, start + length):
         return None  # native data in an encapsulated syntax, or two pixel elements: header.py reports it
-    raw = (ts, tuple(None if s < 0 else (buffer[s : s + n], vr) for s, n, vr in rows))
+    raw = (ts, explicit, tuple(None if s < 0 else (buffer[s : s + n], vr) for s, n, vr in rows))
     if sum(n for s, n, _ in rows if s >= 0) > _CACHEABLE_BYTES:
         attrs = _decode(raw)
         return None if attrs is None else (ts, attrs, start, length)
@@ -142,8 +146,7 @@ _DECODED: dict[tuple, Attributes] = {}
 def _decode(raw: tuple) -> Attributes | None:
     """The wanted values from their (bytes, VR code) in ``_WANTED_LIST`` order, or None when a
     VR is not the expected one (pydicom knows what to do)."""
-    ts, values = raw
-    explicit = ts != IMPLICIT_LE
+    _, explicit, values = raw
     attrs = Attributes()
     for tag, value in zip(_WANTED_LIST, values):
         if value is None:

@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -367,6 +368,22 @@ def _table_from_modality(modality_values: np.ndarray, voi: Voi, ymax: float, inv
     return quantize(y, ymax, invert).astype(out_dtype)
 
 
+#: A min-max frame with fewer pixels than this many per stored value is rendered the arithmetic
+#: way (its min and max in one pass, then the formula per pixel) instead of through a table over
+#: every stored value: a 64x64 frame of 16 bits would otherwise build a 65,536-entry table.
+MINMAX_TABLE_PIXELS_PER_ENTRY = 4
+
+
+def minmax_by_range(ds: Dataset, spec: PixelSpec, frame: int, pixels: int) -> bool:
+    """Whether min-max on this frame goes by its value range (arithmetic) rather than a table.
+    The two give the same bits (the same float64 formulas; tests/test_kernels.py holds them)."""
+    if spec.is_float or spec.bits_stored > TABLE_BITS:
+        return True
+    if pixels >= MINMAX_TABLE_PIXELS_PER_ENTRY << spec.bits_stored:
+        return False
+    return not modality_of(ds, spec, frame).lut
+
+
 def build_plan(
     ds: Dataset,
     spec: PixelSpec,
@@ -388,12 +405,15 @@ def build_plan(
         plan = ds.plans.get(options)
         if plan is None:
             plan = _build_plan(ds, spec, frame, options, present, value_range)
-            if plan is not None:
-                if len(ds.plans) >= 64:
-                    ds.plans.clear()
-                ds.plans[options] = plan
-        return plan
+            if len(ds.plans) >= 64:
+                ds.plans.clear()
+            ds.plans[options] = _NEEDS_VALUES if plan is None else plan
+        return None if plan is _NEEDS_VALUES else plan
     return _build_plan(ds, spec, frame, options, present, value_range)
+
+
+#: Kept in Attributes.plans for options whose plan needs each frame's values (min-max).
+_NEEDS_VALUES: Any = object()
 
 
 def _build_plan(
@@ -409,7 +429,8 @@ def _build_plan(
     modality = modality_of(ds, spec, frame)
     voi = choose_voi(ds, spec, frame, options)
     invert = inverts(ds, spec, options)
-    table_path = not spec.is_float and spec.bits_stored <= TABLE_BITS
+    # value_range: min-max found by the caller on a frame too small for a table (minmax_by_range)
+    table_path = not spec.is_float and spec.bits_stored <= TABLE_BITS and value_range is None
 
     if table_path:
         mask, flip, _ = stored_range(spec)
@@ -495,8 +516,35 @@ def _color_plan(spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan
     return RenderPlan("arith", "color", out_dtype, ymax, mask, 0, None, mode=MODE_SCALE, p1=0.0, p2=float(mask))
 
 
+_PALETTE_KEYWORDS = tuple(
+    f"{c}PaletteColorLookupTable{part}" for part in ("Descriptor", "Data") for c in ("Red", "Green", "Blue")
+) + tuple(f"Segmented{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue"))
+#: Palette plans by the palette's raw values: the images of one device share them, and expanding
+#: a palette over every stored value costs ~1 ms (a 16-bit palette, through pydicom).
+_PALETTE_PLANS: dict[tuple, RenderPlan] = {}
+
+
 def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
     """PALETTE COLOR: the palette over every stored value (pydicom expands segmented LUTs)."""
+    raw = []
+    for keyword in _PALETTE_KEYWORDS:
+        value = ds.get(keyword)
+        raw.append(value if value is None or isinstance(value, (bytes, int)) else tuple(value))
+    key = (spec.bits_stored, spec.is_signed, out_dtype.str, ymax, *raw)
+    try:
+        plan = _PALETTE_PLANS.get(key)
+    except TypeError:  # an unhashable value (a damaged element): no caching
+        key, plan = None, None
+    if plan is None:
+        plan = _expand_palette(ds, spec, out_dtype, ymax)
+        if key is not None and sum(len(v) for v in raw if isinstance(v, bytes)) <= 1 << 20:
+            if len(_PALETTE_PLANS) >= 16:
+                _PALETTE_PLANS.clear()
+            _PALETTE_PLANS[key] = plan
+    return plan
+
+
+def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
     mask, flip, _ = stored_range(spec)
     try:
         rgb = apply_color_lut(_stored_values(spec), ds)

@@ -18,7 +18,7 @@ from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import RenderOptions
-from .plan import RenderPlan, build_plan, stored_range
+from .plan import RenderPlan, build_plan, minmax_by_range, stored_range
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _plan_with_range(
         rng = np.empty(2, np.float64)
         kernels.float_minmax(np.ascontiguousarray(stored).reshape(-1), rng)
         plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
-    elif spec.bits_stored <= 16:
+    elif not minmax_by_range(ds, spec, frame, stored.size):
         mask, flip, _ = stored_range(spec)
         present = np.zeros(mask + 1, np.bool_)
         kernels.stored_presence(_as_unsigned(stored), mask, flip, present)

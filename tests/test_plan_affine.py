@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from fastdcm import kernels
+from fastdcm import plan as plan_module
 from fastdcm.kernels.voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_SCALE, MODE_SIGMOID
 from fastdcm.options import RenderOptions
 from fastdcm.plan import _rescale_window_table, fit_affine, voi_line
@@ -123,8 +124,9 @@ def test_render_takes_the_line_for_a_windowed_ct_file():
 
 def test_min_max_frames_take_the_line_when_it_pays():
     """A min-max table is built per frame: the 512x512 14-bit CT without its window (16 pixels
-    per table entry) gets the line; the 16-bit 128x128 CT (a quarter of a pixel per entry) keeps
-    the gather, which is cheaper there than proving the line."""
+    per table entry) gets the line; the 16-bit 128x128 CT (a quarter of a pixel per entry) is
+    rendered by its value range instead (plan.minmax_by_range); with tables forced it keeps the
+    gather, which is cheaper there than proving the line."""
     ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
     del ds.WindowCenter, ds.WindowWidth
     image = open_image(ds)
@@ -132,9 +134,49 @@ def test_min_max_frames_take_the_line_when_it_pays():
     plan = _plan_with_range(stored, image._header.attrs, image.spec, 0, RenderOptions())
     assert plan.voi.startswith("minmax") and plan.affine is not None
     _lines_and_gathers_agree(image, plan, stored)
-    for name in ("CT_small.dcm",):
-        small = open_image(get_testdata_file(name))
-        stored = stored_frame(small._header, 0)
+    small = open_image(get_testdata_file("CT_small.dcm"))
+    stored = stored_frame(small._header, 0)
+    assert _plan_with_range(stored, small._header.attrs, small.spec, 0, RenderOptions()).kind == "arith"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_module, "MINMAX_TABLE_PIXELS_PER_ENTRY", 0)  # tables always
         plan = _plan_with_range(stored, small._header.attrs, small.spec, 0, RenderOptions())
-        assert plan.voi.startswith("minmax") and plan.affine is None, name
-        _lines_and_gathers_agree(small, plan, stored)
+    assert plan.voi.startswith("minmax") and plan.kind == "table" and plan.affine is None
+    _lines_and_gathers_agree(small, plan, stored)
+
+
+MINMAX_FILES = [
+    "CT_small.dcm", "MR_small.dcm", "emri_small.dcm", "emri_small_RLE.dcm", "JPEGLSNearLossless_08.dcm",
+    "JPEGLSNearLossless_16.dcm", "JPEG-lossy.dcm", "693_UNCR.dcm", "MR_small_bigendian.dcm", "rtdose.dcm",
+    "MR2_UNCR.dcm", "RG1_UNCR.dcm", "liver_1frame.dcm", "OBXXXX1A.dcm", "SC_rgb.dcm",
+]
+
+
+@pytest.mark.parametrize("name", MINMAX_FILES)
+@pytest.mark.parametrize("depth", [8, 16])
+def test_min_max_by_value_range_is_bit_exact_to_the_table(name, depth):
+    """The arithmetic min-max (small frames) and the table min-max give the same bits."""
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    options = RenderOptions(voi="minmax", depth=depth)
+    image = open_image(path)
+    by_range = image.render_frame(0, options).array
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_module, "MINMAX_TABLE_PIXELS_PER_ENTRY", 0)
+        by_table = open_image(path).render_frame(0, options).array
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_module, "MINMAX_TABLE_PIXELS_PER_ENTRY", 1 << 30)
+        arithmetic = open_image(path).render_frame(0, options).array
+    assert np.array_equal(by_table, arithmetic) and np.array_equal(by_range, by_table)
+
+
+def test_palette_plans_are_shared_by_value_not_by_identity():
+    """Palette plans are cached by the palette's values: an edited palette is a new plan."""
+    ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
+    first = open_image(ds).render_frame(0).array
+    again = open_image(pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))).render_frame(0).array
+    assert np.array_equal(first, again)
+    red = np.frombuffer(ds.RedPaletteColorLookupTableData, "<u2").copy()
+    ds.RedPaletteColorLookupTableData = (65535 - red).tobytes()
+    edited = open_image(ds).render_frame(0).array
+    assert np.array_equal(edited[..., 1:], first[..., 1:]) and not np.array_equal(edited[..., 0], first[..., 0])

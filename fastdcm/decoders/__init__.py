@@ -20,6 +20,7 @@ the table of ``fastdcm info --plugins``; import this module's names with
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -80,6 +81,12 @@ def parse_choice(value: Any) -> tuple[tuple[str, str], ...]:
 def candidates(ts: str, spec: PixelSpec, choice: tuple[tuple[str, str], ...], reduce: int = 0) -> list[Backend]:
     """The installed backends that may decode ``spec``'s frames, in the order they are tried
     (with ``reduce``, those that decode reduced resolution levels first)."""
+    return list(_candidates(ts, spec.bits_allocated, spec.photometric_interpretation, choice, bool(reduce)))
+
+
+@functools.lru_cache(maxsize=256)
+def _candidates(ts: str, bits: int, pi: str, choice: tuple[tuple[str, str], ...], reduce: bool) -> tuple[Backend, ...]:
+    """candidates() by what it depends on (installed packages do not change in a process)."""
     chosen = dict(choice)
     name = chosen.get(ts) or chosen.get(family(ts) or "")
     if name is not None:
@@ -87,22 +94,19 @@ def candidates(ts: str, spec: PixelSpec, choice: tuple[tuple[str, str], ...], re
         assert b is not None  # parse_choice checked it
         if not b.available:
             raise MissingDecoderError(f"the chosen decoder {name!r} for {UID(ts).name} is not installed: {b.install}")
-        return [b]
+        return (b,)
     tried = chain(ts)
     if not tried:
         raise UnsupportedTransferSyntaxError(f"transfer syntax {ts} ({UID(ts).name}) is not supported")
-    usable = [b for b in tried if b.available and b.supports(spec)]
+    usable = [b for b in tried if b.available and b.supports_pixels(bits, pi)]
     if not usable:
-        missing = [b for b in tried if not b.available and b.supports(spec)]
+        missing = [b for b in tried if not b.available and b.supports_pixels(bits, pi)]
         if missing:
             raise MissingDecoderError(f"no decoder installed for {UID(ts).name}: {missing[0].install}")
-        raise DecodeError(
-            f"no decoder for {UID(ts).name} with {spec.bits_allocated} bits allocated and "
-            f"{spec.photometric_interpretation}"
-        )
-    if reduce and spec.photometric_interpretation != "PALETTE COLOR":  # indices: resample.py
+        raise DecodeError(f"no decoder for {UID(ts).name} with {bits} bits allocated and {pi}")
+    if reduce and pi != "PALETTE COLOR":  # indices: resample.py
         usable.sort(key=lambda b: b.reduce is None)  # stable: the measured order otherwise
-    return usable
+    return tuple(usable)
 
 
 def decode_frame(

@@ -72,7 +72,10 @@ class Backend:
         return _installed(self.modules)
 
     def supports(self, spec: PixelSpec) -> bool:
-        return spec.bits_allocated <= self.max_bits and spec.photometric_interpretation in self.photometric
+        return self.supports_pixels(spec.bits_allocated, spec.photometric_interpretation)
+
+    def supports_pixels(self, bits_allocated: int, photometric: str) -> bool:
+        return bits_allocated <= self.max_bits and photometric in self.photometric
 
 
 @functools.lru_cache(maxsize=None)

@@ -103,11 +103,11 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     options = _options(args, ConvertOptions, RenderOptions)
     try:
         report = convert(args.sources, args.out, stdin=sys.stdin, **options)
-    except (ValueError, TypeError) as exc:  # invalid options: usage error, nothing written
-        parser.error(str(exc))
-    except FastDcmError as exc:  # e.g. a missing encoder package
+    except FastDcmError as exc:  # an unusable output folder or manifest, a missing encoder package
         print(f"fastdcm: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (ValueError, TypeError) as exc:  # invalid options: usage error, nothing written
+        parser.error(str(exc))
     except RuntimeError as exc:  # the worker pool cannot start here
         print(f"fastdcm: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -24,12 +24,13 @@ from itertools import islice
 from typing import Any, Iterable, Iterator
 
 from .discover import DiscoveryStats, Rejected, Source, iter_sources
-from .errors import Status
+from .errors import InvalidOptionError, Status, UnsafePathError
 from .manifest import MANIFEST_NAME, ManifestWriter, Record, done_index, format_summary, source_key
 from .naming import NameConflictError, NameRegistry, compile_template
 from .options import ConvertOptions, RenderOptions, option_flag, split_options
 from .schedule import make_executor
-from .worker import TMP_DIR, Job, Result, fault_result, initialize, process_batch
+from .worker import Job, Result, fault_result, initialize, process_batch
+from .writer import OutputRoot
 
 __all__ = ["convert", "Report"]
 
@@ -131,35 +132,17 @@ def _resume_command(sources: list[str], out: str, given: dict[str, Any]) -> str:
     return shlex.join(words)
 
 
-def _file_system_now(folder: str) -> int:
-    """A start time, in the file system's own clock, that splits files written before the run
-    from files written by it.
-
-    File times come from the kernel's coarse clock (a tick of a few ms, behind
-    ``time.time_ns()``): a file written just before the run and one written just after can
-    carry the same time. So a first stamp file is written, then a second one until its time
-    is past the first's (one tick, a few ms); everything written before the call is older
-    than the returned time, everything written after it is not.
-    """
-    def stamp_time(n: int) -> int:
-        path = os.path.join(folder, f"run-{os.getpid()}-{n}.stamp")
-        try:
-            with open(path, "wb"):
-                pass
-            return os.stat(path).st_mtime_ns
-        finally:
-            os.unlink(path)
-
+def _open_manifest(root: OutputRoot, path: str) -> ManifestWriter:
+    """The manifest: in the output folder it is opened through the root's fd without following
+    a symlink (writer.py); elsewhere (``--manifest``), by its path, not following one at its name."""
+    if os.path.dirname(path) == root.path:
+        return ManifestWriter(path, file=root.open_append(os.path.basename(path)))
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
-        first = stamp_time(0)
-        deadline = time.monotonic() + 1.0
-        while True:
-            now = stamp_time(1)
-            if now > first or time.monotonic() > deadline:
-                return now
-            time.sleep(0.001)
-    except OSError:
-        return time.time_ns()
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise InvalidOptionError(f"manifest {path} cannot be opened: {exc.strerror}") from None
+    return ManifestWriter(path, file=os.fdopen(fd, "a+b"))
 
 
 def _batches(items: Iterator[Source], size: int) -> Iterator[list[Source]]:
@@ -203,7 +186,11 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     get_encoder(copts.format)  # InvalidOptionError / MissingDependencyError, before any work
 
     out = os.path.abspath(os.fspath(out))
-    os.makedirs(os.path.join(out, TMP_DIR), exist_ok=True)
+    try:
+        root = OutputRoot.create(out)  # the output folder and this run's own temporary folder
+    except (OSError, UnsafePathError) as exc:
+        reason = exc.reason if isinstance(exc, UnsafePathError) else (exc.strerror or str(exc))
+        raise InvalidOptionError(f"output folder {out} cannot be used: {reason}") from None
     manifest_path = os.path.abspath(copts.manifest) if copts.manifest else os.path.join(out, MANIFEST_NAME)
     report = Report(out=out, manifest=manifest_path)
     given.pop("stdin", None)
@@ -218,7 +205,8 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         on_exists=copts.on_exists,
         frames=copts.frames,
         fsync=copts.fsync,
-        run_start_ns=_file_system_now(os.path.join(out, TMP_DIR)),
+        run_start_ns=root.start_time(),
+        tmp_name=root.tmp_name,
     )
     if copts.resume:
         # Inputs redone by --resume had no successful record: outputs they left are stale.
@@ -249,21 +237,31 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     from . import kernels
 
     kernels.warmup()  # compile or load once here, so workers only load the disk cache
-    executor = make_executor(
-        process_batch,
-        job,
-        workers=copts.workers,
-        on_fault=fault_result,
-        initializer=initialize,
-        timeout=copts.timeout or None,
-        memory_limit=copts.memory_limit_bytes(),
-    )
-    interrupted = False
-    old_term = _install_sigterm()
     try:
-        with ManifestWriter(manifest_path) as writer:
+        writer = _open_manifest(root, manifest_path)  # refused (a symlink, unwritable): nothing started
+        executor = make_executor(
+            process_batch,
+            job,
+            workers=copts.workers,
+            on_fault=fault_result,
+            initializer=initialize,
+            timeout=copts.timeout or None,
+            memory_limit=copts.memory_limit_bytes(),
+        )
+    except BaseException:
+        if "writer" in locals():
+            writer.close()
+        root.remove_tmp()
+        root.close()
+        raise
+    interrupted = False
+    stop = _StopRequest(pool=copts.workers > 0)
+    try:
+        with stop, writer:
             try:
-                for batch, results in executor.map_batches(_batches(todo(), copts.batch_size)):
+                for batch, results in executor.map_batches(
+                    _batches(todo(), copts.batch_size), should_stop=lambda: stop.requested
+                ):
                     records = pending[:]
                     pending.clear()
                     for source, result in zip(batch, results):
@@ -271,13 +269,21 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                         records.append(_record(source, result, registry, report))
                     writer.write_batch(records)
                     progress.update(sum(report.counts.values()), report.failed, report.discovered, walking[0])
+                if stop.requested:
+                    raise KeyboardInterrupt("stop requested")
                 if pending:
                     writer.write_batch(pending)
                     pending.clear()
             except KeyboardInterrupt:
                 interrupted = True
-                executor.close(abort=True)
                 records = pending[:]
+                pending.clear()
+                # Batches the workers finished before they stopped: their images are complete.
+                for batch, results in executor.stop():
+                    for source, result in zip(batch, results):
+                        in_flight.pop(id(source), None)
+                        records.append(_record(source, result, registry, report))
+                executor.close(abort=True)
                 for source in in_flight.values():
                     records.append(Record.from_source(source, Status.INTERRUPTED, "the run was interrupted"))
                     report.counts[Status.INTERRUPTED] += 1
@@ -285,8 +291,8 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
             finally:
                 executor.close(abort=True)
     finally:
-        _restore_sigterm(old_term)
-        _clean_tmp(os.path.join(out, TMP_DIR))
+        root.remove_tmp()
+        root.close()
     report.elapsed = time.monotonic() - start
     report.interrupted = interrupted
     report.ignored_non_dicom = stats.non_dicom
@@ -321,32 +327,36 @@ def _record(source: Source, result: Result, registry: NameRegistry, report: Repo
     )
 
 
-def _install_sigterm():
-    """SIGTERM stops the run like Ctrl-C (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class _StopRequest:
+    """Ctrl-C and SIGTERM stop the run (main thread only; elsewhere the caller's handlers stay).
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
+    With worker processes the handler only records the request: the scheduling loop sees it
+    within 0.1 s and stops at a point where no result is half recorded (a KeyboardInterrupt
+    raised between receiving a batch's results and writing its records lost them, leaving
+    complete images whose inputs were recorded ``interrupted``). A second Ctrl-C raises at once.
+    In this process (``workers=0``) the request raises KeyboardInterrupt at once: the batch
+    being converted unwinds and removes what it wrote."""
 
-    return signal.signal(signal.SIGTERM, handler)
+    def __init__(self, pool: bool) -> None:
+        self.pool = pool
+        self.requested = False
+        self.old: dict[int, Any] = {}
+
+    def handler(self, signum, frame) -> None:
+        if self.pool and not self.requested:
+            self.requested = True
+            return
+        self.requested = True
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
 
 
-def _restore_sigterm(old) -> None:
-    if old is not None:
-        signal.signal(signal.SIGTERM, old)
-
-
-def _clean_tmp(folder: str) -> None:
-    """Remove temporary files left by killed workers, then the folder."""
-    try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                if entry.name.endswith(".part"):
-                    try:
-                        os.unlink(entry.path)
-                    except OSError:
-                        pass
-        os.rmdir(folder)
-    except OSError:
-        pass

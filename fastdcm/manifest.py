@@ -129,11 +129,13 @@ class ManifestWriter:
     a newline is written first so the next record starts on a line of its own.
     """
 
-    def __init__(self, path: str | os.PathLike, *, fsync_batches: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, fsync_batches: bool = False, file: Any = None) -> None:
+        """``file``: the manifest already opened for appending (``a+b``), e.g. through the
+        output folder's fd without following symlinks; by default ``path`` is opened."""
         self.path = os.fspath(path)
         self.fsync_batches = fsync_batches
         self.count = 0
-        self._file = open(self.path, "a+b")
+        self._file = file if file is not None else open(self.path, "a+b")
         self._repair_tail()
 
     def _repair_tail(self) -> None:
@@ -148,14 +150,22 @@ class ManifestWriter:
                 self._file.flush()
 
     def write(self, record: Record) -> None:
-        self._file.write(record.to_json().encode("ascii") + b"\n")
-        self.count += 1
+        self.write_batch([record])
 
     def write_batch(self, records: Iterable[Record]) -> None:
+        """Append the records' lines with one write() call to the O_APPEND file (a loop only if
+        the system writes part of it): whole lines, also beside another run appending to it."""
         data = b"".join(r.to_json().encode("ascii") + b"\n" for r in records)
-        self._file.write(data)
+        if not data:
+            return
+        self._file.flush()
+        fd = self._file.fileno()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         self.count += data.count(b"\n")
-        self.flush(fsync=self.fsync_batches)
+        if self.fsync_batches:
+            os.fsync(fd)
 
     def flush(self, *, fsync: bool = False) -> None:
         self._file.flush()

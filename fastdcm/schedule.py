@@ -95,9 +95,16 @@ class SerialExecutor:
         if initializer is not None:
             initializer()
 
-    def map_batches(self, batches: Iterable[Sequence[Any]]) -> Iterator[tuple[Sequence[Any], list]]:
+    def map_batches(
+        self, batches: Iterable[Sequence[Any]], should_stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[Sequence[Any], list]]:
         for batch in batches:
+            if should_stop is not None and should_stop():
+                return
             yield batch, self.fn(batch, self.context, _no_progress, False)
+
+    def stop(self, grace: float = 5.0) -> Iterator[tuple[Sequence[Any], list]]:
+        return iter(())  # the batch that was running is unwound (its outputs removed)
 
     def close(self, *, abort: bool = False) -> list[Sequence[Any]]:
         return []
@@ -117,32 +124,74 @@ class _Stop(BaseException):
 
 
 def _on_sigterm(signum, frame):
+    # Once: a second SIGTERM (the process group's and then the pool's) must not cut short the
+    # cleanup the first one started (removing the outputs of unreported inputs).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stop()
 
 
-def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env) -> None:
-    # A crash is reported by the parent, with the item and the signal; a forked worker must not
-    # also print the faulthandler traceback it may have inherited (pytest enables one).
-    faulthandler.disable()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    os.environ.update(env)
-    for var in _THREAD_VARS:
-        os.environ[var] = "1"
-    if memory_limit:
-        import resource
-
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Make this worker end when the process that started it ends, by any signal, SIGKILL
+    included: the kernel's parent-death signal on Linux, else a thread that polls the parent
+    id every 0.5 s. A parent gone before this ran is caught by the pid check. (A worker of a
+    fork server is the server's child; the server ends with the run's process.)"""
+    if parent_pid is None:
+        parent_pid = os.getppid()
+    if sys.platform.startswith("linux"):
         try:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
-        except (ValueError, OSError) as exc:  # e.g. a lower hard limit: keep it
-            log.warning("cannot set the worker memory limit: %s", exc)
-    base = _SLOT * slot
+            import ctypes
 
-    def progress(i: int) -> None:
-        slots[base + 2] = time.monotonic()
-        slots[base + 1] = i
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:
+                    os._exit(EXIT_INTERRUPTED)
+                return
+        except (OSError, AttributeError):
+            pass
 
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(EXIT_INTERRUPTED)
+
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_INTERRUPTED)
+    threading.Thread(target=watch, name="fastdcm-parent-watch", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env, parent_pid, inherited) -> None:
     try:
+        # Everything inside the try: a SIGTERM that arrives while the worker starts is a clean exit.
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _die_with_parent(parent_pid)
+        for fd in inherited:  # the parent's ends of the pipes (forked copies): EOF when the parent dies
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        # A crash is reported by the parent, with the item and the signal; a forked worker must not
+        # also print the faulthandler traceback it may have inherited (pytest enables one).
+        faulthandler.disable()
+        os.environ.update(env)
+        for var in _THREAD_VARS:
+            os.environ[var] = "1"
+        if memory_limit:
+            import resource
+
+            try:
+                resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+            except (ValueError, OSError) as exc:  # e.g. a lower hard limit: keep it
+                log.warning("cannot set the worker memory limit: %s", exc)
+        base = _SLOT * slot
+
+        def progress(i: int) -> None:
+            slots[base + 2] = time.monotonic()
+            slots[base + 1] = i
+
         if initializer is not None:
             initializer()
         while True:
@@ -153,8 +202,12 @@ def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env)
             slots[base + 1] = -1
             slots[base] = batch_id
             results = fn(items, context, progress, retry)
+            # The batch is done and its outputs are on disk: its results must reach the parent
+            # whole, so a SIGTERM now waits until they are sent (then the worker exits).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
             slots[base + 1] = -1
             conn.send((batch_id, results))
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     except _Stop:
         sys.exit(EXIT_INTERRUPTED)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
@@ -172,9 +225,17 @@ class _Worker:
         self.slot = slot
         parent, child = pool._mp.Pipe(duplex=True)
         self.conn = parent
+        # A forked worker inherits the parent's ends of every pipe; it closes them, so that it
+        # sees end-of-file when the parent dies (other start methods inherit none).
+        inherited = [parent.fileno()] + [w.conn.fileno() for w in pool._workers if w is not None and not w.conn.closed]
+        if pool._mp.get_start_method() != "fork":
+            inherited = []
         self.process = pool._mp.Process(
             target=_worker_main,
-            args=(pool.fn, pool.context, child, pool._slots, slot, pool.initializer, pool.memory_limit, pool._env),
+            args=(
+                pool.fn, pool.context, child, pool._slots, slot, pool.initializer, pool.memory_limit, pool._env,
+                os.getpid() if pool._mp.get_start_method() == "fork" else None, inherited,
+            ),
             name=f"fastdcm-worker-{slot}",
             daemon=True,
         )
@@ -253,12 +314,18 @@ class ProcessExecutor:
         items = next(source, None)
         return (list(items), False) if items is not None else None
 
-    def map_batches(self, batches: Iterable[Sequence[Any]]) -> Iterator[tuple[Sequence[Any], list]]:
+    def map_batches(
+        self, batches: Iterable[Sequence[Any]], should_stop: Callable[[], bool] | None = None
+    ) -> Iterator[tuple[Sequence[Any], list]]:
         """Yield ``(items, results)`` as batches finish (not in input order). Items that were
         retried alone come back as batches of one. Each worker holds at most ``depth``
-        batches (the one it runs and the next, so it never waits for the parent)."""
+        batches (the one it runs and the next, so it never waits for the parent).
+        ``should_stop`` is asked at least every 0.1 s; once it says True, this returns (the
+        batches in flight are for :meth:`stop`)."""
         source: Iterator | None = iter(batches)
         while True:
+            if should_stop is not None and should_stop():
+                return
             # Breadth first: every worker gets a batch to run before any gets one to queue,
             # so a handful of long inputs (mammograms) spreads over all the workers.
             for level in range(1, self.depth + 1):
@@ -276,6 +343,8 @@ class ProcessExecutor:
                     return
                 continue
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=_POLL)
+            if should_stop is not None and should_stop():
+                return  # a SIGTERM to the process group reaches the workers too: not crashes
             for worker in busy:
                 if worker.conn in ready:
                     try:
@@ -314,8 +383,6 @@ class ProcessExecutor:
         worker.batches.clear()
         timed_out = worker.killed_for_timeout
         self._replace(worker)
-        if code == EXIT_INTERRUPTED:
-            raise KeyboardInterrupt("a worker was asked to stop (SIGTERM)")
         if not batches:
             return
         current_id, items, _ = batches[0]
@@ -336,6 +403,8 @@ class ProcessExecutor:
             fault = Fault(Status.TIMEOUT, f"killed after the per-file deadline of {self.timeout:g} s")
         elif code == -signal.SIGKILL:
             fault = Fault(Status.OUT_OF_MEMORY, "the worker was killed by SIGKILL (probably the kernel's OOM killer)")
+        elif code == EXIT_INTERRUPTED:  # the pool sends SIGTERM only when it stops: someone else did
+            fault = Fault(Status.WORKER_CRASH, "the worker was stopped by a SIGTERM from outside the run on this file")
         elif code is not None and code < 0:
             fault = Fault(Status.WORKER_CRASH, f"the worker died of signal {signal.Signals(-code).name} on this file")
         else:
@@ -351,6 +420,28 @@ class ProcessExecutor:
         base = _SLOT * worker.slot
         self._slots[base] = self._slots[base + 1] = -1
         self._workers[worker.slot] = _Worker(self, worker.slot)
+
+    def stop(self, grace: float = 5.0) -> Iterator[tuple[Sequence[Any], list]]:
+        """The run is interrupted: SIGTERM every worker and yield the batches they had finished
+        (their outputs are on disk and their results already sent, or being sent: a worker
+        finishes sending before it exits). What is still in flight is lost; ``close`` follows."""
+        workers = [w for w in self._workers if w is not None]
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()
+        deadline = time.monotonic() + grace
+        for w in workers:
+            while w.batches:
+                try:
+                    if not w.conn.poll(max(0.0, deadline - time.monotonic())):
+                        break
+                    batch_id, results = w.conn.recv()
+                except (EOFError, OSError):
+                    break
+                sent_id, items, _ = w.batches.popleft()
+                if sent_id != batch_id:
+                    break
+                yield items, results
 
     def close(self, *, abort: bool = False) -> list[Sequence[Any]]:
         """Stop the workers. ``abort=True`` (Ctrl-C): SIGTERM them, so each removes its

@@ -4,9 +4,10 @@
 It takes :class:`~fastdcm.discover.Source` records and a :class:`Job` and returns one small
 :class:`Result` per source (status, reason, output names, frames, transfer syntax, VOI step,
 timings per stage). An input either converts completely or leaves no output of this
-attempt behind: outputs are written under a temporary name in ``OUT/.fastdcm-tmp/`` and
-renamed into place (``os.replace``, or ``os.link`` when an existing file must not be
-replaced); if a later frame fails, the frames already written for that input are removed.
+attempt behind: every output goes through the atomic writer (``writer.py``: directory fds,
+no symlink followed, a file appears complete or not at all); if a later frame fails, the
+frames already written for that input are removed, and a worker stopped by SIGTERM removes
+the outputs of every input whose result it has not sent.
 
 Fault injection (tests only)
 ----------------------------
@@ -20,26 +21,25 @@ on to workers. It is deliberately not a command-line option.
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import logging
 import os
 import signal
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .errors import EncodeError, FastDcmError, Status
-from .naming import output_name, resolve_inside
+from .naming import output_name
 from .options import Frames, OnExists, RenderOptions
 from .render import open_image
+from .writer import Exists, OutputRoot, root_for
 
-__all__ = ["Job", "Result", "process_batch", "initialize", "TMP_DIR", "fault_result"]
+__all__ = ["Job", "Result", "process_batch", "initialize", "fault_result"]
 
 log = logging.getLogger(__name__)
 
-#: Folder inside the output root where files are written before their rename.
-TMP_DIR = ".fastdcm-tmp"
 _FAULTS_VAR = "FASTDCM_TEST_FAULTS"
 
 
@@ -56,6 +56,7 @@ class Job:
     frames: Frames = Frames.ALL
     fsync: bool = False
     run_start_ns: int = 0  # outputs newer than this were written by this run
+    tmp_name: str | None = None  # this run's temporary folder in ``out`` (writer.OutputRoot.create)
 
 
 @dataclass
@@ -86,6 +87,8 @@ def initialize() -> None:
 
     from . import kernels
 
+    global _IN_WORKER
+    _IN_WORKER = hasattr(signal, "pthread_sigmask")
     warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
@@ -131,172 +134,32 @@ class _Exists(Exception):
     """The final name exists and must not be replaced."""
 
 
-def _write_atomic(data: bytes, final: str, tmp_dir: str, job: Job, retry: bool) -> None:
-    """Write ``data`` to ``final`` through a temporary file; never a partial file at ``final``."""
-    if _TMPFILE and job.on_exists is not OnExists.OVERWRITE and not retry and _write_unnamed(data, final, job):
-        return
-    tmp = os.path.join(tmp_dir, f"{os.getpid()}-{time.monotonic_ns()}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def _write(root: OutputRoot, name: str, data: bytes, job: Job, retry: bool) -> None:
+    """Write output ``name`` atomically (writer.py); ``_Exists`` when the name is taken."""
+    replace = job.on_exists is OnExists.OVERWRITE or retry
     try:
-        try:
-            _write_all(fd, data, job.fsync)
-        finally:
-            os.close(fd)
-        if job.on_exists is OnExists.OVERWRITE or retry:
-            # Replace files from before this run; a file written during this run belongs to
-            # another input (a name conflict), unless this is a retry of our own attempt.
-            if not retry and job.on_exists is OnExists.OVERWRITE:
-                try:
-                    if os.stat(final).st_mtime_ns >= job.run_start_ns:
-                        raise _Exists("written by another input of this run")
-                except FileNotFoundError:
-                    pass
-            os.replace(tmp, final)
-            return
-        try:
-            _rename_noreplace(tmp, final)  # atomic, fails if the name exists
-        except FileExistsError:
-            raise _Exists(_who_wrote(final, job)) from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
-                raise
-            if os.path.lexists(final):  # no hard links here: check, then rename
-                raise _Exists(_who_wrote(final, job)) from None
-            os.replace(tmp, final)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        # A retry replaces its own earlier attempt; an overwrite replaces only files from before
+        # this run (a newer one belongs to another input of this run: a name conflict).
+        root.write(name, data, replace=replace, fsync=job.fsync, replace_older_than=None if retry else job.run_start_ns)
+    except Exists:
+        raise _Exists(_who_wrote(root, name, job)) from None
 
 
-#: O_TMPFILE + linkat work here (Linux, a file system that supports them, /proc mounted);
-#: cleared on the first refusal, after which the named temporary file is used.
-_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
-_ROOT_FD: list[int] = []  # an fd of "/": passing it makes os.link call linkat (AT_SYMLINK_FOLLOW)
-_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.EXDEV, errno.EPERM, errno.ENOENT}
-
-
-def _write_unnamed(data: bytes, final: str, job: Job) -> bool:
-    """Write ``data`` to an unnamed file in ``final``'s folder, then link it to ``final``
-    (never replacing a file: ``_Exists`` if one is there). False when this file system or
-    kernel does not support it (nothing was written; the caller uses a named temp file)."""
-    global _TMPFILE
-    try:
-        fd = os.open(os.path.dirname(final), os.O_TMPFILE | os.O_WRONLY, 0o644)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            _TMPFILE = False
-            return False
-        raise
-    try:
-        _write_all(fd, data, job.fsync)
-        if not _ROOT_FD:
-            _ROOT_FD.append(os.open("/", os.O_RDONLY | os.O_DIRECTORY))
-        try:
-            os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=_ROOT_FD[0], follow_symlinks=True)
-        except FileExistsError:
-            raise _Exists(_who_wrote(final, job)) from None
-        except OSError as exc:
-            if exc.errno not in _UNSUPPORTED:
-                raise
-            _TMPFILE = False
-            return False
-    finally:
-        os.close(fd)
-    return True
-
-
-def _write_all(fd: int, data: bytes, fsync: bool) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    if fsync:
-        os.fsync(fd)
-
-
-def _who_wrote(final: str, job: Job) -> str:
-    """Why ``final`` is in the way: written during this run means another input of this run
+def _who_wrote(root: OutputRoot, name: str, job: Job) -> str:
+    """Why ``name`` is in the way: written during this run means another input of this run
     claimed the same name (a name conflict); older means it was there before the run."""
-    try:
-        if os.stat(final).st_mtime_ns >= job.run_start_ns:
-            return "written by another input of this run"
-    except OSError:
-        pass
+    mtime = root.mtime_ns(name)
+    if mtime is not None and mtime >= job.run_start_ns:
+        return "written by another input of this run"
     return "exists"
 
 
-def _load_renameat2():
-    """libc's renameat2 (Linux, glibc >= 2.28), or None."""
-    if not hasattr(os, "sched_getaffinity"):  # not Linux
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_RENAMEAT2 = _load_renameat2()
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
-
-
-def _rename_noreplace(tmp: str, final: str) -> None:
-    """Rename ``tmp`` to ``final`` unless ``final`` exists (FileExistsError): one
-    renameat2(RENAME_NOREPLACE) call on Linux, else a hard link (the temp file is unlinked
-    by the caller)."""
-    global _RENAMEAT2
-    if _RENAMEAT2 is not None:
-        import ctypes
-
-        if _RENAMEAT2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(final), _RENAME_NOREPLACE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err == errno.EEXIST:
-            raise FileExistsError(err, os.strerror(err), final)
-        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # unsupported here: fall back
-            raise OSError(err, os.strerror(err), final)
-        _RENAMEAT2 = None
-    os.link(tmp, final)
-
-
-def _remove(paths: list[str]) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+def _remove(root: OutputRoot, names: list[str]) -> None:
+    for name in names:
+        root.remove(name)
 
 
 # --------------------------------------------------------------------------- one input
-
-
-#: Output folders of the current batch that exist and whose real path was checked to lie
-#: inside the output root: for them only the file name is new (makedirs and the full check
-#: run once per folder).
-_READY_DIRS: set[str] = set()
-
-
-def _final_path(out: str, name: str) -> str:
-    """The output path of ``name``, checked to stay inside ``out``.
-
-    The full check (``naming.resolve_inside``: realpath of every component) runs once per
-    output folder; for further names in a checked folder only the last component is new, and
-    the no-replace rename (or ``os.replace``) never follows a symlink at the final name.
-    """
-    head, _, tail = name.rpartition("/")
-    folder = os.path.join(out, head) if head else out
-    if folder in _READY_DIRS and tail not in ("", ".", "..") and "\x00" not in tail:
-        return os.path.join(folder, tail)
-    final = str(resolve_inside(out, name))
-    if os.path.isdir(os.path.dirname(final)):
-        _READY_DIRS.add(os.path.dirname(final))
-    return final
 
 
 class _LazyFields:
@@ -326,10 +189,14 @@ def _encoder(name: str):
     return enc
 
 
-def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result:
-    """Convert one source; every failure becomes a Result (MemoryError included)."""
+def convert_one(source: Any, job: Job, retry: bool = False, faults=(), written: list[str] | None = None) -> Result:
+    """Convert one source; every failure becomes a Result (MemoryError included).
+
+    ``written`` (the caller's list) receives the paths of the outputs as each is linked into
+    place; on success they stay listed for the caller to commit, on failure they are removed."""
     timings = {"read": 0.0, "render": 0.0, "encode": 0.0, "write": 0.0}
-    written: list[str] = []
+    if written is None:
+        written = []
     result = Result(status=Status.ERROR, timings=timings)
     try:
         if faults:
@@ -356,13 +223,12 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
             )
             for i in indexes
         ]
-        finals = [_final_path(job.out, name) for name in names]
-        if job.on_exists is OnExists.SKIP and not retry and all(os.path.exists(f) for f in finals):
+        root = root_for(job.out, job.tmp_name)
+        if job.on_exists is OnExists.SKIP and not retry and all(root.exists(name) for name in names):
             result.status, result.reason, result.outputs = Status.SKIPPED, "outputs exist", names
             return result
-        tmp_dir = os.path.join(job.out, TMP_DIR)
         vois, decoders = [], []
-        for i, name, final in zip(indexes, names, finals):
+        for i, name in zip(indexes, names):
             t0 = time.perf_counter()
             rendered = image.render_frame(i, job.render)
             t1 = time.perf_counter()
@@ -373,24 +239,20 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
             except (ValueError, TypeError, RuntimeError) as exc:
                 raise EncodeError(f"{job.format}: {exc}") from exc
             t2 = time.perf_counter()
-            folder = os.path.dirname(final)
-            if folder not in _READY_DIRS:
-                os.makedirs(folder, exist_ok=True)
-                resolve_inside(job.out, name)  # again, now that the folders exist
-                _READY_DIRS.add(folder)
             try:
-                _write_atomic(data, final, tmp_dir, job, retry)
+                with _committing():  # a SIGTERM waits until the output is listed in `written`
+                    _write(root, name, data, job, retry)
+                    written.append(name)
             except _Exists as exc:
                 if job.on_exists is OnExists.SKIP and str(exc) == "exists":
                     result.status, result.reason = Status.SKIPPED, f"output {name} exists"
-                    _remove(written)
+                    _remove(root, written)
                     written.clear()
                     result.outputs = names
                     return result
                 status = Status.NAME_CONFLICT if "another input" in str(exc) else Status.WRITE_ERROR
                 hint = "" if status is Status.NAME_CONFLICT else " (use --on-exists skip or overwrite, or --resume)"
                 raise _Failure(status, f"output {name} {exc}{hint}") from None
-            written.append(final)
             t3 = time.perf_counter()
             timings["render"] += t1 - t0
             timings["encode"] += t2 - t1
@@ -405,8 +267,7 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
         result.decoder = ",".join(decoders) or None
         result.shape = list(rendered.array.shape[:2]) if names else None
         result.reduce = job.render.reduce or None
-        written.clear()
-        return result
+        return result  # `written` stays listed: the caller commits it with the result
     except FastDcmError as exc:
         result.status, result.reason = exc.status, exc.reason
     except _Failure as exc:
@@ -420,8 +281,9 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=()) -> Result
         result.status = Status.ERROR
         result.reason = f"{type(exc).__name__}: {exc} ({os.path.basename(where.filename)}:{where.lineno})"
     finally:
-        if written:  # failed or interrupted part-way: no partial input left behind
-            _remove(written)
+        if written and result.status is not Status.CONVERTED:  # failed or interrupted part-way
+            _remove(root_for(job.out, job.tmp_name), written)
+            written.clear()
     result.outputs = []
     return result
 
@@ -438,18 +300,42 @@ def process_batch(
     """Convert every source of a batch; one :class:`Result` each, in order. Never raises
     (except for BaseExceptions such as the SIGTERM that stops a worker)."""
     faults = _faults()
-    _READY_DIRS.clear()  # folders are trusted for one batch (a caller may delete them between runs)
     results: list[Result] = []
+    written: list[str] = []  # outputs of the input in progress, linked but not yet in `results`
     try:
         for i, source in enumerate(sources):
             if progress is not None:
                 progress(i)
-            results.append(convert_one(source, job, retry, faults))
+            result = convert_one(source, job, retry, faults, written)
+            with _committing():
+                results.append(result)
+                written.clear()
     except BaseException:
         # Stopped part-way (SIGTERM): the parent never sees these results and records the
         # batch as interrupted, so the outputs its finished inputs wrote must go too.
+        root = root_for(job.out, job.tmp_name)
+        _remove(root, written)
         for result in results:
             if result.status is Status.CONVERTED:
-                _remove([os.path.join(job.out, name) for name in result.outputs])
+                _remove(root, result.outputs)
         raise
     return results
+
+
+@contextlib.contextmanager
+def _committing() -> Iterator[None]:
+    """SIGTERM (the pool's stop) waits while an output is linked into place and recorded, so
+    a stopped worker knows every file it made and removes it. A few microseconds, except
+    while the bytes are written."""
+    if not _IN_WORKER:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+#: Set by ``initialize`` in a worker process (SIGTERM is its stop signal there, not in a caller's process).
+_IN_WORKER = False

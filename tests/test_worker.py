@@ -10,12 +10,12 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import fastdcm
-from fastdcm.convert import _file_system_now
 from fastdcm.discover import Source
 from fastdcm.errors import Status
 from fastdcm.options import Frames, OnExists, RenderOptions
-from fastdcm import worker
-from fastdcm.worker import TMP_DIR, Job, process_batch
+from fastdcm import writer
+from fastdcm.worker import Job, process_batch
+from fastdcm.writer import OutputRoot
 
 CT = get_testdata_file("CT_small.dcm")
 MULTI = get_testdata_file("emri_small.dcm")  # 10 frames
@@ -25,9 +25,9 @@ MULTI = get_testdata_file("emri_small.dcm")  # 10 frames
 def write_path(request, monkeypatch):
     """Every test here runs with both ways of writing atomically: an unnamed file linked into
     place (O_TMPFILE + linkat, the default on Linux) and a named temp file renamed into place."""
-    if request.param == "unnamed" and not worker._TMPFILE:
+    if request.param == "unnamed" and not writer._TMPFILE:
         pytest.skip("O_TMPFILE + linkat are not available here")
-    monkeypatch.setattr(worker, "_TMPFILE", request.param == "unnamed")
+    monkeypatch.setattr(writer, "_TMPFILE", writer._TMPFILE if request.param == "unnamed" else 0)
     return request.param
 
 
@@ -35,8 +35,8 @@ def test_unnamed_files_are_used_and_leave_nothing_behind(tmp_path, write_path):
     out = tmp_path / "out"
     results = process_batch([source(CT), source(MULTI)], job(out))
     assert [r.status for r in results] == [Status.CONVERTED, Status.CONVERTED]
-    assert worker._TMPFILE is (write_path == "unnamed")  # not switched off by a refusal
-    assert os.listdir(out / TMP_DIR) == [] and no_temp_files(out)
+    assert bool(writer._TMPFILE) is (write_path == "unnamed")  # not switched off by a refusal
+    assert os.listdir(out / tmp_dir(out)) == [] and no_temp_files(out)
 
 
 def source(path, rel=None):
@@ -45,9 +45,16 @@ def source(path, rel=None):
 
 
 def job(out, **kw):
-    os.makedirs(os.path.join(out, TMP_DIR), exist_ok=True)
-    kw.setdefault("run_start_ns", _file_system_now(os.path.join(out, TMP_DIR)))  # as convert does
-    return Job(out=str(out), render=kw.pop("render", RenderOptions()), **kw)
+    """A Job as convert makes one: the output root with this run's temporary folder."""
+    root = OutputRoot.create(str(out))
+    kw.setdefault("run_start_ns", root.start_time())
+    root.close()
+    return Job(out=str(out), render=kw.pop("render", RenderOptions()), tmp_name=root.tmp_name, **kw)
+
+
+def tmp_dir(out):
+    [name] = [n for n in os.listdir(out) if n.startswith(writer.TMP_PREFIX)]
+    return name
 
 
 def no_temp_files(out):
@@ -121,7 +128,7 @@ def test_multiframe_failure_leaves_no_partial_outputs(tmp_path):
     (out / "emri_small_f05.png").write_bytes(b"old")  # frame 5 cannot be written
     [r] = process_batch([source(MULTI)], job(out))
     assert r.status is Status.WRITE_ERROR
-    assert sorted(os.listdir(out)) == sorted([TMP_DIR, "emri_small_f05.png"])
+    assert sorted(os.listdir(out)) == sorted([tmp_dir(out), "emri_small_f05.png"])
 
 
 def test_names_never_leave_the_output_folder(tmp_path):

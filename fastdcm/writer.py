@@ -1,0 +1,379 @@
+"""The atomic writer: every file-system operation under the output folder, through directory fds.
+
+The output root is opened once (``O_DIRECTORY``; the path the user gave may pass through
+symlinks of their own). Below it nothing is ever reached by a path string: each output's
+folder is walked component by component from the root's fd with ``openat(O_NOFOLLOW |
+O_DIRECTORY)`` (``mkdirat`` where a folder is missing), every time a file is written, so a
+symlink anywhere under the root, planted before the run or swapped in during it, is refused
+(:class:`~fastdcm.errors.UnsafePathError`), never followed. A file appears complete or not at
+all:
+
+- new names: an unnamed file (``O_TMPFILE``) in the target folder, linked to its name
+  (``linkat``, which fails if anything, a symlink included, has that name);
+- replacing (``--on-exists overwrite``, or where ``O_TMPFILE`` is missing): a named file in this
+  run's own temporary folder, renamed over the name (``renameat2(RENAME_NOREPLACE)`` when the name
+  must stay free, else ``renameat``, which replaces a symlink rather than following it).
+
+Each run has its own temporary folder, ``OUT/.fastdcm-tmp-<pid>-<random>``, created with
+``mkdirat`` (which fails if the name exists) and removed by that run only, with only the files
+it made. The manifest in OUT is opened the same way (``O_NOFOLLOW``, relative to the root fd).
+
+One :class:`OutputRoot` per process and output folder: workers open their own from the path
+and the run's temporary folder name (fds do not cross process boundaries).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+import time
+from typing import Any
+
+from .errors import UnsafePathError
+
+TMP_PREFIX = ".fastdcm-tmp-"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0
+_UNSUPPORTED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.EXDEV, errno.EPERM, errno.ENOENT}
+
+
+class Exists(Exception):
+    """The final name is taken and must not be replaced."""
+
+
+def _load_renameat2():
+    """libc's renameat2 (Linux, glibc >= 2.28), or None."""
+    if not hasattr(os, "sched_getaffinity"):  # not Linux
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_RENAMEAT2 = _load_renameat2()
+_RENAME_NOREPLACE = 1
+
+
+def _components(name: str) -> list[str]:
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or "\x00" in p for p in parts):
+        raise UnsafePathError(f"output name {name!r} is not a plain relative path")
+    return parts
+
+
+class OutputRoot:
+    """The output folder, opened once; every operation below it goes through directory fds."""
+
+    def __init__(self, path: str, tmp_name: str | None = None) -> None:
+        self.path = os.path.abspath(path)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except NotADirectoryError:
+            raise UnsafePathError(f"output folder {self.path} is not a folder") from None
+        self.tmp_name = tmp_name
+        self._tmp_fd: int | None = None
+        self._proc_fd: int | None = None
+        self._created_tmp = False
+
+    # ----------------------------------------------------------------- the run's temp folder
+
+    @classmethod
+    def create(cls, path: str) -> OutputRoot:
+        """The parent's root: makes the output folder if needed and this run's temp folder."""
+        os.makedirs(path, exist_ok=True)
+        root = cls(path)
+        for _ in range(8):
+            name = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                os.mkdir(name, 0o700, dir_fd=root.fd)  # fails if the name exists, symlink or not
+            except FileExistsError:
+                continue
+            root.tmp_name, root._created_tmp = name, True
+            return root
+        raise OSError(errno.EEXIST, "cannot create a temporary folder", os.path.join(path, TMP_PREFIX + "*"))
+
+    @property
+    def tmp_fd(self) -> int:
+        if self._tmp_fd is None:
+            if self.tmp_name is None:
+                raise RuntimeError("this output root has no temporary folder")
+            try:
+                self._tmp_fd = os.open(self.tmp_name, _DIR_FLAGS, dir_fd=self.fd)
+            except OSError as exc:
+                raise UnsafePathError(f"the run's temporary folder {self.tmp_name} is not a plain folder ({exc.strerror})") from None
+        return self._tmp_fd
+
+    def start_time(self) -> int:
+        """A start time, in the file system's own clock, that splits files written before the run
+        from files written by it.
+
+        File times come from the kernel's coarse clock (a tick of a few ms, behind
+        ``time.time_ns()``): a file written just before the run and one written just after can
+        carry the same time. So a first stamp file is written, then a second one until its time
+        is past the first's (one tick, a few ms); everything written before the call is older
+        than the returned time, everything written after it is not.
+        """
+        try:
+            first = self.clock()
+            deadline = time.monotonic() + 1.0
+            while True:
+                now = self.clock()
+                if now > first or time.monotonic() > deadline:
+                    return now
+                time.sleep(0.001)
+        except OSError:
+            return time.time_ns()
+
+    def clock(self) -> int:
+        """The modification time of a stamp file written in the temporary folder now."""
+        name = f"run-{os.getpid()}-{time.monotonic_ns()}.stamp"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=self.tmp_fd)
+        try:
+            return os.fstat(fd).st_mtime_ns
+        finally:
+            os.close(fd)
+            os.unlink(name, dir_fd=self.tmp_fd)
+
+    def remove_tmp(self) -> None:
+        """Remove this run's temporary folder and the files this run left in it (killed
+        workers' ``.part`` files); a folder of another run is never touched."""
+        if not self._created_tmp:
+            return
+        try:
+            with os.scandir(self.tmp_fd) as it:
+                names = [e.name for e in it if e.name.endswith((".part", ".stamp"))]
+            for name in names:
+                try:
+                    os.unlink(name, dir_fd=self.tmp_fd)
+                except OSError:
+                    pass
+            os.rmdir(self.tmp_name, dir_fd=self.fd)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        for fd in (self._tmp_fd, self._proc_fd, self.fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._tmp_fd = self._proc_fd = None
+
+    # ----------------------------------------------------------------- folders
+
+    def folder(self, name: str, create: bool = True) -> tuple[int, str]:
+        """(fd of the folder holding output ``name``, the file's own name), walked from the root
+        with O_NOFOLLOW at every step. The caller closes the fd."""
+        parts = _components(name)
+        fd = os.dup(self.fd)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made by another worker meanwhile (or a symlink planted: refused below)
+                    nxt = self._open_dir(part, fd, parts, i)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise self._refused(parts, i, fd) from None
+                os.close(fd)
+                fd = nxt
+            return fd, parts[-1]
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _open_dir(self, part: str, fd: int, parts: list[str], i: int) -> int:
+        try:
+            return os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise self._refused(parts, i, fd) from None
+            raise
+
+    def _refused(self, parts: list[str], i: int, fd: int) -> UnsafePathError:
+        where = "/".join(parts[: i + 1])
+        try:
+            link = stat.S_ISLNK(os.stat(parts[i], dir_fd=fd, follow_symlinks=False).st_mode)
+        except OSError:
+            link = False
+        what = "a symlink" if link else "not a folder"
+        return UnsafePathError(f"{where} under the output folder is {what}: refused, nothing written through it")
+
+    # ----------------------------------------------------------------- files
+
+    def exists(self, name: str) -> bool:
+        """Whether anything (a symlink included) has the name ``name``; never follows one."""
+        try:
+            fd, leaf = self.folder(name, create=False)
+        except (FileNotFoundError, UnsafePathError):
+            return False
+        try:
+            os.stat(leaf, dir_fd=fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
+        finally:
+            os.close(fd)
+
+    def mtime_ns(self, name: str) -> int | None:
+        try:
+            fd, leaf = self.folder(name, create=False)
+        except (FileNotFoundError, UnsafePathError):
+            return None
+        try:
+            return os.stat(leaf, dir_fd=fd, follow_symlinks=False).st_mtime_ns
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def write(self, name: str, data: bytes, *, replace: bool, fsync: bool = False, replace_older_than: int | None = None) -> None:
+        """Write ``data`` as output ``name``, atomically. ``replace=False``: :class:`Exists`
+        when the name is taken. ``replace=True`` replaces a file, but with
+        ``replace_older_than`` only one whose time is older (a newer one was written during
+        this run by another input: :class:`Exists`)."""
+        fd, leaf = self.folder(name)
+        try:
+            if not replace and self._write_unnamed(fd, leaf, data, fsync):
+                return
+            self._write_named(fd, leaf, data, replace, fsync, replace_older_than)
+        finally:
+            os.close(fd)
+
+    def _write_unnamed(self, dfd: int, leaf: str, data: bytes, fsync: bool) -> bool:
+        """An unnamed file in the target folder, linked to its name. False: not supported here."""
+        global _TMPFILE
+        if not _TMPFILE:
+            return False
+        try:
+            fd = os.open(".", _TMPFILE | os.O_WRONLY, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                _TMPFILE = 0
+                return False
+            raise
+        try:
+            _write_all(fd, data, fsync)
+            if self._proc_fd is None:
+                self._proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                # linkat(AT_SYMLINK_FOLLOW) of the fd's magic link: never replaces, never follows at the name
+                os.link(str(fd), leaf, src_dir_fd=self._proc_fd, dst_dir_fd=dfd, follow_symlinks=True)
+            except FileExistsError:
+                raise Exists(leaf) from None
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise
+                _TMPFILE = 0
+                return False
+        finally:
+            os.close(fd)
+        return True
+
+    def _write_named(self, dfd: int, leaf: str, data: bytes, replace: bool, fsync: bool, older_than: int | None) -> None:
+        global _RENAMEAT2
+        tmp = f"{os.getpid()}-{time.monotonic_ns()}.part"
+        tfd = self.tmp_fd
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644, dir_fd=tfd)
+        try:
+            try:
+                _write_all(fd, data, fsync)
+            finally:
+                os.close(fd)
+            if replace:
+                if older_than is not None:
+                    try:
+                        if os.stat(leaf, dir_fd=dfd, follow_symlinks=False).st_mtime_ns >= older_than:
+                            raise Exists(leaf)
+                    except FileNotFoundError:
+                        pass
+                os.replace(tmp, leaf, src_dir_fd=tfd, dst_dir_fd=dfd)  # replaces a symlink, never follows it
+                return
+            if _RENAMEAT2 is not None:
+                import ctypes
+
+                if _RENAMEAT2(tfd, os.fsencode(tmp), dfd, os.fsencode(leaf), _RENAME_NOREPLACE) == 0:
+                    return
+                err = ctypes.get_errno()
+                if err == errno.EEXIST:
+                    raise Exists(leaf)
+                if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+                    raise OSError(err, os.strerror(err), leaf)
+                _RENAMEAT2 = None
+            try:
+                os.link(tmp, leaf, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False)
+            except FileExistsError:
+                raise Exists(leaf) from None
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=tfd)
+            except FileNotFoundError:
+                pass
+
+    def remove(self, name: str) -> None:
+        """Remove output ``name`` (what this run wrote); a missing file or refused folder is ignored."""
+        try:
+            fd, leaf = self.folder(name, create=False)
+        except (OSError, UnsafePathError):
+            return
+        try:
+            os.unlink(leaf, dir_fd=fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def open_append(self, name: str) -> Any:
+        """A binary file object appending to ``name`` in the root (the manifest), opened
+        without following a symlink at any step."""
+        fd, leaf = self.folder(name)
+        try:
+            try:
+                f = os.open(leaf, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UnsafePathError(f"{name} in the output folder is a symlink: refused") from None
+                raise
+        finally:
+            os.close(fd)
+        return os.fdopen(f, "a+b")
+
+
+def _write_all(fd: int, data: bytes, fsync: bool) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    if fsync:
+        os.fsync(fd)
+
+
+_ROOTS: dict[tuple[str, str | None], OutputRoot] = {}
+
+
+def root_for(path: str, tmp_name: str | None) -> OutputRoot:
+    """This process's :class:`OutputRoot` for a run (opened on first use, kept for the next batches)."""
+    key = (path, tmp_name)
+    root = _ROOTS.get(key)
+    if root is None:
+        for old in _ROOTS.values():
+            old.close()
+        _ROOTS.clear()
+        root = _ROOTS[key] = OutputRoot(path, tmp_name)
+    return root

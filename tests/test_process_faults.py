@@ -1,0 +1,130 @@
+"""Real process faults against a running ``fastdcm convert``: kill -9 of the parent, a SIGTERM to
+one worker, a SIGTERM to the whole process group. Linux (``/proc``) only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from fastdcm.errors import Status
+from fastdcm.manifest import read_manifest
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+
+CT = get_testdata_file("CT_small.dcm")
+
+
+def _archive(root: Path, n: int) -> Path:
+    src = root / "src"
+    for i in range(n):
+        folder = src / f"s{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(CT, folder / f"f{i:03}.dcm")
+    return src
+
+
+def _start(args, env=None, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastdcm", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})}, **kw,
+    )
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_workers_die_within_2_s_of_a_kill_9_of_their_parent(tmp_path):
+    src = _archive(tmp_path, 8)
+    out = tmp_path / "out"
+    # Both workers hang on their files: they are busy, not waiting on the pipe.
+    proc = _start(["convert", str(src), "-o", str(out), "--workers", "2", "--batch-size", "1", "--quiet"],
+                  env={"FASTDCM_TEST_FAULTS": "hang:f000,hang:f001"})
+    assert _wait_for(lambda: len(_children(proc.pid)) >= 2), proc.stderr.read() if proc.poll() is not None else ""
+    time.sleep(1.0)  # the workers are inside their files
+    workers = _children(proc.pid)
+    assert workers and all(_alive(w) for w in workers)
+    proc.kill()
+    proc.wait(10)
+    killed_at = time.monotonic()
+    assert _wait_for(lambda: not any(_alive(w) for w in workers), timeout=5.0), "workers outlived their parent"
+    assert time.monotonic() - killed_at < 2.0
+    before = sorted(p for p in out.rglob("*.png"))
+    time.sleep(1.0)
+    assert sorted(p for p in out.rglob("*.png")) == before  # nothing new written after
+
+
+def test_sigterm_to_one_worker_fails_only_its_file(tmp_path):
+    src = _archive(tmp_path, 12)
+    out = tmp_path / "out"
+    proc = _start(["convert", str(src), "-o", str(out), "--workers", "2", "--batch-size", "1", "--quiet"],
+                  env={"FASTDCM_TEST_FAULTS": "hang:f005"})
+    manifest = out / "manifest.jsonl"
+    # Wait until the hang is reached and the other files are done (but the one queued behind f005).
+    assert _wait_for(lambda: manifest.exists() and len(manifest.read_text().splitlines()) >= 10)
+    time.sleep(0.5)
+    # One worker hangs on f005, the other has nothing left to do: SIGTERM both.
+    workers = [w for w in _children(proc.pid) if _alive(w)]
+    assert len(workers) == 2
+    for w in workers:
+        os.kill(w, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    records = {Path(r.source).name: r for r in read_manifest(manifest)}
+    assert len(records) == 12, stderr
+    assert records["f005.dcm"].status is Status.WORKER_CRASH and "SIGTERM" in records["f005.dcm"].reason
+    assert Counter(r.status for r in records.values())[Status.CONVERTED] == 11
+    assert proc.returncode == 1, stderr  # one failed input, not an interrupted run
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_sigterm_to_the_process_group_leaves_no_image_recorded_interrupted(tmp_path, attempt):
+    src = _archive(tmp_path, 60)
+    out = tmp_path / "out"
+    # The last file hangs, so the signal always finds the run going (at different points).
+    proc = _start(["convert", str(src), "-o", str(out), "--workers", "2", "--batch-size", "4", "--quiet"],
+                  start_new_session=True, env={"FASTDCM_TEST_FAULTS": "hang:f059"})
+    manifest = out / "manifest.jsonl"
+    assert _wait_for(lambda: manifest.exists() and len(manifest.read_text().splitlines()) >= 4 + 6 * attempt)
+    os.killpg(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    records = list(read_manifest(manifest))
+    assert len({r.source for r in records}) == len(records) <= 60  # one status per discovered input
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    claimed = {n for r in records if r.status is Status.CONVERTED for n in r.outputs}
+    assert on_disk == claimed  # every image on disk has its converted record, and no more

@@ -19,15 +19,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field, fields
+import dataclasses
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Iterable, Iterator
 
 from .discover import DiscoveryStats, Rejected, Source, iter_sources
 from .errors import InvalidOptionError, Status, UnsafePathError
-from .manifest import MANIFEST_NAME, ManifestWriter, Record, done_index, format_summary, source_key
-from .naming import NameConflictError, NameRegistry, compile_template
-from .options import ConvertOptions, RenderOptions, option_flag, split_options
+from .manifest import DONE_STATUSES, MANIFEST_NAME, ManifestWriter, Previous, Record, format_summary, resume_index
+from .naming import NameConflictError, NameRegistry, compile_template, owner_key
+from .options import ConvertOptions, OnExists, RenderOptions, option_flag, output_fingerprint, split_options
 from .schedule import make_executor
 from .worker import Job, Result, fault_result, initialize, process_batch
 from .writer import OutputRoot
@@ -195,7 +196,8 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     report = Report(out=out, manifest=manifest_path)
     given.pop("stdin", None)
     report.resume_command = _resume_command(sources, out, given)
-    done = done_index(manifest_path) if copts.resume else set()
+    fingerprint = output_fingerprint(copts, ropts)
+    previous = resume_index(manifest_path) if copts.resume else {}
     job = Job(
         out=out,
         render=ropts,
@@ -208,13 +210,14 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         run_start_ns=root.start_time(),
         tmp_name=root.tmp_name,
     )
-    if copts.resume:
-        # Inputs redone by --resume had no successful record: outputs they left are stale.
-        job = Job(**{**{f.name: getattr(job, f.name) for f in fields(Job)}, "on_exists": type(copts.on_exists)("overwrite")})
+    if copts.resume and copts.on_exists is OnExists.OVERWRITE:
+        # A resumed run replaces names one by one, never another input's (see _Resume).
+        job = dataclasses.replace(job, on_exists=OnExists.ERROR)
 
     stats = DiscoveryStats()
     progress = _Progress(not copts.quiet)
     registry = NameRegistry()
+    resume = _Resume(previous, registry, root, fingerprint) if copts.resume else None
     start = time.monotonic()
     pending: list[Record] = []  # records of inputs that never reach a worker
     walking = [True]
@@ -227,9 +230,11 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                 pending.append(Record.from_source(item, item.status, item.reason))
                 report.counts[item.status] += 1
                 continue
-            if done and source_key(item.path, item.size, item.mtime_ns) in done:
-                report.counts[Status.SKIPPED] += 1
-                continue
+            if resume is not None:
+                item = resume.todo(item)
+                if item is None:  # converted before with these options, its outputs there
+                    report.counts[Status.SKIPPED] += 1
+                    continue
             in_flight[id(item)] = item
             yield item
         walking[0] = False
@@ -259,16 +264,32 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     try:
         with stop, writer:
             try:
-                for batch, results in executor.map_batches(
-                    _batches(todo(), copts.batch_size), should_stop=lambda: stop.requested
-                ):
+                again: list[Source] = []  # resumed inputs whose own stale outputs are in the way
+
+                def record_batch(batch, results, first_pass: bool) -> None:
                     records = pending[:]
                     pending.clear()
                     for source, result in zip(batch, results):
                         in_flight.pop(id(source), None)
-                        records.append(_record(source, result, registry, report))
+                        if first_pass and resume is not None:
+                            retry = resume.blocked(source, result)
+                            if retry is not None:
+                                in_flight[id(retry)] = retry
+                                again.append(retry)
+                                continue
+                        records.append(_record(source, result, registry, report, fingerprint))
                     writer.write_batch(records)
                     progress.update(sum(report.counts.values()), report.failed, report.discovered, walking[0])
+
+                for batch, results in executor.map_batches(
+                    _batches(todo(), copts.batch_size), should_stop=lambda: stop.requested
+                ):
+                    record_batch(batch, results, True)
+                if again and not stop.requested:
+                    for batch, results in executor.map_batches(
+                        _batches(iter(again), copts.batch_size), should_stop=lambda: stop.requested
+                    ):
+                        record_batch(batch, results, False)
                 if stop.requested:
                     raise KeyboardInterrupt("stop requested")
                 if pending:
@@ -282,7 +303,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                 for batch, results in executor.stop():
                     for source, result in zip(batch, results):
                         in_flight.pop(id(source), None)
-                        records.append(_record(source, result, registry, report))
+                        records.append(_record(source, result, registry, report, fingerprint))
                 executor.close(abort=True)
                 for source in in_flight.values():
                     records.append(Record.from_source(source, Status.INTERRUPTED, "the run was interrupted"))
@@ -302,11 +323,57 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     return report
 
 
-def _record(source: Source, result: Result, registry: NameRegistry, report: Report) -> Record:
+class _Resume:
+    """``--resume``: which inputs are done, which outputs a redone input may replace.
+
+    An input is skipped when its latest record is converted (or skipped: outputs existed) from
+    the same file (size, mtime) with the same options fingerprint and every output it names is
+    there. Otherwise it is redone, and may replace the outputs its own earlier record names.
+    The name registry starts from the manifest's converted records, so a name another input
+    owns is never replaced (a ``name_conflict`` stays one); a name in the way that no record
+    claims is a stale output (a crash after the write, before the record): the input is sent
+    once more, allowed to replace it."""
+
+    def __init__(self, previous: dict[bytes, Previous], registry: NameRegistry, root: OutputRoot, fingerprint: str) -> None:
+        self.previous = previous
+        self.registry = registry
+        self.root = root
+        self.fingerprint = fingerprint
+        for owner, prev in previous.items():
+            if prev.status in DONE_STATUSES and prev.outputs:
+                try:
+                    registry.claim(prev.outputs, owner=owner)
+                except NameConflictError:
+                    pass  # two old records claim one name: the first keeps it
+
+    def todo(self, source: Source) -> Source | None:
+        prev = self.previous.get(owner_key(source.path))
+        if prev is None:
+            return source
+        if prev.done(source.size, source.mtime_ns, self.fingerprint) and all(self.root.exists(n) for n in prev.outputs):
+            return None
+        return dataclasses.replace(source, replace=prev.outputs)
+
+    def blocked(self, source: Source, result: Result) -> Source | None:
+        """The source to send again with leave to replace its stale outputs, or None (record
+        the result as it is; a name owned by another input's record makes it a name_conflict)."""
+        if not result.blocked or result.status not in (Status.WRITE_ERROR, Status.NAME_CONFLICT):
+            return None
+        mine = owner_key(source.path)
+        for name in result.blocked:
+            owner = self.registry.owner(name)
+            if name in self.registry and owner != mine:
+                result.status = Status.NAME_CONFLICT
+                result.reason = f"output {name} belongs to another input (its converted record in the manifest)"
+                return None
+        return dataclasses.replace(source, replace=tuple(source.replace) + tuple(result.blocked))
+
+
+def _record(source: Source, result: Result, registry: NameRegistry, report: Report, fingerprint: str | None = None) -> Record:
     status, reason, outputs = result.status, result.reason, result.outputs
     if status is Status.CONVERTED and outputs:
         try:
-            registry.claim(outputs, path=source.path)
+            registry.claim(outputs, path=source.path, owner=owner_key(source.path))
         except NameConflictError as exc:  # same name up to case: both exist on this file system
             status, reason = exc.status, exc.reason
     report.counts[status] += 1
@@ -323,6 +390,7 @@ def _record(source: Source, result: Result, registry: NameRegistry, report: Repo
         decoder=result.decoder,
         shape=result.shape,
         reduce=result.reduce,
+        fingerprint=fingerprint if status is Status.CONVERTED or status is Status.SKIPPED else None,
         timings={k: round(v, 6) for k, v in result.timings.items() if v},
     )
 

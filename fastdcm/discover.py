@@ -91,6 +91,8 @@ class Source:
     size: int
     mtime_ns: int
     root: str | None = None
+    #: output names this input may replace: its own outputs from an earlier run (``--resume``)
+    replace: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ have a successful record for the same size and mtime; a changed source is redone
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,8 +24,8 @@ __all__ = [
     "Record",
     "ManifestWriter",
     "read_manifest",
-    "done_index",
-    "source_key",
+    "resume_index",
+    "Previous",
     "DONE_STATUSES",
     "summarize",
     "format_summary",
@@ -49,7 +48,8 @@ class Record:
     ``window``, ``voi_lut``, ``minmax``); ``decoder`` what decoded the pixel data (a
     backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``shape`` the rows and
     columns of the output images; ``reduce`` the ``--reduce`` level they were made at (absent: full
-    size); ``timings`` maps stage -> seconds; ``time`` is
+    size); ``fingerprint`` a digest of the options that shape the outputs (format, quality,
+    depth, window, naming, ...: ``--resume`` redoes an input made with other options); ``timings`` maps stage -> seconds; ``time`` is
     when the record was made (Unix seconds). Unknown keys read from a newer manifest are
     kept in ``extra``."""
 
@@ -66,6 +66,7 @@ class Record:
     decoder: str | None = None
     shape: list[int] | None = None
     reduce: int | None = None
+    fingerprint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     time: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -216,38 +217,40 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = False) -> Iterator[
             yield record
 
 
-def source_key(path: str, size: int | None, mtime_ns: int | None) -> bytes:
-    """A 16-byte digest of (path, size, mtime): resume keys cost ~100 bytes each in a set."""
-    text = f"{path}\x00{size}\x00{mtime_ns}"
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+@dataclass(frozen=True)
+class Previous:
+    """What the manifest says about one input: its latest record's status, options
+    fingerprint, size, mtime and outputs (what ``--resume`` needs, not the whole record)."""
+
+    status: Status
+    fingerprint: str | None
+    size: int | None
+    mtime_ns: int | None
+    outputs: tuple[str, ...]
+
+    def done(self, size: int, mtime_ns: int, fingerprint: str) -> bool:
+        """Converted (or skipped because its outputs existed) from this very file with these options."""
+        return (
+            self.status in DONE_STATUSES
+            and self.fingerprint == fingerprint
+            and (self.size, self.mtime_ns) == (size, mtime_ns)
+            and bool(self.outputs)
+        )
 
 
-def done_index(
-    path: str | os.PathLike, *, statuses: Iterable[Status | str] = DONE_STATUSES
-) -> set[bytes]:
-    """The inputs that need no more work, as :func:`source_key` digests.
+def resume_index(path: str | os.PathLike) -> dict[bytes, Previous]:
+    """The latest record of every input in a manifest, by ``naming.owner_key(source)``.
+    A missing manifest gives an empty index; unreadable lines are skipped (read_manifest)."""
+    from .naming import owner_key
 
-    An input is done when its latest record for the same path, size and mtime has one of
-    ``statuses`` (default: converted, skipped). A source whose size or mtime changed has a
-    different key, so it is redone; a later failed record for the same key (e.g. an
-    overwrite that failed) cancels an earlier success. A missing manifest gives an empty set.
-
-        done = done_index(manifest)
-        todo = (s for s in sources if source_key(s.path, s.size, s.mtime_ns) not in done)
-    """
-    wanted = frozenset(Status(s) for s in statuses)
-    done: set[bytes] = set()
+    index: dict[bytes, Previous] = {}
     if not os.path.exists(path):
-        return done
+        return index
     for record in read_manifest(path):
-        if record.size is None or record.mtime_ns is None:
-            continue
-        key = source_key(record.source, record.size, record.mtime_ns)
-        if record.status in wanted:
-            done.add(key)
-        else:
-            done.discard(key)
-    return done
+        index[owner_key(record.source)] = Previous(
+            record.status, record.fingerprint, record.size, record.mtime_ns, tuple(record.outputs)
+        )
+    return index
 
 
 def summarize(records: Iterable[Record | Status | str]) -> Counter:

@@ -359,14 +359,16 @@ class NameRegistry:
 
     Names compare case-insensitively and Unicode-normalised (NFC + casefold), as on the
     case-insensitive file systems of macOS and Windows. Only a 16-byte blake2b digest per
-    name is kept (about 100 bytes per name in a Python set, so ~1 GB at 10^7 names; a
-    digest collision, odds ~1e-25, would be a reported false conflict, never an
-    overwrite). The registry lives in the one process that owns the run.
+    name is kept, with the digest of its owner (about 150 bytes per name in a dict, so ~1.5 GB
+    at 10^7 names; a digest collision, odds ~1e-25, would be a reported false conflict, never an
+    overwrite). An owner (``owner=``, the input's :func:`owner_key`) may claim its own names
+    again (a resumed input); a claim without an owner conflicts with any earlier claim. The
+    registry lives in the one process that owns the run; ``--resume`` seeds it from the manifest.
     """
 
     def __init__(self, *, digest_size: int = 16) -> None:
         self._digest_size = digest_size
-        self._keys: set[bytes] = set()
+        self._keys: dict[bytes, bytes | None] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -374,11 +376,15 @@ class NameRegistry:
     def __contains__(self, name: str) -> bool:
         return _name_key(name, self._digest_size) in self._keys
 
-    def claim(self, names: str | Iterable[str], *, path: str | None = None) -> None:
+    def owner(self, name: str) -> bytes | None:
+        """The owner digest of ``name`` (None: unclaimed, or claimed without an owner)."""
+        return self._keys.get(_name_key(name, self._digest_size))
+
+    def claim(self, names: str | Iterable[str], *, path: str | None = None, owner: bytes | None = None) -> None:
         """Claim all ``names`` (one input's outputs) or none of them.
 
         Raises :class:`NameConflictError` naming the first conflicting output, if one of
-        them was claimed before in this run (or appears twice in ``names``).
+        them was claimed before in this run by another owner (or appears twice in ``names``).
         """
         if isinstance(names, str):
             names = [names]
@@ -386,7 +392,8 @@ class NameRegistry:
         fresh: set[bytes] = set()
         for name in names:
             key = _name_key(name, self._digest_size)
-            if key in self._keys or key in fresh:
+            taken = key in self._keys and (owner is None or self._keys[key] != owner)
+            if taken or key in fresh:
                 raise NameConflictError(
                     f"output name {name!r} is already used by another input in this run "
                     "(names compare case-insensitively); use a --name template that tells them apart",
@@ -394,11 +401,17 @@ class NameRegistry:
                 )
             fresh.add(key)
             keys.append(key)
-        self._keys.update(keys)
+        for key in keys:
+            self._keys[key] = owner
 
     def release(self, names: str | Iterable[str]) -> None:
         """Forget names (e.g. an input that failed before writing, to be retried)."""
         if isinstance(names, str):
             names = [names]
         for name in names:
-            self._keys.discard(_name_key(name, self._digest_size))
+            self._keys.pop(_name_key(name, self._digest_size), None)
+
+
+def owner_key(path: str) -> bytes:
+    """The digest that identifies an input as the owner of its output names (its path)."""
+    return hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=16).digest()

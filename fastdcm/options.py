@@ -252,3 +252,22 @@ class ConvertOptions:
 def option_flag(name: str) -> str:
     """The command-line flag of an option field: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
+
+
+#: ConvertOptions fields that decide what the outputs are (the rest say how the run goes).
+_SHAPING = ("format", "quality", "name", "frames")
+
+
+def output_fingerprint(convert_options: ConvertOptions, render_options: RenderOptions) -> str:
+    """A digest of every option that shapes an input's outputs (format, quality, naming, frames
+    and every rendering option): ``--resume`` skips an input only when its converted record has
+    the same fingerprint."""
+    import hashlib
+    import json
+
+    shaping = {name: getattr(convert_options, name) for name in _SHAPING}
+    if convert_options.format != "jpeg":
+        del shaping["quality"]  # only JPEG has a quality
+    shaping.update({f.name: getattr(render_options, f.name) for f in dataclasses.fields(render_options)})
+    text = json.dumps(shaping, sort_keys=True, default=lambda v: getattr(v, "value", str(v)))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

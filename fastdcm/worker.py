@@ -71,6 +71,7 @@ class Result:
     voi: str | None = None
     decoder: str | None = None  # the backend that decoded the frames (several: comma-separated)
     shape: list[int] | None = None  # rows, columns of the output images
+    blocked: list[str] = field(default_factory=list)  # an output name that exists and was not replaced
     reduce: int | None = None  # the reduce=k level the outputs were made at (None: full size)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -134,9 +135,10 @@ class _Exists(Exception):
     """The final name exists and must not be replaced."""
 
 
-def _write(root: OutputRoot, name: str, data: bytes, job: Job, retry: bool) -> None:
-    """Write output ``name`` atomically (writer.py); ``_Exists`` when the name is taken."""
-    replace = job.on_exists is OnExists.OVERWRITE or retry
+def _write(root: OutputRoot, name: str, data: bytes, job: Job, retry: bool, own: tuple[str, ...] = ()) -> None:
+    """Write output ``name`` atomically (writer.py); ``_Exists`` when the name is taken.
+    ``own``: names this input wrote in an earlier run, which it may replace."""
+    replace = job.on_exists is OnExists.OVERWRITE or retry or name in own
     try:
         # A retry replaces its own earlier attempt; an overwrite replaces only files from before
         # this run (a newer one belongs to another input of this run: a name conflict).
@@ -227,6 +229,17 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=(), written: 
         if job.on_exists is OnExists.SKIP and not retry and all(root.exists(name) for name in names):
             result.status, result.reason, result.outputs = Status.SKIPPED, "outputs exist", names
             return result
+        if job.on_exists is OnExists.ERROR and not retry:
+            # Names in the way, found before any frame is rendered (the parent may let a resumed
+            # input replace them: its own stale outputs, not another input's).
+            own = getattr(source, "replace", ())
+            blocked = [name for name in names if name not in own and root.exists(name)]
+            if blocked:
+                result.blocked = blocked
+                reason = _who_wrote(root, blocked[0], job)
+                status = Status.NAME_CONFLICT if "another input" in reason else Status.WRITE_ERROR
+                hint = "" if status is Status.NAME_CONFLICT else " (use --on-exists skip or overwrite, or --resume)"
+                raise _Failure(status, f"output {blocked[0]} {reason}{hint}")
         vois, decoders = [], []
         for i, name in zip(indexes, names):
             t0 = time.perf_counter()
@@ -241,7 +254,7 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=(), written: 
             t2 = time.perf_counter()
             try:
                 with _committing():  # a SIGTERM waits until the output is listed in `written`
-                    _write(root, name, data, job, retry)
+                    _write(root, name, data, job, retry, getattr(source, "replace", ()))
                     written.append(name)
             except _Exists as exc:
                 if job.on_exists is OnExists.SKIP and str(exc) == "exists":
@@ -251,6 +264,7 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=(), written: 
                     result.outputs = names
                     return result
                 status = Status.NAME_CONFLICT if "another input" in str(exc) else Status.WRITE_ERROR
+                result.blocked = [name]
                 hint = "" if status is Status.NAME_CONFLICT else " (use --on-exists skip or overwrite, or --resume)"
                 raise _Failure(status, f"output {name} {exc}{hint}") from None
             t3 = time.perf_counter()

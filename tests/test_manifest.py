@@ -10,14 +10,13 @@ import pytest
 
 from fastdcm.discover import Rejected, Source
 from fastdcm.errors import Status
+from fastdcm.naming import owner_key
 from fastdcm.manifest import (
-    DONE_STATUSES,
     ManifestWriter,
     Record,
-    done_index,
+    resume_index,
     format_summary,
     read_manifest,
-    source_key,
     summarize,
 )
 
@@ -154,71 +153,55 @@ def test_complete_record_without_newline_is_kept(tmp_path):
 # --------------------------------------------------------------------------- resume
 
 
-def test_done_index_honours_size_and_mtime(tmp_path):
+def _done(index, record, size=None, mtime_ns=None, fingerprint="fp"):
+    prev = index.get(owner_key(record.source))
+    size = record.size if size is None else size
+    mtime_ns = record.mtime_ns if mtime_ns is None else mtime_ns
+    return prev is not None and prev.done(size, mtime_ns, fingerprint)
+
+
+def test_resume_index_honours_size_mtime_and_fingerprint(tmp_path):
     path = tmp_path / "m.jsonl"
     with ManifestWriter(path) as w:
         w.write_batch(
             [
-                full_record(1),
-                full_record(2, status=Status.DECODE_ERROR, reason="bad"),
-                full_record(3, status=Status.SKIPPED),
+                full_record(1, fingerprint="fp"),
+                full_record(2, status=Status.DECODE_ERROR, reason="bad", fingerprint="fp"),
+                full_record(3, status=Status.SKIPPED, fingerprint="fp"),
                 full_record(4, status=Status.NOT_DICOM),
+                full_record(5, fingerprint="other"),
             ]
         )
-    done = done_index(path)
+    index = resume_index(path)
     r1 = full_record(1)
-    assert source_key(r1.source, r1.size, r1.mtime_ns) in done
-    assert source_key(r1.source, r1.size + 1, r1.mtime_ns) not in done  # changed size: redo
-    assert source_key(r1.source, r1.size, r1.mtime_ns + 1) not in done  # touched: redo
-    r2, r3, r4 = full_record(2), full_record(3), full_record(4)
-    assert source_key(r2.source, r2.size, r2.mtime_ns) not in done  # failed: redo
-    assert source_key(r3.source, r3.size, r3.mtime_ns) in done
-    assert source_key(r4.source, r4.size, r4.mtime_ns) not in done
-    assert len(done) == 2
-    wider = done_index(path, statuses=DONE_STATUSES | {Status.NOT_DICOM})
-    assert source_key(r4.source, r4.size, r4.mtime_ns) in wider
+    assert _done(index, r1)
+    assert not _done(index, r1, size=r1.size + 1)  # changed size: redo
+    assert not _done(index, r1, mtime_ns=r1.mtime_ns + 1)  # touched: redo
+    assert not _done(index, r1, fingerprint="png-now")  # other options: redo
+    assert not _done(index, full_record(2)) and _done(index, full_record(3))
+    assert not _done(index, full_record(4)) and not _done(index, full_record(5))
+    assert index[owner_key(r1.source)].outputs == tuple(r1.outputs)
 
 
-def test_done_index_latest_record_wins(tmp_path):
+def test_resume_index_latest_record_wins(tmp_path):
     path = tmp_path / "m.jsonl"
-    rec = full_record(1)
+    rec = full_record(1, fingerprint="fp")
     with ManifestWriter(path) as w:
         w.write(rec)
         w.write(full_record(1, status=Status.WRITE_ERROR))  # a later overwrite failed
-    assert source_key(rec.source, rec.size, rec.mtime_ns) not in done_index(path)
+    assert not _done(resume_index(path), rec)
     with ManifestWriter(path) as w:
         w.write(rec)
-    assert source_key(rec.source, rec.size, rec.mtime_ns) in done_index(path)
+    assert _done(resume_index(path), rec)
 
 
-def test_done_index_from_a_real_source_after_a_change(tmp_path):
-    f = tmp_path / "IM1"
-    f.write_bytes(b"x" * 10)
-    st = os.stat(f)
-    s = Source(path=str(f), rel="IM1", size=st.st_size, mtime_ns=st.st_mtime_ns)
+def test_resume_index_missing_manifest_and_records_without_outputs(tmp_path):
+    assert resume_index(tmp_path / "none.jsonl") == {}
     path = tmp_path / "m.jsonl"
     with ManifestWriter(path) as w:
-        w.write(Record.from_source(s, Status.CONVERTED, outputs=["IM1.png"]))
-    assert source_key(s.path, s.size, s.mtime_ns) in done_index(path)
-    f.write_bytes(b"y" * 11)
-    st = os.stat(f)
-    assert source_key(str(f), st.st_size, st.st_mtime_ns) not in done_index(path)
-
-
-def test_done_index_missing_manifest_and_rejected_records(tmp_path):
-    assert done_index(tmp_path / "none.jsonl") == set()
-    path = tmp_path / "m.jsonl"
-    with ManifestWriter(path) as w:
-        w.write(Record(source="/missing", status=Status.CONVERTED))  # no size: never "done"
-    assert done_index(path) == set()
-
-
-def test_done_index_keys_are_digests(tmp_path):
-    path = tmp_path / "m.jsonl"
-    with ManifestWriter(path) as w:
-        w.write(full_record(1, source="/" + "long/" * 100))
-    (key,) = done_index(path)
-    assert isinstance(key, bytes) and len(key) == 16
+        w.write(Record(source="/missing", status=Status.CONVERTED, fingerprint="fp"))  # no size, no outputs
+    prev = resume_index(path)[owner_key("/missing")]
+    assert not prev.done(0, 0, "fp")
 
 
 # --------------------------------------------------------------------------- the summary

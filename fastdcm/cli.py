@@ -28,6 +28,7 @@ from .options import ConvertOptions, RenderOptions, option_fields, option_flag
 log = logging.getLogger("fastdcm")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_MANIFEST = 3  # the manifest could not be written (disk full, I/O error): the run stopped
 
 
 def _unwrap(tp: Any) -> Any:
@@ -113,6 +114,9 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         return EXIT_FAILED
     print(report.summary())
     print(f"manifest: {report.manifest}")
+    if report.manifest_error:
+        print(f"fastdcm: {report.manifest_error}; the run stopped. To resume: {report.resume_command}", file=sys.stderr)
+        return EXIT_MANIFEST
     if report.interrupted:
         print(f"fastdcm: interrupted. To resume: {report.resume_command}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -54,6 +54,7 @@ class Report:
     elapsed: float = 0.0
     interrupted: bool = False
     resume_command: str = ""
+    manifest_error: str = ""  # the run stopped because the manifest could not be written
     ignored_non_dicom: int = 0
 
     @property
@@ -261,6 +262,14 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         raise
     interrupted = False
     stop = _StopRequest(pool=copts.workers > 0)
+
+    def write(records: list[Record]) -> None:
+        try:
+            writer.write_batch(records)
+        except OSError as exc:  # disk full, I/O error: the run cannot keep its promise, so it stops
+            report.manifest_error = f"the manifest {manifest_path} cannot be written: {exc.strerror or exc}"
+            raise _ManifestFailed from None
+
     try:
         with stop, writer:
             try:
@@ -278,7 +287,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                                 again.append(retry)
                                 continue
                         records.append(_record(source, result, registry, report, fingerprint))
-                    writer.write_batch(records)
+                    write(records)
                     progress.update(sum(report.counts.values()), report.failed, report.discovered, walking[0])
 
                 for batch, results in executor.map_batches(
@@ -293,8 +302,16 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                 if stop.requested:
                     raise KeyboardInterrupt("stop requested")
                 if pending:
-                    writer.write_batch(pending)
+                    write(pending)
                     pending.clear()
+            except _ManifestFailed:
+                # Nothing more can be recorded: stop the workers; what they finished is on disk
+                # without a record (a later --resume replaces it), the rest is not done.
+                interrupted = True
+                for _ in executor.stop():
+                    pass
+                executor.close(abort=True)
+                report.counts[Status.INTERRUPTED] += len(in_flight) + len(pending)
             except KeyboardInterrupt:
                 interrupted = True
                 records = pending[:]
@@ -308,7 +325,10 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                 for source in in_flight.values():
                     records.append(Record.from_source(source, Status.INTERRUPTED, "the run was interrupted"))
                     report.counts[Status.INTERRUPTED] += 1
-                writer.write_batch(records)
+                try:
+                    write(records)
+                except _ManifestFailed:
+                    pass
             finally:
                 executor.close(abort=True)
     finally:
@@ -318,9 +338,16 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     report.interrupted = interrupted
     report.ignored_non_dicom = stats.non_dicom
     progress.update(sum(report.counts.values()), report.failed, report.discovered, False, final=True)
-    if interrupted:
-        log.warning("interrupted; the manifest is complete up to here. To resume: %s", report.resume_command)
+    # The command line prints these once (report.manifest_error / interrupted / resume_command).
+    if report.manifest_error:
+        log.info("%s; the run stopped. To resume: %s", report.manifest_error, report.resume_command)
+    elif interrupted:
+        log.info("interrupted; the manifest is complete up to here. To resume: %s", report.resume_command)
     return report
+
+
+class _ManifestFailed(Exception):
+    """A manifest write failed (report.manifest_error says why)."""
 
 
 class _Resume:

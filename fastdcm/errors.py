@@ -127,3 +127,24 @@ class MissingDependencyError(FastDcmError, ImportError):
     """An optional package is needed for what was asked; the reason names the pip command."""
 
     status = Status.ERROR
+
+
+def raised_by_dependency(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside another package (pydicom, numpy, a codec) rather than in
+    fastdcm's own code: on a damaged file that is the file's fault, not a bug of ours."""
+    import os
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return False
+    own = os.path.dirname(os.path.abspath(__file__))
+    return not os.path.abspath(frames[-1].filename).startswith(own + os.sep)
+
+
+def from_dependency(exc: Exception, kind: type[FastDcmError], what: str) -> FastDcmError | None:
+    """``kind(reason)`` for an exception a dependency raised on damaged input (see
+    :func:`raised_by_dependency`), or None when it came from fastdcm itself (a bug: status error)."""
+    if isinstance(exc, FastDcmError) or not raised_by_dependency(exc):
+        return None
+    return kind(f"{what}: {type(exc).__name__}: {exc}")

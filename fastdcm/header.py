@@ -141,9 +141,12 @@ class Header:
     def dataset(self) -> Dataset:
         if self._dataset is None:
             assert self.buffer is not None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._dataset = pydicom.dcmread(io.BytesIO(self.buffer), stop_before_pixels=True)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._dataset = pydicom.dcmread(io.BytesIO(self.buffer), stop_before_pixels=True)
+            except Exception as exc:  # the pixel path read it; pydicom cannot (a damaged meta element)
+                raise NotDicomError(f"pydicom cannot read the header: {type(exc).__name__}: {exc}", path=self.path) from None
         return self._dataset
 
 
@@ -170,6 +173,11 @@ def read_bytes(src: SourceLike) -> tuple[bytes, str | None]:
                         f"file is {size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)",
                         path=path,
                     )
+                if size > _PEEK_ABOVE:  # a large file that is no dataset is told from its head
+                    try:
+                        _refuse_zero_dataset(os.pread(f.fileno(), 1 << 16, 0))
+                    except NotDicomError as exc:
+                        raise exc.with_path(path) from None
                 return f.read(), path
         except IsADirectoryError:
             raise NotDicomError("is a directory, not a file", path=path) from None
@@ -221,6 +229,7 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
             if module is None:
                 module = attrs.module = _validate(attrs, _uid(ts), "PixelData", encapsulated, -1, -1)
             return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=buffer, path=name)
+    _refuse_zero_dataset(buffer)
     fp = io.BytesIO(buffer)
     try:
         with warnings.catch_warnings():
@@ -244,6 +253,23 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
     if len(ds) == 0 and not ds.file_meta:
         raise NotDicomError("no DICOM elements found")
     return _header_from_dataset(ds, buffer=buffer, path=name, pixel_pos=fp.tell())
+
+
+#: Files larger than this have their first 64 KiB checked before the whole file is read.
+_PEEK_ABOVE = 16 << 20
+
+
+def _refuse_zero_dataset(buffer: bytes) -> None:
+    """Eight zero bytes where the first dataset element must be: no dataset (pydicom would read
+    them as empty elements of tag (0000,0000), 8 bytes at a time: ~0.5 s per MiB of zeros)."""
+    pos = 0
+    if elements.has_preamble(buffer):
+        try:
+            pos = elements.file_meta(buffer, cut_ok=True)[1]
+        except elements.Malformed:
+            return
+    if len(buffer) >= pos + 8 and buffer[pos : pos + 8] == bytes(8):
+        raise NotDicomError(f"no dataset: zero bytes where its first element should be (byte {pos})")
 
 
 def _transfer_syntax(ds: Dataset) -> UID:

@@ -136,6 +136,7 @@ class ManifestWriter:
         self.path = os.fspath(path)
         self.fsync_batches = fsync_batches
         self.count = 0
+        self.failed = False
         self._file = file if file is not None else open(self.path, "a+b")
         self._repair_tail()
 
@@ -159,14 +160,18 @@ class ManifestWriter:
         data = b"".join(r.to_json().encode("ascii") + b"\n" for r in records)
         if not data:
             return
-        self._file.flush()
-        fd = self._file.fileno()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        try:
+            self._file.flush()
+            fd = self._file.fileno()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync_batches:
+                os.fsync(fd)
+        except OSError:
+            self.failed = True  # a torn last line is repaired when the manifest is next opened
+            raise
         self.count += data.count(b"\n")
-        if self.fsync_batches:
-            os.fsync(fd)
 
     def flush(self, *, fsync: bool = False) -> None:
         self._file.flush()
@@ -178,8 +183,14 @@ class ManifestWriter:
             return
         try:
             self.flush(fsync=True)
+        except OSError:
+            if not self.failed:  # the failure was reported when a write failed
+                raise
         finally:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
 
     @property
     def closed(self) -> bool:

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 
 from . import kernels
 from .decoders import NATIVE, candidates, decode_frame
-from .errors import FastDcmError, InvalidOptionError
+from .errors import FastDcmError, InvalidOptionError, InvalidPixelModuleError, from_dependency
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import RenderOptions
 from .plan import RenderPlan, build_plan, minmax_by_range, stored_range
@@ -78,6 +78,12 @@ class Image:
             array, voi = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError, OverflowError) as exc:
+            # pydicom converts elements when they are first read: a damaged one fails here
+            typed = from_dependency(exc, InvalidPixelModuleError, "an element cannot be read")
+            if typed is None:
+                raise
+            raise typed.with_path(self.path) from None
         return Rendered(array=array, frame=int(frame), voi=voi, decoder=decoder)
 
 

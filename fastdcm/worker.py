@@ -30,7 +30,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import EncodeError, FastDcmError, Status
+from .errors import EncodeError, FastDcmError, InvalidPixelModuleError, Status, from_dependency
 from .naming import output_name
 from .options import Frames, OnExists, RenderOptions
 from .render import open_image
@@ -290,10 +290,14 @@ def convert_one(source: Any, job: Job, retry: bool = False, faults=(), written: 
         result.status, result.reason = Status.OUT_OF_MEMORY, "out of memory (the worker's memory limit)"
     except OSError as exc:
         result.status, result.reason = Status.WRITE_ERROR, f"{type(exc).__name__}: {exc}"
-    except Exception as exc:  # a bug: reported in the manifest with where it happened
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        result.status = Status.ERROR
-        result.reason = f"{type(exc).__name__}: {exc} ({os.path.basename(where.filename)}:{where.lineno})"
+    except Exception as exc:
+        typed = from_dependency(exc, InvalidPixelModuleError, "a dependency failed on this file")
+        if typed is not None:  # raised inside pydicom / numpy / a codec on damaged data: the file's status
+            result.status, result.reason = typed.status, typed.reason
+        else:  # a bug: reported in the manifest with where it happened
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            result.status = Status.ERROR
+            result.reason = f"{type(exc).__name__}: {exc} ({os.path.basename(where.filename)}:{where.lineno})"
     finally:
         if written and result.status is not Status.CONVERTED:  # failed or interrupted part-way
             _remove(root_for(job.out, job.tmp_name), written)

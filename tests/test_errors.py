@@ -6,6 +6,7 @@ import io
 import pickle
 import struct
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -239,3 +240,74 @@ def test_two_pixel_data_elements_are_refused(tmp_path):
     path = tmp_path / "two_pixels.dcm"
     path.write_bytes(data[:end] + extra + data[end:])
     _raises(InvalidPixelModuleError, path, "second pixel data element")
+
+
+FUZZ_DIR = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "dicom-fuzzing-corpus"
+
+
+def _fuzz(name):
+    found = list(FUZZ_DIR.rglob(name)) if FUZZ_DIR.is_dir() else []
+    if not found:
+        pytest.skip(f"{name} not in the fuzzing corpus")
+    return found[0]
+
+
+def test_what_pydicom_raises_on_a_damaged_file_is_that_files_status(tmp_path):
+    """A meta element with an unknown VR: pydicom raises NotImplementedError when it reads it."""
+    path = _fuzz("TC0695_meta_mixed_odd_vr_ZZ.dcm")
+    image = fastdcm.open_image(path)
+    with pytest.raises(fastdcm.NotDicomError, match="pydicom cannot read the header"):
+        image.dataset  # noqa: B018
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x.dcm").write_bytes(path.read_bytes())
+    report = fastdcm.convert([str(src)], str(tmp_path / "out"), workers=0, quiet=True, name="{PatientID}/{stem}")
+    assert report.counts.get(fastdcm.Status.ERROR, 0) == 0 and report.counts[fastdcm.Status.NOT_DICOM] == 1
+
+
+def test_a_bug_in_fastdcm_stays_status_error(monkeypatch, tmp_path):
+    from fastdcm import worker
+
+    monkeypatch.setattr(worker, "output_name", None)  # "'NoneType' object is not callable", in worker.py
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    report = fastdcm.convert([str(src)], str(tmp_path / "out"), workers=0, quiet=True)
+    assert report.counts[fastdcm.Status.ERROR] == 1
+
+
+@pytest.mark.parametrize("size", [1 << 20, 2 << 30])
+def test_a_zero_filled_file_after_a_preamble_is_not_dicom_without_reading_it_all(tmp_path, size, monkeypatch):
+    """pydicom would read the zeros as empty (0000,0000) elements, 8 bytes at a time (~0.5 s/MiB)."""
+    from fastdcm import header
+
+    path = tmp_path / "zeros.dcm"
+    with open(path, "wb") as f:  # sparse: no disk used
+        f.write(b"\0" * 128 + b"DICM")
+        f.truncate(132 + size)
+    monkeypatch.setattr(header.pydicom, "dcmread", None)  # never reached
+    read = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def read(self, *args):
+            data = self.f.read(*args)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(header, "open", Counting, raising=False)
+    with pytest.raises(fastdcm.NotDicomError, match="zero bytes where its first element should be"):
+        fastdcm.render(path)
+    assert sum(read) == (0 if size > header._PEEK_ABOVE else size + 132)  # large: only a 64 KiB pread

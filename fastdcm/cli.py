@@ -22,8 +22,8 @@ import typing
 from enum import Enum
 from typing import Any, Sequence
 
-from .errors import FastDcmError
-from .options import ConvertOptions, RenderOptions, option_fields, option_flag
+from .errors import FastDcmError, InvalidOptionError
+from .options import ConvertOptions, RenderOptions, explicit_window_problem, option_fields, option_flag
 
 log = logging.getLogger("fastdcm")
 
@@ -62,8 +62,11 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> 
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastdcm", description="Fast, correct DICOM to PNG/JPEG conversion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    parser.add_argument("--version", action="version", version=f"fastdcm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     conv = sub.add_parser("convert", help="convert files, folders, globs, @lists, DICOMDIRs to images")
@@ -79,8 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="render one frame of one file to an image file")
     render.add_argument("file")
     render.add_argument("-o", "--out", required=True, help="output file; its extension picks the format")
-    render.add_argument("--frame", type=int, default=0, help="frame index (0-based)")
+    render.add_argument("--frame", type=int, default=1, help="frame number, 1-based as in output names and fastdcm info (default: 1)")
     add_option_flags(render, RenderOptions, "rendering")
+    for command in (conv, info, render):  # -v after the subcommand works too
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging on stderr")
     return parser
 
 
@@ -164,27 +169,44 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import render
-    from .encoders import get_encoder
+    from .encoders import check_depth, get_encoder
 
     ext = os.path.splitext(args.out)[1].lower().lstrip(".")
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "npy": "npy"}.get(ext)
     if fmt is None:
         parser.error(f"cannot tell the format from {args.out!r}: use .png, .jpg or .npy")
+    if args.frame < 1:
+        parser.error(f"--frame is a frame number from 1, not {args.frame}")
     try:
-        array = render(args.file, frame=args.frame, **_options(args, RenderOptions))
-        data = get_encoder(fmt).encode(array)
-    except (ValueError, TypeError) as exc:
-        if not isinstance(exc, FastDcmError):
-            parser.error(str(exc))
+        options = RenderOptions(**_options(args, RenderOptions))
+        encoder = get_encoder(fmt)
+        check_depth(encoder, options.depth)
+        problem = explicit_window_problem(options)
+        if problem:
+            raise InvalidOptionError(problem)
+    except FastDcmError as exc:  # invalid options: usage error, before any work
         print(f"fastdcm: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE
+    try:
+        array = render(args.file, frame=args.frame - 1, options=options)
+        data = encoder.encode(array)
     except FastDcmError as exc:
         print(f"fastdcm: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    tmp = args.out + ".part"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, args.out)
+    folder = os.path.dirname(os.path.abspath(args.out))
+    tmp = f"{args.out}.{os.getpid()}.part"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, args.out)
+    except OSError as exc:
+        print(f"fastdcm: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return EXIT_FAILED
     print(args.out)
     return EXIT_OK
 

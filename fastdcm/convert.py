@@ -28,7 +28,15 @@ from .discover import DiscoveryStats, Rejected, Source, iter_sources
 from .errors import InvalidOptionError, Status, UnsafePathError
 from .manifest import DONE_STATUSES, MANIFEST_NAME, ManifestWriter, Previous, Record, format_summary, resume_index
 from .naming import NameConflictError, NameRegistry, compile_template, owner_key
-from .options import ConvertOptions, OnExists, RenderOptions, option_flag, output_fingerprint, split_options
+from .options import (
+    ConvertOptions,
+    OnExists,
+    RenderOptions,
+    explicit_window_problem,
+    option_flag,
+    output_fingerprint,
+    split_options,
+)
 from .schedule import make_executor
 from .worker import Job, Result, fault_result, initialize, process_batch
 from .writer import OutputRoot
@@ -183,9 +191,13 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     sources = [os.fspath(s) for s in sources]
     if copts.name is not None:
         compile_template(copts.name)  # ValueError with a clear message, before any work
-    from .encoders import get_encoder
+    from .encoders import check_depth, get_encoder
 
-    get_encoder(copts.format)  # InvalidOptionError / MissingDependencyError, before any work
+    encoder = get_encoder(copts.format)  # InvalidOptionError / MissingDependencyError, before any work
+    check_depth(encoder, ropts.depth)
+    problem = explicit_window_problem(ropts)
+    if problem:
+        raise InvalidOptionError(problem)
 
     out = os.path.abspath(os.fspath(out))
     try:

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from .decoders import parse_choice
+from .errors import InvalidOptionError
 from .resample import MAX_REDUCE
 
 
@@ -88,30 +89,65 @@ class RenderOptions:
 
     def __post_init__(self) -> None:
         # Coerce plain strings / lists at the boundary; reject nonsense early.
-        object.__setattr__(self, "voi", VoiPolicy(self.voi))
-        if self.voi_function is not None:
-            object.__setattr__(self, "voi_function", VoiFunction(str(self.voi_function).upper()))
+        try:
+            object.__setattr__(self, "voi", VoiPolicy(self.voi))
+            if self.voi_function is not None:
+                object.__setattr__(self, "voi_function", VoiFunction(str(getattr(self.voi_function, "value", self.voi_function)).upper()))
+        except ValueError as exc:
+            raise InvalidOptionError(str(exc)) from None
         if self.window is not None:
-            window = self.window
-            if isinstance(window, str):
-                window = tuple(float(v) for v in window.split(","))
-            window = tuple(float(v) for v in window)
-            if len(window) != 2 or not all(math.isfinite(v) for v in window):
-                raise ValueError(f"window must be two finite numbers (center, width), not {self.window!r}")
-            object.__setattr__(self, "window", window)
+            object.__setattr__(self, "window", _window(self.window, self.voi_function))
         if self.depth not in (8, 16):
-            raise ValueError(f"depth must be 8 or 16, not {self.depth!r}")
-        if int(self.voi_index) != self.voi_index or self.voi_index < 0:
-            raise ValueError(f"voi_index must be a non-negative integer, not {self.voi_index!r}")
+            raise InvalidOptionError(f"depth must be 8 or 16, not {self.depth!r}")
+        if isinstance(self.voi_index, bool) or not isinstance(self.voi_index, (int, float)) \
+                or int(self.voi_index) != self.voi_index or self.voi_index < 0:
+            raise InvalidOptionError(f"voi_index must be a non-negative integer, not {self.voi_index!r}")
         object.__setattr__(self, "voi_index", int(self.voi_index))
-        if isinstance(self.reduce, bool) or int(self.reduce) != self.reduce or not 0 <= self.reduce <= MAX_REDUCE:
-            raise ValueError(f"reduce must be an integer from 0 to {MAX_REDUCE}, not {self.reduce!r}")
+        if isinstance(self.reduce, bool) or not isinstance(self.reduce, (int, float)) \
+                or int(self.reduce) != self.reduce or not 0 <= self.reduce <= MAX_REDUCE:
+            raise InvalidOptionError(f"reduce must be an integer from 0 to {MAX_REDUCE}, not {self.reduce!r}")
         object.__setattr__(self, "reduce", int(self.reduce))
-        object.__setattr__(self, "decoder", parse_choice(self.decoder))
+        try:
+            object.__setattr__(self, "decoder", parse_choice(self.decoder))
+        except ValueError as exc:
+            raise InvalidOptionError(str(exc)) from None
 
     @property
     def y_max(self) -> int:
         return (1 << self.depth) - 1
+
+
+def _window(value: Any, function: VoiFunction | None) -> tuple[float, float]:
+    """(center, width) from ``"40,400"`` or a pair of numbers (validity for the VOI function:
+    :func:`explicit_window_problem`)."""
+    text = value if isinstance(value, str) else None
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        window = tuple(float(v) for v in parts)
+    except (TypeError, ValueError):
+        window = ()
+    if len(window) != 2 or not all(math.isfinite(v) for v in window):
+        shown = text if text is not None else repr(value)
+        raise InvalidOptionError(f"window must be two finite numbers CENTER,WIDTH (e.g. 40,400), not {shown}")
+    return window  # type: ignore[return-value]
+
+
+def explicit_window_problem(options: RenderOptions) -> str | None:
+    """Why the explicit window cannot be used with its function (RENDERING.md 2.2: width at least
+    1 for LINEAR, above 0 for the others), or None. ``render`` skips such a window with a warning,
+    as the contract says; a batch refuses it before any work (it would be skipped for every file)."""
+    if options.window is None:
+        return None
+    width = options.window[1]
+    function = options.voi_function or VoiFunction.LINEAR
+    if width <= 0:
+        return f"window width must be positive, not {width:g}"
+    if width < 1 and function is VoiFunction.LINEAR:
+        return (
+            f"window width {width:g} is below 1, which LINEAR does not allow (PS3.3 C.11.2.1.2): "
+            "use --voi-function LINEAR_EXACT or SIGMOID for narrower windows"
+        )
+    return None
 
 
 def option_fields(cls: type) -> list[dataclasses.Field]:

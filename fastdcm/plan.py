@@ -13,6 +13,7 @@ fast-parsed headers, so a series of slices with one window plans once.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import math
@@ -157,6 +158,10 @@ def _voi_source(ds: Dataset, frame: int) -> Dataset:
     return item if item is not None else ds
 
 
+#: The input being planned, for warnings (set by render.Image.render_frame).
+CURRENT_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("fastdcm_source", default="<input>")
+
+
 def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions) -> Voi | None:
     """The VOI step of RENDERING.md 2.2; None means min-max (needs the frame's values)."""
     policy = options.voi
@@ -172,7 +177,7 @@ def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions)
         center, width = options.window
         if window_is_valid(mode, center, width):
             return Voi(step="explicit", mode=mode, p1=center, p2=width)
-        log.warning("explicit window c=%g w=%g is not valid for its function: skipped", center, width)
+        log.warning("%s: explicit window c=%g w=%g is not valid for its function: skipped", CURRENT_SOURCE.get(), center, width)
 
     if policy in (VoiPolicy.AUTO, VoiPolicy.VOI_LUT):
         seq = src.get("VOILUTSequence") or ds.get("VOILUTSequence")
@@ -202,7 +207,8 @@ def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions)
                 if window_is_valid(mode, center, width):
                     return Voi(step="window", mode=mode, p1=center, p2=width, index=index)
                 log.warning(
-                    "window %d (c=%s w=%s, %s) is not valid: skipped", index, centers[index], widths[index], name.value
+                    "%s: window %d (c=%s w=%s, %s) is not valid: skipped",
+                    CURRENT_SOURCE.get(), index, centers[index], widths[index], name.value
                 )
                 if policy is VoiPolicy.WINDOW:
                     raise InvalidOptionError(f"window {index} (c={centers[index]} w={widths[index]}) is not valid")

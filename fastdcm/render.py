@@ -18,7 +18,7 @@ from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError, InvalidPixelModuleError, from_dependency
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import RenderOptions
-from .plan import RenderPlan, build_plan, minmax_by_range, stored_range
+from .plan import CURRENT_SOURCE, RenderPlan, build_plan, minmax_by_range, stored_range
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class Image:
         options = options or RenderOptions()
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
+        token = CURRENT_SOURCE.set(self.path or "<input>")
         try:
             stored, decoder = decode_frame(self._header, int(frame), options.decoder, options.reduce)
             array, voi = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
@@ -84,6 +85,8 @@ class Image:
             if typed is None:
                 raise
             raise typed.with_path(self.path) from None
+        finally:
+            CURRENT_SOURCE.reset(token)
         return Rendered(array=array, frame=int(frame), voi=voi, decoder=decoder)
 
 

@@ -94,6 +94,7 @@ def test_mixed_corpus_decodes(tmp_path):
 
 
 def test_mammo_is_jpeg2000_lossless_monochrome2(tmp_path, monkeypatch):
+    pytest.importorskip("cv2", reason="the mammography generator draws with OpenCV: pip install -e '.[bench]'")
     monkeypatch.setattr(make_corpus, "MAMMO_SHAPE", (256, 208))  # the real size takes ~3 s
     folder = make_corpus.ensure_corpus("mammo", count=1, out=tmp_path / "mg")
     (ds,) = _read_all(folder)
@@ -146,6 +147,7 @@ def test_run_peer_over_a_few_files(name, ct5, tmp_path):
 
 
 def test_floor_takes_an_encoder_callable(ct5, tmp_path):
+    pytest.importorskip("cv2", reason="a benchmark peer: pip install -e '.[bench]'")
     calls = []
 
     def encode(img):

@@ -87,3 +87,73 @@ def test_render_one_file(tmp_path):
     res = run("render", CT, "-o", str(tmp_path / "ct.npy"), "--window", "40,400")
     assert res.returncode == 0, res.stderr
     np.testing.assert_array_equal(np.load(tmp_path / "ct.npy"), fastdcm.render(CT, window=(40, 400)))
+
+
+# --------------------------------------------------------------------------- what a newcomer met
+
+
+def _one_line_usage_error(capsys, argv):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--depth", "16", "--format", "jpeg"], "8-bit samples only"),
+        (["--window", "40,0"], "window width must be positive"),
+        (["--window", "40,0.5"], "below 1"),
+        (["--window", "a,b"], "two finite numbers"),
+        (["--decoder", "jpeg=nonesuch"], "no decoder 'nonesuch'"),
+    ],
+)
+def test_invalid_option_combinations_are_usage_errors_before_any_work(tmp_path, capsys, flags, says):
+    out = tmp_path / "out"
+    err = _one_line_usage_error(capsys, ["convert", CT, "-o", str(out), "--quiet", *flags])
+    assert says in err
+    assert not out.exists() or not list(out.rglob("*.png"))
+
+
+def test_a_narrow_window_is_fine_with_a_function_that_allows_it(tmp_path):
+    assert cli.main(["convert", CT, "-o", str(tmp_path / "o"), "--quiet", "--workers", "0",
+                     "--window", "40,0.5", "--voi-function", "LINEAR_EXACT"]) == 0
+
+
+def test_render_api_raises_typed_errors_for_bad_options():
+    import fastdcm
+
+    with pytest.raises(fastdcm.InvalidOptionError, match="two finite numbers"):
+        fastdcm.render(CT, window=(40,))
+    with pytest.raises(fastdcm.InvalidOptionError):
+        fastdcm.render(CT, depth=12)
+    with pytest.raises(ValueError):  # InvalidOptionError is a ValueError, as before
+        fastdcm.render(CT, voi="sometimes")
+
+
+def test_version_and_verbose_after_the_subcommand(capsys, tmp_path):
+    from fastdcm import __version__
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"fastdcm {__version__}"
+    assert cli.main(["render", CT, "-o", str(tmp_path / "x.png"), "-v"]) == 0
+
+
+def test_render_creates_the_output_folder_and_numbers_frames_from_1(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import fastdcm
+
+    multi = get_testdata_file("emri_small.dcm")  # 10 frames
+    target = tmp_path / "new" / "dir" / "f3.png"
+    assert cli.main(["render", multi, "-o", str(target), "--frame", "3"]) == 0
+    with Image.open(target) as im:
+        assert np.array_equal(np.asarray(im), fastdcm.render(multi, frame=2))  # Python's frame= is an index
+    assert not list(target.parent.glob("*.part"))
+    _one_line_usage_error(capsys, ["render", multi, "-o", str(tmp_path / "a.jpg"), "--depth", "16"])
+    with pytest.raises(SystemExit):
+        cli.main(["render", multi, "-o", str(tmp_path / "z.png"), "--frame", "0"])

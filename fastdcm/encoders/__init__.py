@@ -52,3 +52,13 @@ def get_encoder(name: str) -> Encoder:
 def available() -> dict[str, bool | str]:
     """{name: True, or the reason it is unavailable (with the ``pip install`` command)}."""
     return {name: enc.unavailable_reason() or True for name, enc in _REGISTRY.items()}
+
+
+def check_depth(encoder: Encoder, depth: int) -> None:
+    """InvalidOptionError, before any work, when ``encoder`` cannot hold samples of ``depth`` bits."""
+    import numpy as np
+
+    if np.dtype(np.uint16 if depth == 16 else np.uint8) not in encoder.dtypes:
+        raise InvalidOptionError(
+            f"{encoder.name} holds 8-bit samples only: use --depth 8, or --format png or npy for 16-bit images"
+        )

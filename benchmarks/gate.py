@@ -64,6 +64,8 @@ ROOT = HERE.parent
 BASELINE = HERE / "baseline" / "micro.json"
 SUITE = ("bench_kernels.py", "bench_header.py", "bench_decode.py", "bench_encoders.py", "bench_render.py")
 REFERENCE = "test_reference_numpy"
+#: The yardstick of memory-bound benchmarks (kernels on frames of 2048x2048 and more).
+MEMORY_REFERENCE = "test_reference_copy"
 #: fastdcm's own encoders in bench_encoders.py (the Pillow entries there are references)
 OWN_ENCODERS = {"test_png_fast_default", "test_png_small", "test_jpeg_q90"}
 OWN_IMPLS = {"fastdcm", "kernel"}
@@ -77,7 +79,7 @@ PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-o", "testpaths=benchmarks", "--
 def is_gated(bench: dict) -> bool:
     """Whether a pytest-benchmark JSON entry times fastdcm's own code (or is the yardstick)."""
     name = bench["name"].split("[")[0]
-    if name == REFERENCE or name in OWN_ENCODERS:
+    if name in (REFERENCE, MEMORY_REFERENCE) or name in OWN_ENCODERS:
         return True
     return (bench.get("params") or {}).get("impl") in OWN_IMPLS
 
@@ -86,13 +88,27 @@ def _key(bench: dict) -> str:
     return bench["fullname"]
 
 
-def normalised_medians(data: dict) -> dict[str, float]:
-    """fullname -> median / the reference's median, for one pytest-benchmark JSON document."""
+def memory_bound(fullname: str) -> bool:
+    """A kernel on a frame of 2048x2048 or more: it runs at memory speed."""
+    return ("bench_kernels.py" in fullname or "bench_render.py" in fullname) and any(
+        size in fullname for size in ("2048", "4096x3328", "mammo")
+    )
+
+
+def has_memory_reference(data: dict) -> bool:
+    return any(b["fullname"].split("::")[-1] == MEMORY_REFERENCE for b in data.get("benchmarks", []))
+
+
+def normalised_medians(data: dict, memory: bool = True) -> dict[str, float]:
+    """fullname -> median / its yardstick's median, for one pytest-benchmark JSON document:
+    :data:`MEMORY_REFERENCE` for memory-bound benchmarks when ``memory`` (both documents of a
+    comparison have it), else :data:`REFERENCE`."""
     medians = {_key(b): float(b["stats"]["median"]) for b in data.get("benchmarks", [])}
     ref = [m for k, m in medians.items() if k.split("::")[-1] == REFERENCE]
     if not ref or ref[0] <= 0:
         raise GateError(f"the run has no {REFERENCE} to normalise by")
-    return {k: m / ref[0] for k, m in medians.items()}
+    mem = [m for k, m in medians.items() if k.split("::")[-1] == MEMORY_REFERENCE and m > 0] if memory else []
+    return {k: m / (mem[0] if mem and memory_bound(k) else ref[0]) for k, m in medians.items()}
 
 
 @dataclass(frozen=True)
@@ -111,10 +127,11 @@ def compare(baseline: dict, current: dict, threshold: float = THRESHOLD,
     Returns the regressions (normalised ratio above ``1 + threshold``, worst first) and the
     ratio of every benchmark present in both (restricted to ``names`` when given).
     """
-    base, now = normalised_medians(baseline), normalised_medians(current)
+    memory = has_memory_reference(baseline) and has_memory_reference(current)
+    base, now = normalised_medians(baseline, memory), normalised_medians(current, memory)
     wanted = set(names) if names is not None else set(base)
     ratios = {k: now[k] / base[k] for k in sorted(wanted & set(base) & set(now))
-              if k.split("::")[-1] != REFERENCE}
+              if k.split("::")[-1] not in (REFERENCE, MEMORY_REFERENCE)}
     regressions = [Regression(k, r) for k, r in ratios.items() if r > 1.0 + threshold]
     return sorted(regressions, key=lambda r: -r.ratio), ratios
 
@@ -158,6 +175,7 @@ def gate(baseline: dict, run: Runner, threshold: float = THRESHOLD, reruns: int 
     reference = [n for n in names if n.split("::")[-1] == REFERENCE]
     if not reference:
         raise GateError(f"the baseline has no {REFERENCE}: rewrite it with --update")
+    reference += [n for n in names if n.split("::")[-1] == MEMORY_REFERENCE]  # rerun with both yardsticks
     current = run(names)
     got = {_key(b) for b in current.get("benchmarks", [])}
     failed = [n for n in names if n not in got]

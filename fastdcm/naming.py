@@ -1,15 +1,13 @@
-"""Output names from templates, always resolved inside the output root.
+"""Output names from templates: plain relative names, unique in a run.
 
-Three steps, each a function:
+Two steps (the atomic writer, ``writer.py``, then keeps every name inside the output root by
+walking it through directory fds without following a symlink):
 
 1. :func:`output_name` builds a relative POSIX name for one frame of one source, from the
    source's relative path (the default) or a template of DICOM keywords. Every value is
    sanitised (:func:`sanitize_component`) before it becomes part of a name: tag text never
    reaches the file system raw.
-2. :func:`resolve_inside` joins the name to the output root and checks, with ``realpath``,
-   that the result is inside the root, also through symlinks already present there;
-   otherwise :class:`~fastdcm.errors.UnsafePathError` (status ``refused``).
-3. :class:`NameRegistry` remembers every name handed out in a run (as 16-byte digests of
+2. :class:`NameRegistry` remembers every name handed out in a run (as 16-byte digests of
    the case-folded name) and refuses a second claim with :class:`NameConflictError`
    (status ``name_conflict``): two inputs never write the same file silently.
 """
@@ -18,17 +16,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import re
 import string
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from .discover import DICOM_EXTENSIONS as _DISCOVERED_EXTENSIONS
-from .errors import FastDcmError, Status, UnsafePathError
+from .errors import FastDcmError, Status
 
 __all__ = [
     "Template",
@@ -37,7 +33,6 @@ __all__ = [
     "sanitize_component",
     "sanitize_rel",
     "strip_dicom_extension",
-    "resolve_inside",
     "NameRegistry",
     "NameConflictError",
     "MAX_COMPONENT_BYTES",
@@ -260,7 +255,7 @@ def output_name(
     a callable keyword -> value); if it has no ``{frame}`` and the object has several
     frames, ``_fNNN`` is appended so frames never collide. ``.dcm``, ``.dicom``, ``.dic``
     and ``.IMA`` are stripped from the input's name; other names are kept whole.
-    Every component is sanitised; check the result with :func:`resolve_inside`.
+    Every component is sanitised; ``writer.OutputRoot`` refuses anything that is not a plain name.
     """
     ext = _normalize_extension(extension)
     multi = frame is not None and n_frames > 1
@@ -307,43 +302,6 @@ def output_name(
 
 
 # --------------------------------------------------------------------------- the root check
-
-
-@lru_cache(maxsize=16)
-def _real_root(root: str) -> str:
-    return os.path.realpath(root)
-
-
-def resolve_inside(root: str | os.PathLike, rel: str) -> Path:
-    """``root / rel``, checked to stay inside ``root``.
-
-    ``rel`` must be relative, without ``..``, NUL or empty components; the joined path is
-    resolved with ``realpath`` (following symlinks already present under the root, e.g. a
-    folder or a previous output that is a link to elsewhere) and must lie strictly inside
-    the root's real path. Returns the path under the root's real path (symlinks in the
-    root itself resolved, none below it), ready for an atomic write.
-    Raises :class:`~fastdcm.errors.UnsafePathError` otherwise.
-    """
-    text = os.fspath(rel)
-    if not text or "\x00" in text:
-        raise UnsafePathError(f"output name {text!r} is empty or contains NUL")
-    parts = text.split("/")
-    if (
-        text.startswith(("/", "\\"))
-        or os.path.isabs(text)
-        or re.match(r"^[A-Za-z]:", text)
-        or any(p in ("", ".", "..") for p in parts)
-        or (os.sep != "/" and os.sep in text)
-    ):
-        raise UnsafePathError(f"output name {text!r} is not a plain relative path")
-    real_root = _real_root(os.fspath(root))
-    candidate = os.path.join(real_root, *parts)
-    resolved = os.path.realpath(candidate)
-    if os.path.commonpath([real_root, resolved]) != real_root or resolved == real_root:
-        raise UnsafePathError(
-            f"output name {text!r} resolves outside the output folder (through a symlink?)"
-        )
-    return Path(candidate)
 
 
 # --------------------------------------------------------------------------- the registry

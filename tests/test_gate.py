@@ -127,3 +127,26 @@ def test_committed_baseline_is_readable_and_gated():
     data = json.loads(path.read_text())
     assert all(gate_mod.is_gated(b) for b in data["benchmarks"])
     assert gate_mod.normalised_medians(data)[REF] == 1.0
+
+
+def test_large_frames_are_normalised_by_the_memory_yardstick():
+    """A busy neighbour slows memory far more than compute: big-frame kernels follow the copy."""
+    mem = "benchmarks/bench_kernels.py::test_reference_copy"
+    big = "benchmarks/bench_kernels.py::test_kernel[uint16-16bit-4096x3328-fastdcm]"
+    assert gate_mod.memory_bound(big) and not gate_mod.memory_bound(A) and not gate_mod.memory_bound(B)
+    baseline = doc({REF: 1e-3, mem: 2e-3, big: 2e-3, A: 1e-4})
+    # memory 2.2x slower, compute 1.5x: the big kernel 2.2x slower is no regression, A 1.5x is none
+    run = FakeRunner({REF: 1.5e-3, mem: 4.4e-3, big: 4.4e-3, A: 1.5e-4})
+    out = gate_mod.gate(baseline, run)
+    assert out.ok and out.ratios[big] == pytest.approx(1.0)
+    # the big kernel 30 % slower than the copy in every run: a regression, rerun with both yardsticks
+    slow = {REF: 1e-3, mem: 2e-3, big: 2.6e-3, A: 1e-4}
+    run = FakeRunner(slow, slow, slow)
+    out = gate_mod.gate(baseline, run)
+    assert not out.ok and set(out.regressions) == {big}
+    assert all(mem in call and REF in call for call in run.calls)
+    assert gate_mod.is_gated({"name": "test_reference_copy", "params": None})
+    # a baseline from before the memory yardstick: everything by the compute one, as before
+    old = doc({REF: 1e-3, big: 2e-3, A: 1e-4})
+    _, ratios = gate_mod.compare(old, doc({REF: 1e-3, mem: 9e-3, big: 2e-3, A: 1e-4}))
+    assert ratios[big] == pytest.approx(1.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import unicodedata
 
 import pytest
@@ -10,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastdcm.discover import Source
+from fastdcm import writer
 from fastdcm.errors import Status, UnsafePathError
 from fastdcm.naming import (
     MAX_COMPONENT_BYTES,
@@ -17,7 +17,6 @@ from fastdcm.naming import (
     NameRegistry,
     compile_template,
     output_name,
-    resolve_inside,
     sanitize_component,
     strip_dicom_extension,
 )
@@ -185,15 +184,16 @@ def test_tag_values_cannot_escape(value, tmp_path):
     })
     assert_safe(result)
     assert len(result.split("/")) == 2  # values never add folders
-    path = resolve_inside(tmp_path, result)
-    assert str(path).startswith(str(tmp_path.resolve()) + os.sep)
+    root = writer.OutputRoot.create(str(tmp_path / "out"))
+    root.write(result, b"x", replace=False)  # lands inside the root, nowhere else
+    assert (tmp_path / "out" / result).read_bytes() == b"x"
 
 
 @pytest.mark.parametrize("value", ATTACKS)
 def test_rel_values_are_sanitised_too(value, tmp_path):
     result = name(rel=f"dir/{value}/IM1" if value else "IM1")
     assert_safe(result)
-    resolve_inside(tmp_path, result)
+    writer._components(result)
 
 
 def test_specific_sanitising():
@@ -232,47 +232,44 @@ def test_sanitize_is_safe_and_idempotent(value):
 @given(st.text(max_size=200), st.text(max_size=200))
 @settings(max_examples=200, deadline=None)
 def test_any_values_stay_inside(tmp_path_factory, a, b):
-    root = tmp_path_factory.getbasetemp()
     result = name("{PatientID}/{StudyID}_{frame}", fields={"PatientID": a, "StudyID": b}, frame=1, n_frames=2)
     assert_safe(result)
-    resolve_inside(root, result)
+    writer._components(result)  # what the writer walks: plain components, no "..", no NUL
 
 
-# --------------------------------------------------------------------------- resolve_inside
+# --------------------------------------------------------------------------- names the writer refuses
 
 
 @pytest.mark.parametrize("bad", ["../x.png", "/etc/passwd", "a/../../b.png", "", "a//b.png", "./a.png", "a\x00b"])
-def test_resolve_inside_rejects_unsafe_names(bad, tmp_path):
+def test_the_writer_refuses_unsafe_names(bad, tmp_path):
+    root = writer.OutputRoot.create(str(tmp_path / "out"))
     with pytest.raises(UnsafePathError) as info:
-        resolve_inside(tmp_path, bad)
+        root.write(bad, b"x", replace=False)
     assert info.value.status == Status.REFUSED
+    root.remove_tmp()
+    root.close()
 
 
-def test_resolve_inside_symlink_pointing_outside(tmp_path):
-    root = tmp_path / "out"
-    outside = tmp_path / "elsewhere"
-    root.mkdir()
-    outside.mkdir()
-    (root / "P01").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(UnsafePathError, match="outside the output folder"):
-        resolve_inside(root, "P01/IM1.png")
-    (root / "last.png").symlink_to(outside / "x.png")  # a dangling link out of the root
-    with pytest.raises(UnsafePathError):
-        resolve_inside(root, "last.png")
+def test_the_writer_refuses_symlinks_even_ones_that_stay_inside(tmp_path):
+    """Stricter than a realpath check: a link is refused wherever it points (no race to win)."""
+    out = tmp_path / "out"
+    root = writer.OutputRoot.create(str(out))
+    (out / "real").mkdir()
+    (out / "alias").symlink_to(out / "real", target_is_directory=True)
+    with pytest.raises(UnsafePathError, match="alias under the output folder is a symlink"):
+        root.write("alias/IM1.png", b"x", replace=False)
+    root.write("real/IM1.png", b"x", replace=False)
+    assert (out / "real" / "IM1.png").read_bytes() == b"x"
 
 
-def test_resolve_inside_allows_symlinks_that_stay_inside(tmp_path):
-    root = tmp_path / "out"
-    (root / "real").mkdir(parents=True)
-    (root / "alias").symlink_to(root / "real", target_is_directory=True)
-    assert resolve_inside(root, "alias/IM1.png") == root.resolve() / "alias" / "IM1.png"
-
-
-def test_resolve_inside_root_itself_a_symlink(tmp_path):
+def test_the_output_root_itself_may_be_a_symlink(tmp_path):
+    """The path the user gives is theirs to choose; only what lies below it is walked without links."""
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real, target_is_directory=True)
-    assert resolve_inside(tmp_path / "link", "a/b.png") == real.resolve() / "a" / "b.png"
+    root = writer.OutputRoot.create(str(tmp_path / "link"))
+    root.write("a/b.png", b"x", replace=False)
+    assert (real / "a" / "b.png").read_bytes() == b"x"
 
 
 # --------------------------------------------------------------------------- the registry

@@ -29,6 +29,7 @@ log = logging.getLogger("fastdcm")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_MANIFEST = 3  # the manifest could not be written (disk full, I/O error): the run stopped
+EXIT_NOTHING = 4  # the inputs held no DICOM file (an empty folder, empty stdin)
 
 
 def _unwrap(tp: Any) -> Any:
@@ -125,6 +126,10 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if report.interrupted:
         print(f"fastdcm: interrupted. To resume: {report.resume_command}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if report.discovered == 0:
+        ignored = f" ({report.ignored_non_dicom} other files ignored)" if report.ignored_non_dicom else ""
+        print(f"fastdcm: nothing to convert: no DICOM file in {' '.join(args.sources)}{ignored}", file=sys.stderr)
+        return EXIT_NOTHING
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

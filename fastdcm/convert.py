@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Iterable, Iterator
 
-from .discover import DiscoveryStats, Rejected, Source, iter_sources
+from .discover import DiscoveryStats, Rejected, Source, check_inputs, iter_sources
 from .errors import InvalidOptionError, Status, UnsafePathError
 from .manifest import DONE_STATUSES, MANIFEST_NAME, ManifestWriter, Previous, Record, format_summary, resume_index
 from .naming import NameConflictError, NameRegistry, compile_template, owner_key
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 #: Statuses that do not make a run fail (exit code 0): nothing was wrong with the input
 #: as far as converting images goes.
 OK_STATUSES = frozenset({Status.CONVERTED, Status.SKIPPED, Status.NO_IMAGE})
+#: Failures the summary names with their reasons (the manifest has them all).
+MAX_SHOWN_FAILURES = 5
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Report:
     interrupted: bool = False
     resume_command: str = ""
     manifest_error: str = ""  # the run stopped because the manifest could not be written
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # the first (source, status, reason)
     ignored_non_dicom: int = 0
 
     @property
@@ -79,8 +82,15 @@ class Report:
         return not self.interrupted and self.failed == 0
 
     def summary(self) -> str:
-        """The table by status, and the totals."""
+        """The table by status, the first failures with their reasons, and the totals."""
         text = format_summary(self.counts, discovered=self.discovered)
+        if self.failures:
+            shown = len(self.failures)
+            more = self.failed - shown
+            text += f"\nfirst {'failure' if shown == 1 else f'{shown} failures'}" + (
+                f" (of {self.failed}; all in the manifest)" if more > 0 else "") + ":"
+            for source, status, reason in self.failures:
+                text += f"\n  {status}: {source}: {reason}"
         rate = self.discovered / self.elapsed if self.elapsed > 0 else 0.0
         text += f"\n{self.discovered} inputs, {self.frames} images written in {self.elapsed:.1f} s ({rate:.1f} inputs/s)"
         if self.ignored_non_dicom:
@@ -193,6 +203,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         compile_template(copts.name)  # ValueError with a clear message, before any work
     from .encoders import check_depth, get_encoder
 
+    check_inputs(sources)  # a missing path, an empty glob: usage errors naming them
     encoder = get_encoder(copts.format)  # InvalidOptionError / MissingDependencyError, before any work
     check_depth(encoder, ropts.depth)
     problem = explicit_window_problem(ropts)
@@ -242,6 +253,8 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
             if isinstance(item, Rejected):
                 pending.append(Record.from_source(item, item.status, item.reason))
                 report.counts[item.status] += 1
+                if len(report.failures) < MAX_SHOWN_FAILURES:
+                    report.failures.append((item.path, item.status.value, item.reason))
                 continue
             if resume is not None:
                 item = resume.todo(item)
@@ -416,6 +429,8 @@ def _record(source: Source, result: Result, registry: NameRegistry, report: Repo
         except NameConflictError as exc:  # same name up to case: both exist on this file system
             status, reason = exc.status, exc.reason
     report.counts[status] += 1
+    if status not in OK_STATUSES and len(report.failures) < MAX_SHOWN_FAILURES:
+        report.failures.append((source.path, status.value, reason))
     if status is Status.CONVERTED:
         report.frames += result.frames or 0
     return Record.from_source(

@@ -218,6 +218,26 @@ def _dicom_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in DICOM_EXTENSIONS
 
 
+def check_inputs(inputs: Iterable[str]) -> None:
+    """Usage errors, before any work, for command-line inputs that name nothing: a path that
+    does not exist, a glob pattern that matches nothing, a list file that is missing.
+    (Lines of a list file and stdin are checked as they are read: they get a status.)"""
+    from .errors import InvalidOptionError
+
+    for item in inputs:
+        text = os.fspath(item)
+        if text == "-" or not text:
+            continue
+        if _is_list(text):
+            if not os.path.isfile(text[1:]):
+                raise InvalidOptionError(f"the list file {text[1:]!r} does not exist")
+        elif _is_glob(text):
+            if next(_glob.iglob(text, recursive=True), None) is None:
+                raise InvalidOptionError(f"the pattern {text!r} matches nothing")
+        elif not os.path.lexists(text):
+            raise InvalidOptionError(f"no such file or folder: {text!r}")
+
+
 def _is_glob(item: str) -> bool:
     return bool(_MAGIC.search(item)) and not os.path.lexists(item)
 

@@ -21,6 +21,7 @@ import string
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from collections.abc import Sequence
 from typing import Callable, Iterable, Mapping
 
 from .discover import DICOM_EXTENSIONS as _DISCOVERED_EXTENSIONS
@@ -221,6 +222,8 @@ def _pad(value: str, spec: str) -> str:
 
 
 Fields = Mapping[str, object] | Callable[[str], object]
+#: Between the values of a multi-valued attribute in a name: ImageType ORIGINAL\\PRIMARY -> ORIGINAL_PRIMARY.
+MULTI_VALUE_SEPARATOR = "_"
 
 
 def _field_value(fields: Fields | None, keyword: str) -> str:
@@ -232,8 +235,8 @@ def _field_value(fields: Fields | None, keyword: str) -> str:
         value = fields.get(keyword)
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)):
-        return "\\".join(str(v) for v in value)
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # pydicom's MultiValue too
+        return MULTI_VALUE_SEPARATOR.join(str(v) for v in value)
     return str(value)
 
 
@@ -282,7 +285,7 @@ def output_name(
             elif field == "stem":
                 pieces.append(sanitize_component(stem))
             elif field == "frame":
-                pieces.append(frame_text or "1")
+                pieces.append(format((frame or 0) + 1, spec + "d") if spec else frame_text or "1")
             else:
                 pieces.append(sanitize_component(_pad(_field_value(fields, field), spec)))
         # "/" in the literal text makes folders; "\x00" marks {rel}'s own folders (no value
@@ -295,6 +298,8 @@ def output_name(
     if not components:
         components = ["_"]
     last = components[-1]
+    if last.lower().endswith(ext.lower()) and len(last) > len(ext):
+        last = last[: -len(ext)]  # '{SOPInstanceUID}.png': the extension is added once, after the frame
     if append_frame:
         last = f"{last}_f{frame_text}"
     components[-1] = last + ext

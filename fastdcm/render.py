@@ -220,7 +220,8 @@ class Inspection:
             f"source:          {self.source}",
             f"transfer syntax: {s.transfer_syntax_uid} ({s.transfer_syntax_name})",
             f"decoder:         {'native (read directly)' if self.decoder == NATIVE else self.decoder}",
-            f"image:           {s.rows} x {s.columns} x {s.samples_per_pixel}, {s.number_of_frames} frame(s), {s.photometric_interpretation}",
+            f"image:           {s.columns} wide x {s.rows} high, {s.samples_per_pixel} sample(s) per pixel, "
+            f"{s.number_of_frames} frame(s) (numbered from 1), {s.photometric_interpretation}",
             f"bits:            allocated {s.bits_allocated}, stored {s.bits_stored}, high bit {s.high_bit}, "
             f"{'signed' if s.is_signed else 'unsigned'}{', float' if s.is_float else ''}",
             f"VOI (frame 1):   {self.voi}",

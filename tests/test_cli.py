@@ -157,3 +157,38 @@ def test_render_creates_the_output_folder_and_numbers_frames_from_1(tmp_path, ca
     _one_line_usage_error(capsys, ["render", multi, "-o", str(tmp_path / "a.jpg"), "--depth", "16"])
     with pytest.raises(SystemExit):
         cli.main(["render", multi, "-o", str(tmp_path / "z.png"), "--frame", "0"])
+
+
+def test_a_missing_path_or_an_empty_glob_is_a_usage_error_naming_it(tmp_path, capsys):
+    err = _one_line_usage_error(capsys, ["convert", str(tmp_path / "nope"), "-o", str(tmp_path / "o"), "--quiet"])
+    assert "no such file or folder" in err and "nope" in err
+    err = _one_line_usage_error(capsys, ["convert", str(tmp_path / "*.dcm"), "-o", str(tmp_path / "o"), "--quiet"])
+    assert "matches nothing" in err
+    err = _one_line_usage_error(capsys, ["convert", f"@{tmp_path / 'list.txt'}", "-o", str(tmp_path / "o"), "--quiet"])
+    assert "list file" in err
+
+
+def test_nothing_found_warns_with_its_own_exit_code(tmp_path, capsys, monkeypatch):
+    import io
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not dicom")
+    assert cli.main(["convert", str(empty), "-o", str(tmp_path / "o"), "--quiet"]) == cli.EXIT_NOTHING == 4
+    assert "nothing to convert" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert cli.main(["convert", "-", "-o", str(tmp_path / "o2"), "--quiet"]) == 4
+
+
+def test_the_summary_names_the_first_failures_and_their_reasons(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(CT, src / "ct.dcm")
+    (src / "broken.dcm").write_bytes(b"not a dicom file at all" * 10)
+    out = tmp_path / "out"
+    assert cli.main(["convert", str(src), "-o", str(out), "--quiet", "--workers", "0"]) == 1
+    text = capsys.readouterr().out
+    assert "first failure:" in text and "not_dicom" in text and "broken.dcm" in text
+    assert cli.main(["convert", str(src), "-o", str(out), "--quiet", "--workers", "0"]) == 1  # outputs exist now
+    text = capsys.readouterr().out
+    assert "write_error" in text and "exists (use --on-exists" in text  # the reason reaches the terminal

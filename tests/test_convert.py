@@ -126,11 +126,17 @@ def test_resume_converts_only_what_is_missing(archive, tmp_path, monkeypatch):
 
 
 def test_rejected_inputs_get_a_record(archive, tmp_path):
+    """A missing path given on the command line is a usage error (test_cli); one listed in a
+    list file is an input that gets its status."""
     out = tmp_path / "out"
-    report = fastdcm.convert([archive, tmp_path / "nope.dcm"], out, workers=1, quiet=True)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{tmp_path / 'nope.dcm'}\n")
+    report = fastdcm.convert([archive, f"@{listing}"], out, workers=1, quiet=True)
     assert report.discovered == 9 and sum(report.counts.values()) == 9
     assert report.counts[Status.NOT_DICOM] == 1
     assert len(list(read_manifest(out / "manifest.jsonl"))) == 9
+    with pytest.raises(fastdcm.InvalidOptionError, match="no such file or folder"):
+        fastdcm.convert([archive, tmp_path / "nope.dcm"], out, workers=1, quiet=True)
 
 
 def _run_cli(args, **kw):

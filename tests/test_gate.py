@@ -150,3 +150,19 @@ def test_large_frames_are_normalised_by_the_memory_yardstick():
     old = doc({REF: 1e-3, big: 2e-3, A: 1e-4})
     _, ratios = gate_mod.compare(old, doc({REF: 1e-3, mem: 9e-3, big: 2e-3, A: 1e-4}))
     assert ratios[big] == pytest.approx(1.0)
+
+
+def test_a_persisting_regression_is_confirmed_against_the_baselines_code():
+    slow = {REF: 1e-3, A: 1.5e-4, B: 5e-4}
+    asked = []
+
+    def same_as_baseline_code(names):  # the machine, not the code: as slow with the old code
+        asked.append(names)
+        return {n: 1.02 for n in names}
+
+    out = gate_mod.gate(BASELINE, FakeRunner(slow, slow, slow), confirm=same_as_baseline_code)
+    assert out.ok and asked == [[A]]
+    out = gate_mod.gate(BASELINE, FakeRunner(slow, slow, slow), confirm=lambda names: {n: 1.4 for n in names})
+    assert not out.ok and out.regressions[A][-1] == pytest.approx(1.4)
+    out = gate_mod.gate(BASELINE, FakeRunner(slow, slow, slow), confirm=lambda names: None)  # no git history
+    assert not out.ok and set(out.regressions) == {A}

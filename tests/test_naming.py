@@ -319,3 +319,14 @@ def test_frames_of_one_input_never_conflict():
     reg = NameRegistry()
     for template in (None, "{PatientID}", "{PatientID}_{frame}"):
         reg.claim([name(template, fields=FIELDS, frame=i, n_frames=30, rel=f"t{template}") for i in range(30)])
+
+
+def test_frame_width_multi_values_and_the_extension_in_templates():
+    from pydicom.multival import MultiValue
+
+    assert name("{SOPInstanceUID}_{frame:03}", fields={"SOPInstanceUID": "1.2"}, frame=4, n_frames=10) == "1.2_005.png"
+    image_type = MultiValue(str, ["ORIGINAL", "PRIMARY", "AXIAL"])  # what pydicom gives for a multi-valued CS
+    assert name("{ImageType}/{stem}", fields={"ImageType": image_type}, rel="IM1") == "ORIGINAL_PRIMARY_AXIAL/IM1.png"
+    # the output extension written into the template is not doubled, before or after a frame number
+    assert name("{SOPInstanceUID}.png", fields={"SOPInstanceUID": "1.2.3"}) == "1.2.3.png"
+    assert name("{SOPInstanceUID}.png", fields={"SOPInstanceUID": "1.2.3"}, frame=8, n_frames=10) == "1.2.3_f09.png"

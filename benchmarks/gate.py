@@ -39,7 +39,9 @@ when that changes; the JSON names the CPU it was recorded on.
 Noise: a shared 2-core machine produces one-off slow medians. Every benchmark that
 regresses is run again, alone with the reference (``--reruns``, default 2 more times), and
 the gate fails only when it regressed in **every** run; the message names each benchmark
-and its regression in every run. A busy neighbour can also shift the machine's state for
+and its regression in every run. Memory-bound benchmarks (frames of 2048x2048 and more) have a
+wider limit, ``MEMORY_THRESHOLD`` (35 %): identical code timed side by side moved by up to 24 %
+there on this VM. A busy neighbour can also shift the machine's state for
 minutes (seen on this VM: the same commit's memory-bound kernels 30-90 % slower against the
 yardstick than when the baseline was recorded), so a regression that persists is finally
 timed side by side with the baseline's own code (its commit checked out in a git worktree,
@@ -74,6 +76,10 @@ MEMORY_REFERENCE = "test_reference_copy"
 OWN_ENCODERS = {"test_png_fast_default", "test_png_small", "test_jpeg_q90"}
 OWN_IMPLS = {"fastdcm", "kernel"}
 THRESHOLD = 0.15
+#: The limit for memory-bound benchmarks (kernels on frames of 2048x2048 and more): on the shared
+#: 2-core VM, the same code timed side by side moved by up to +24 % there (memory bandwidth drifts
+#: with the neighbours minute to minute); compute-bound benchmarks stay within the 15 %.
+MEMORY_THRESHOLD = 0.35
 RERUNS = 2
 PYTEST_ARGS = ("-q", "-p", "no:cacheprovider", "-o", "testpaths=benchmarks", "--benchmark-only",
                "--benchmark-sort=fullname", "--benchmark-columns=median,iqr,rounds")
@@ -97,6 +103,11 @@ def memory_bound(fullname: str) -> bool:
     return ("bench_kernels.py" in fullname or "bench_render.py" in fullname) and any(
         size in fullname for size in ("2048", "4096x3328", "mammo")
     )
+
+
+def limit(fullname: str, threshold: float) -> float:
+    """The allowed regression of one benchmark: ``threshold``, or MEMORY_THRESHOLD if memory-bound."""
+    return max(threshold, MEMORY_THRESHOLD) if memory_bound(fullname) else threshold
 
 
 def has_memory_reference(data: dict) -> bool:
@@ -136,7 +147,7 @@ def compare(baseline: dict, current: dict, threshold: float = THRESHOLD,
     wanted = set(names) if names is not None else set(base)
     ratios = {k: now[k] / base[k] for k in sorted(wanted & set(base) & set(now))
               if k.split("::")[-1] not in (REFERENCE, MEMORY_REFERENCE)}
-    regressions = [Regression(k, r) for k, r in ratios.items() if r > 1.0 + threshold]
+    regressions = [Regression(k, r) for k, r in ratios.items() if r > 1.0 + limit(k, threshold)]
     return sorted(regressions, key=lambda r: -r.ratio), ratios
 
 
@@ -157,10 +168,11 @@ class Outcome:
         for name, ratios in sorted(self.regressions.items(), key=lambda kv: -min(kv[1])):
             runs = ", ".join(f"{100 * (r - 1):+.1f} %" for r in ratios)
             lines.append(f"REGRESSION {name}: median {100 * (min(ratios) - 1):+.1f} % at best "
-                         f"(runs: {runs}; limit +{100 * threshold:.0f} %)")
+                         f"(runs: {runs}; limit +{100 * limit(name, threshold):.0f} %)")
         lines += [f"FAILED {name}" for name in self.failed]
         if self.ok:
             lines.append(f"gate passed: {len(self.ratios)} benchmarks within +{100 * threshold:.0f} % "
+                         f"(memory-bound: +{100 * max(threshold, MEMORY_THRESHOLD):.0f} %) "
                          f"of the baseline (normalised medians; {self.runs} run(s))")
         return "\n".join(lines)
 
@@ -207,7 +219,8 @@ def gate(baseline: dict, run: Runner, threshold: float = THRESHOLD, reruns: int 
         if side is not None:
             for n in sorted(history):
                 log(f"  {n}: {100 * (side.get(n, float('inf')) - 1):+.1f} % against the baseline's code")
-            history = {n: h + [side[n]] for n, h in history.items() if side.get(n, float("inf")) > 1.0 + threshold}
+            history = {n: h + [side[n]] for n, h in history.items()
+                       if side.get(n, float("inf")) > 1.0 + limit(n, threshold)}
     return Outcome(ok=not history and not failed, regressions=history, failed=failed, runs=runs,
                    ratios=ratios)
 

@@ -139,13 +139,15 @@ def test_large_frames_are_normalised_by_the_memory_yardstick():
     run = FakeRunner({REF: 1.5e-3, mem: 4.4e-3, big: 4.4e-3, A: 1.5e-4})
     out = gate_mod.gate(baseline, run)
     assert out.ok and out.ratios[big] == pytest.approx(1.0)
-    # the big kernel 30 % slower than the copy in every run: a regression, rerun with both yardsticks
-    slow = {REF: 1e-3, mem: 2e-3, big: 2.6e-3, A: 1e-4}
+    # the big kernel 50 % slower than the copy in every run (its limit: 35 %): a regression,
+    # rerun with both yardsticks
+    slow = {REF: 1e-3, mem: 2e-3, big: 3e-3, A: 1e-4}
     run = FakeRunner(slow, slow, slow)
     out = gate_mod.gate(baseline, run)
     assert not out.ok and set(out.regressions) == {big}
     assert all(mem in call and REF in call for call in run.calls)
     assert gate_mod.is_gated({"name": "test_reference_copy", "params": None})
+    assert gate_mod.limit(big, 0.15) == gate_mod.MEMORY_THRESHOLD and gate_mod.limit(A, 0.15) == 0.15
     # a baseline from before the memory yardstick: everything by the compute one, as before
     old = doc({REF: 1e-3, big: 2e-3, A: 1e-4})
     _, ratios = gate_mod.compare(old, doc({REF: 1e-3, mem: 9e-3, big: 2e-3, A: 1e-4}))

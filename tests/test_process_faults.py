@@ -4,7 +4,6 @@ one worker, a SIGTERM to the whole process group. Linux (``/proc``) only."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,23 +12,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
 
+from .archives import ct_archive as _archive
 from fastdcm.errors import Status
 from fastdcm.manifest import read_manifest
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 
-CT = get_testdata_file("CT_small.dcm")
-
-
-def _archive(root: Path, n: int) -> Path:
-    src = root / "src"
-    for i in range(n):
-        folder = src / f"s{i % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy(CT, folder / f"f{i:03}.dcm")
-    return src
 
 
 def _start(args, env=None, **kw):

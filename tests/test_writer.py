@@ -4,7 +4,6 @@ into one OUT. A canary folder outside OUT must stay untouched in every case."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,15 +13,14 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 
 import fastdcm
 from fastdcm import cli, writer
+from .archives import ct_archive as _archive
 from fastdcm.errors import InvalidOptionError, Status, UnsafePathError
 from fastdcm.manifest import read_manifest
 from fastdcm.writer import Exists, OutputRoot
 
-CT = get_testdata_file("CT_small.dcm")
 
 
 @pytest.fixture
@@ -36,15 +34,6 @@ def canary(tmp_path):
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-
-
-def _archive(root: Path, n: int, folders: int = 4) -> Path:
-    src = root / "src"
-    for i in range(n):
-        d = src / f"s{i % folders}"
-        d.mkdir(parents=True, exist_ok=True)
-        shutil.copy(CT, d / f"f{i:03}.dcm")
-    return src
 
 
 def test_writes_refuse_a_symlink_at_any_depth(tmp_path, canary):

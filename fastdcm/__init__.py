@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .convert import Report, convert
+from .run.convert import Report, convert
 from .decoders import decoders
 from .errors import (
     DecodeError,

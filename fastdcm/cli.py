@@ -59,7 +59,8 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> 
             default = f.default if f.default is not dataclasses.MISSING else None
             if default is not None and not isinstance(default, bool):
                 kwargs["help"] += f" (default: {getattr(default, 'value', default)})"
-        group.add_argument(option_flag(f.name), **kwargs)
+        flags = [meta["short"]] if "short" in meta else []
+        group.add_argument(*flags, option_flag(f.name), **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,7 +106,7 @@ def _options(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
 
 
 def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .convert import convert
+    from .run.convert import convert
 
     options = _options(args, ConvertOptions, RenderOptions)
     try:

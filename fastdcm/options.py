@@ -253,6 +253,10 @@ class ConvertOptions:
     )
     fsync: bool = field(default=False, metadata=_meta("fsync every output file before it is renamed into place"))
     quiet: bool = field(default=False, metadata=_meta("no progress bar or progress lines"))
+    null: bool = field(
+        default=False,
+        metadata=_meta("paths in @list files and on stdin are separated by NUL bytes (find -print0)", short="-0"),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_exists", OnExists(self.on_exists))

@@ -192,3 +192,16 @@ def test_the_summary_names_the_first_failures_and_their_reasons(tmp_path, capsys
     assert cli.main(["convert", str(src), "-o", str(out), "--quiet", "--workers", "0"]) == 1  # outputs exist now
     text = capsys.readouterr().out
     assert "write_error" in text and "exists (use --on-exists" in text  # the reason reaches the terminal
+
+
+def test_find_print0_into_convert_with_dash_0(tmp_path):
+    """`find SRC -type f -print0 | fastdcm convert -0 - -o OUT`: names mirrored from their common folder."""
+    src = tmp_path / "archive" / "a b"
+    src.mkdir(parents=True)
+    shutil.copy(CT, src / "new\nline.dcm")
+    shutil.copy(CT, src / "plain.dcm")
+    find = subprocess.run(["find", str(tmp_path / "archive"), "-type", "f", "-print0"], capture_output=True, check=True)
+    out = tmp_path / "out"
+    proc = run("convert", "-0", "-", "-o", str(out), "--quiet", "--workers", "0", input=find.stdout.decode())
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["new_line.png", "plain.png"]  # control characters become _

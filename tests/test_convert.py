@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 
 import fastdcm
 from fastdcm.errors import Status
-from fastdcm.manifest import read_manifest
+from fastdcm.run.sinks.manifest import read_manifest
 
 CT = get_testdata_file("CT_small.dcm")
 FUZZ = Path(__file__).parents[1].parent / "shared" / "corpora" / "dicom-fuzzing-corpus"
@@ -254,36 +254,8 @@ def test_robustness_gate_pydicom_test_files(tmp_path, monkeypatch):
     assert elapsed < 120
 
 
-def test_progress_bar_on_a_terminal_and_log_lines_otherwise(caplog):
-    import io
-    import logging
-
-    from fastdcm.convert import _Progress
-
-    class TTY(io.StringIO):
-        def isatty(self):
-            return True
-
-    tty = TTY()
-    bar = _Progress(True, stream=tty)
-    bar.update(5, 1, 10, walking=False, final=True)
-    text = tty.getvalue()
-    assert text.startswith("\r[") and "5/10 inputs" in text and "1 failed" in text and "/s" in text
-    bar.update(5, 1, 10, walking=True, final=True)
-    assert "5/10+ inputs" in tty.getvalue()
-
-    plain = io.StringIO()
-    with caplog.at_level(logging.INFO, logger="fastdcm.convert"):
-        _Progress(True, stream=plain).update(3, 0, 9, walking=False, final=True)
-    assert plain.getvalue() == "" and "3/9 inputs" in caplog.text
-
-    quiet = TTY()
-    _Progress(False, stream=quiet).update(3, 0, 9, walking=False, final=True)
-    assert quiet.getvalue() == ""
-
-
 def test_batches_ramp_up_to_the_batch_size():
-    from fastdcm.convert import _batches
+    from fastdcm.run.convert import _batches
 
     sizes = [len(b) for b in _batches(iter(range(100)), 16)]
     assert sizes[:6] == [1, 2, 4, 8, 16, 16] and sum(sizes) == 100

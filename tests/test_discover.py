@@ -14,8 +14,8 @@ import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.fileset import FileSet
 
-from fastdcm import discover
-from fastdcm.discover import (
+from fastdcm.run import discover
+from fastdcm.run.discover import (
     DICOM,
     DICOMDIR,
     MISSING_STATUS,
@@ -280,7 +280,7 @@ def test_list_file(mixed_tree, tmp_path, monkeypatch):
         "\n"
         "study/series/IM0001\n"
         "   study/series/MR0001.IMA   \n"
-        f"{CT}\n"  # absolute, outside the list's folder
+        f"{mixed_tree / 'bigendian'}\n"  # absolute
         "missing/file\n"
         "study\n"  # a directory: walked
     )
@@ -288,15 +288,29 @@ def test_list_file(mixed_tree, tmp_path, monkeypatch):
     out = list(iter_sources([f"@{lst}"]))
     src = [r for r in out if isinstance(r, Source)]
     rej = [r for r in out if isinstance(r, Rejected)]
-    assert [s.rel for s in src] == [
+    assert [s.rel for s in src] == [  # mirrored from the folder the listed paths have in common
         "study/series/IM0001",
         "study/series/MR0001.IMA",
-        CT.lstrip("/"),
+        "bigendian",
         "study/noheader",  # the directory line; its other files were listed already
     ]
     assert [r.path for r in rej] == [str(mixed_tree / "missing" / "file")]
     for s in src:
         assert_rel_ok(s.rel)
+
+
+def test_absolute_paths_in_a_list_are_mirrored_from_their_common_folder(mixed_tree, tmp_path):
+    """Not from the file system root (out/home/me/.../study/...), wherever the list is."""
+    lst = tmp_path / "elsewhere" / "list.txt"
+    lst.parent.mkdir()
+    lst.write_text(f"{mixed_tree / 'study' / 'series' / 'IM0001'}\n{mixed_tree / 'study' / 'noheader'}\n")
+    assert [s.rel for s in sources([f"@{lst}"])] == ["series/IM0001", "noheader"]
+    one = tmp_path / "one.txt"
+    one.write_text(f"{mixed_tree / 'study' / 'series' / 'IM0001'}\n")
+    assert [s.rel for s in sources([f"@{one}"])] == ["IM0001"]
+    mixed = tmp_path / "mixed.txt"  # paths with nothing in common but the root keep their full path
+    mixed.write_text(f"{mixed_tree / 'bigendian'}\n{CT}\n")
+    assert [s.rel for s in sources([f"@{mixed}"])] == [str(mixed_tree / "bigendian").lstrip("/"), CT.lstrip("/")]
 
 
 def test_missing_list_file(tmp_path):
@@ -308,6 +322,37 @@ def test_stdin(mixed_tree, monkeypatch):
     monkeypatch.chdir(mixed_tree)
     stream = io.StringIO("study/series/IM0001\n# skip\n\n" + str(mixed_tree / "bigendian") + "\n")
     assert [s.rel for s in sources(["-"], stdin=stream)] == ["study/series/IM0001", "bigendian"]
+
+
+def test_stdin_absolute_paths_from_elsewhere_are_mirrored_from_their_common_folder(mixed_tree, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stream = io.StringIO(f"{mixed_tree / 'study' / 'series' / 'IM0001'}\n{mixed_tree / 'study' / 'noheader'}\n")
+    assert [s.rel for s in sources(["-"], stdin=stream)] == ["series/IM0001", "noheader"]
+
+
+def test_stdin_lookahead_bounds_what_is_read_before_the_first_path(mixed_tree, monkeypatch):
+    """Beyond the lookahead a path outside the common folder keeps its full path."""
+    monkeypatch.setattr(discover, "STDIN_LOOKAHEAD", 1)
+    stream = io.StringIO(f"{mixed_tree / 'study' / 'noheader'}\n{mixed_tree / 'bigendian'}\n")
+    assert [s.rel for s in sources(["-"], stdin=stream)] == ["noheader", str(mixed_tree / "bigendian").lstrip("/")]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_nul_separated_paths_are_taken_exactly(mixed_tree, tmp_path, monkeypatch, binary):
+    """find -print0 | fastdcm convert -0 -: names with spaces, newlines, '#' and non-UTF-8 bytes."""
+    odd_names = [" lead and trail ", "new\nline", "#hash", os.fsdecode(b"latin\xe9")]
+    data = (mixed_tree / "bigendian").read_bytes()
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for name in odd_names:
+        (folder / name).write_bytes(data)
+    payload = b"".join(os.fsencode(str(folder / n)) + b"\0" for n in odd_names)
+    stream = io.TextIOWrapper(io.BytesIO(payload), encoding="utf-8", errors="surrogateescape") if binary else io.StringIO(os.fsdecode(payload))
+    monkeypatch.chdir(tmp_path)
+    assert [s.rel for s in sources(["-"], stdin=stream, null=True)] == odd_names
+    lst = tmp_path / "list0"
+    lst.write_bytes(payload[:-1])  # no final NUL: the last path still counts
+    assert [s.rel for s in sources([f"@{lst}"], null=True)] == odd_names
 
 
 # --------------------------------------------------------------------------- DICOMDIR

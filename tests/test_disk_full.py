@@ -14,9 +14,10 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import fastdcm
-from fastdcm import cli, manifest
+from fastdcm import cli
+from fastdcm.run.sinks import manifest
 from fastdcm.errors import Status
-from fastdcm.manifest import read_manifest
+from fastdcm.run.sinks.manifest import read_manifest
 
 CT = get_testdata_file("CT_small.dcm")
 

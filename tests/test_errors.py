@@ -266,9 +266,9 @@ def test_what_pydicom_raises_on_a_damaged_file_is_that_files_status(tmp_path):
 
 
 def test_a_bug_in_fastdcm_stays_status_error(monkeypatch, tmp_path):
-    from fastdcm import worker
+    from fastdcm.run import pipeline
 
-    monkeypatch.setattr(worker, "output_name", None)  # "'NoneType' object is not callable", in worker.py
+    monkeypatch.setattr(pipeline, "output_name", None)  # "'NoneType' object is not callable", in pipeline.py
     src = tmp_path / "src"
     src.mkdir()
     (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())

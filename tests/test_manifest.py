@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from fastdcm.discover import Rejected, Source
+from fastdcm.run.discover import Rejected, Source
 from fastdcm.errors import Status
-from fastdcm.naming import owner_key
-from fastdcm.manifest import (
+from fastdcm.run.naming import owner_key
+from fastdcm.run.sinks.manifest import (
     ManifestWriter,
     Record,
     resume_index,

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastdcm.discover import Source
-from fastdcm import writer
+from fastdcm.run.discover import Source
+from fastdcm.run import write as writer
 from fastdcm.errors import Status, UnsafePathError
-from fastdcm.naming import (
+from fastdcm.run.naming import (
     MAX_COMPONENT_BYTES,
     NameConflictError,
     NameRegistry,

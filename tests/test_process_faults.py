@@ -15,7 +15,7 @@ import pytest
 
 from .archives import ct_archive as _archive
 from fastdcm.errors import Status
-from fastdcm.manifest import read_manifest
+from fastdcm.run.sinks.manifest import read_manifest
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 

@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 
 import fastdcm
 from fastdcm.errors import Status
-from fastdcm.manifest import read_manifest
+from fastdcm.run.sinks.manifest import read_manifest
 
 CT = get_testdata_file("CT_small.dcm")
 MR = get_testdata_file("MR_small.dcm")

@@ -15,11 +15,12 @@ import pytest
 from PIL import Image
 
 import fastdcm
-from fastdcm import cli, writer
+from fastdcm import cli
+from fastdcm.run import write as writer
 from .archives import ct_archive as _archive
 from fastdcm.errors import InvalidOptionError, Status, UnsafePathError
-from fastdcm.manifest import read_manifest
-from fastdcm.writer import Exists, OutputRoot
+from fastdcm.run.sinks.manifest import read_manifest
+from fastdcm.run.write import Exists, OutputRoot
 
 
 

@@ -4,8 +4,8 @@ The manifest (``manifest.jsonl`` in the output folder by default) is append-only
 written by the one process that owns the run. Each line is one :class:`Record`. A run that
 crashes may leave a truncated last line: :func:`read_manifest` skips it, and
 :class:`ManifestWriter` starts a fresh line before appending, so the fragment never glues
-itself to a good record. For ``--resume``, :func:`done_index` gives the inputs that already
-have a successful record for the same size and mtime; a changed source is redone.
+itself to a good record. For ``--resume``, :func:`resume_index` gives each input's latest record (its
+size, mtime, fingerprint and outputs). :class:`ManifestSink` is the run's sink that writes it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Iterator
 
-from .errors import Status
+from ...errors import Status
+from . import SinkFailed
 
 __all__ = [
+    "ManifestSink",
     "Record",
     "ManifestWriter",
     "read_manifest",
@@ -76,7 +78,7 @@ class Record:
 
     @classmethod
     def from_source(cls, source: Any, status: Status | str, reason: str = "", **kwargs: Any) -> "Record":
-        """A record for a :class:`~fastdcm.discover.Source` or :class:`~fastdcm.discover.Rejected`."""
+        """A record for a :class:`~fastdcm.run.discover.Source` or :class:`~fastdcm.run.discover.Rejected`."""
         return cls(
             source=source.path,
             status=Status(status),
@@ -85,6 +87,26 @@ class Record:
             mtime_ns=getattr(source, "mtime_ns", None),
             rel=getattr(source, "rel", None),
             **kwargs,
+        )
+
+    @classmethod
+    def from_result(cls, source: Any, result: Any, fingerprint: str | None = None) -> "Record":
+        """The record of a pipeline :class:`~fastdcm.run.pipeline.Result` (the fingerprint is
+        kept for converted and skipped inputs: what ``--resume`` compares)."""
+        status = Status(result.status)
+        return cls.from_source(
+            source,
+            status,
+            result.reason,
+            outputs=result.outputs,
+            frames=result.frames,
+            transfer_syntax=result.transfer_syntax,
+            voi=result.voi,
+            decoder=result.decoder,
+            shape=result.shape,
+            reduce=result.reduce,
+            fingerprint=fingerprint if status in DONE_STATUSES else None,
+            timings={k: round(v, 6) for k, v in result.timings.items() if v},
         )
 
     def to_json(self) -> str:
@@ -252,7 +274,7 @@ class Previous:
 def resume_index(path: str | os.PathLike) -> dict[bytes, Previous]:
     """The latest record of every input in a manifest, by ``naming.owner_key(source)``.
     A missing manifest gives an empty index; unreadable lines are skipped (read_manifest)."""
-    from .naming import owner_key
+    from ..naming import owner_key
 
     index: dict[bytes, Previous] = {}
     if not os.path.exists(path):
@@ -292,3 +314,35 @@ def format_summary(counter: Counter, *, discovered: int | None = None) -> str:
     if discovered is not None and discovered != total:
         lines.append(f"MISMATCH: {discovered} inputs discovered but {total} statuses recorded")
     return "\n".join(lines)
+
+
+class ManifestSink:
+    """The run's manifest as a sink: one record per accepted result, one write and flush per
+    batch (lines written whole); a write that fails raises :class:`SinkFailed` naming the file."""
+
+    def __init__(self, writer: ManifestWriter, fingerprint: str | None = None) -> None:
+        self.writer = writer
+        self.fingerprint = fingerprint
+        self.records: list[Record] = []
+
+    @property
+    def path(self) -> str:
+        return os.fspath(self.writer.path)
+
+    def accept(self, source: Any, result: Any) -> None:
+        self.records.append(Record.from_result(source, result, self.fingerprint))
+
+    def flush(self) -> None:
+        records, self.records = self.records, []
+        if not records:
+            return
+        try:
+            self.writer.write_batch(records)
+        except OSError as exc:  # disk full, I/O error
+            raise SinkFailed(f"the manifest {self.path} cannot be written: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        try:
+            self.writer.close()  # flushes and fsyncs
+        except OSError as exc:
+            raise SinkFailed(f"the manifest {self.path} cannot be written: {exc.strerror or exc}") from None

@@ -33,17 +33,19 @@ from __future__ import annotations
 
 import glob as _glob
 import hashlib
+import itertools
 import os
 import re
 import stat as _stat
 import sys
 import warnings
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import PurePath
 from typing import IO, Iterable, Iterator
 
-from . import elements
-from .errors import Status
+from .. import elements
+from ..errors import Status
 
 __all__ = [
     "Source",
@@ -203,6 +205,53 @@ def _rel_to(path: str, base: str) -> str:
     return _posix(rel)
 
 
+#: Paths read from stdin before the first is yielded, to find the folder they have in common.
+STDIN_LOOKAHEAD = 100_000
+
+
+def _entries(stream: IO, null: bool) -> Iterator[str]:
+    """The paths in a list: one per line (blank lines and ``#`` comments skipped, surrounding
+    white space stripped) or, with ``null``, NUL-separated exactly as given (``find -print0``:
+    any byte but NUL may be in a name)."""
+    if not null:
+        for line in stream:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                yield line
+        return
+    buf = None
+    while True:
+        chunk = stream.read(1 << 16)
+        if not chunk:
+            break
+        buf = chunk if buf is None else buf + chunk
+        sep = b"\0" if isinstance(buf, bytes) else "\0"
+        *records, buf = buf.split(sep)
+        for record in records:
+            if record:
+                yield os.fsdecode(record) if isinstance(record, bytes) else record
+    if buf:
+        yield os.fsdecode(buf) if isinstance(buf, bytes) else buf
+
+
+def _resolved(entries: Iterable[str], folder: str) -> Iterator[str]:
+    for entry in entries:
+        yield os.path.abspath(os.path.join(folder, entry))
+
+
+def _common_folder(paths: Iterable[str]) -> str | None:
+    """The deepest folder holding every path (each path's own folder counts, so a listed
+    folder keeps its name); None when there is none (other drives) or no path."""
+    common = None
+    for path in paths:
+        folder = os.path.dirname(path)
+        try:
+            common = folder if common is None else os.path.commonpath([common, folder])
+        except ValueError:
+            return None
+    return common
+
+
 def _name_of(path: str) -> str:
     return os.path.basename(os.path.normpath(path)) or "_"
 
@@ -222,7 +271,7 @@ def check_inputs(inputs: Iterable[str]) -> None:
     """Usage errors, before any work, for command-line inputs that name nothing: a path that
     does not exist, a glob pattern that matches nothing, a list file that is missing.
     (Lines of a list file and stdin are checked as they are read: they get a status.)"""
-    from .errors import InvalidOptionError
+    from ..errors import InvalidOptionError
 
     for item in inputs:
         text = os.fspath(item)
@@ -250,8 +299,9 @@ def _is_list(item: str) -> bool:
 
 
 class _Discovery:
-    def __init__(self, stats: DiscoveryStats, include_non_dicom: bool, prefixed: bool) -> None:
+    def __init__(self, stats: DiscoveryStats, include_non_dicom: bool, prefixed: bool, null: bool = False) -> None:
         self.stats = stats
+        self.null = null  # lists and stdin hold NUL-separated paths (find -print0)
         self.include_non_dicom = include_non_dicom
         self.prefixed = prefixed  # several inputs: prefix directory names to keep them apart
 
@@ -260,7 +310,7 @@ class _Discovery:
     def item(self, item: str, stdin: IO[str] | None):
         if item == "-":
             stream = stdin if stdin is not None else sys.stdin
-            yield from self.lines(stream, os.getcwd(), "<stdin>")
+            yield from self.stdin(stream)
         elif _is_list(item):
             yield from self.list_file(item[1:])
         elif _is_glob(item):
@@ -358,24 +408,40 @@ class _Discovery:
             yield self.missing(os.path.abspath(pattern), "no file matches this pattern"), None
 
     def list_file(self, list_path: str):
+        """Two passes over the list: the first finds the folder its paths have in common (what
+        output names mirror the paths from), the second yields them."""
         list_path = os.path.abspath(list_path)
+        folder = os.path.dirname(list_path)
         try:
-            stream = open(list_path, encoding="utf-8", errors="surrogateescape")
+            with self._open_list(list_path) as stream:
+                base = _common_folder(_resolved(_entries(stream, self.null), folder))
+            stream = self._open_list(list_path)
         except OSError as exc:
             yield self.missing(list_path, f"cannot open list file: {exc.strerror or exc}"), None
             return
         with stream:
-            yield from self.lines(stream, os.path.dirname(list_path), list_path)
+            yield from self.paths(_resolved(_entries(stream, self.null), folder), base)
 
-    def lines(self, stream: Iterable[str], base: str, origin: str):
-        """One path per line; blank lines and ``#`` comments skipped; relative paths are
-        resolved against ``base``. Lines are plain paths (no globs, no nested lists)."""
-        for line in stream:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path = os.path.abspath(os.path.join(base, line))
-            rel = _rel_to(path, base)
+    def _open_list(self, list_path: str) -> IO:
+        if self.null:
+            return open(list_path, "rb")
+        return open(list_path, encoding="utf-8", errors="surrogateescape")
+
+    def stdin(self, stream: IO):
+        """Paths from stdin, relative ones resolved against the current folder; names mirror
+        them from the folder the first ``STDIN_LOOKAHEAD`` paths have in common (all of them,
+        unless stdin holds more), read before the first is yielded."""
+        if self.null:
+            stream = getattr(stream, "buffer", stream)
+        paths = _resolved(_entries(stream, self.null), os.getcwd())
+        ahead = list(islice(paths, STDIN_LOOKAHEAD))
+        base = _common_folder(ahead)
+        yield from self.paths(itertools.chain(ahead, paths), base)
+
+    def paths(self, paths: Iterable[str], base: str | None):
+        """Listed paths (absolute), mirrored relative to ``base``."""
+        for path in paths:
+            rel = _rel_to(path, base) if base is not None else _anchorless(path)
             yield from self.path(path, rel)
 
     def dicomdir(self, path: str, prefix: str):
@@ -502,6 +568,7 @@ def iter_sources(
     include_non_dicom: bool = False,
     dedupe: bool | None = None,
     stats: DiscoveryStats | None = None,
+    null: bool = False,
 ) -> Iterator[Source | Rejected]:
     """Stream one :class:`Source` or :class:`Rejected` per input file.
 
@@ -515,14 +582,17 @@ def iter_sources(
     - a glob pattern (``*``, ``?``, ``[..]``, ``**`` recursive), if no file has that literal
       name: each match is handled as if named explicitly; no match gives a Rejected record;
     - ``@list.txt``: one path per line, blank lines and ``#`` comments skipped, relative
-      paths resolved against the list file's folder;
+      paths resolved against the list file's folder (``null=True``: NUL-separated, as
+      ``find -print0`` writes, taken exactly);
     - ``-``: the same, read from ``stdin`` (default ``sys.stdin``), relative to the cwd.
 
     ``rel`` (what output names mirror) is the path relative to the directory, the glob's
-    literal base folder, the list's folder, or the DICOMDIR's file-set root; a single file
-    input gives its file name. With several inputs, the directory's (or glob base's, or
-    file-set root's) name is prefixed, to keep inputs apart. Paths outside that base (list
-    lines like ``/abs/path`` or ``../x``) use their absolute path without its anchor.
+    literal base folder, the DICOMDIR's file-set root, or, for a list or stdin, the deepest
+    folder its paths have in common (``/data/ct/a/1.dcm`` and ``/data/ct/b/2.dcm`` give
+    ``a/1.dcm`` and ``b/2.dcm``; for stdin, the first :data:`STDIN_LOOKAHEAD` paths decide,
+    and a later path outside that folder keeps its absolute path without its anchor);
+    a single file input gives its file name. With several inputs, the directory's (or glob
+    base's, or file-set root's) name is prefixed, to keep inputs apart.
 
     Missing inputs and unreadable files give ``Rejected(status=MISSING_STATUS)``
     (``not_dicom``: there is no DICOM file to read there); DICOMDIR records whose
@@ -543,7 +613,7 @@ def iter_sources(
     if dedupe is None:
         dedupe = len(items) > 1 or any(_is_list(i) or _is_glob(i) for i in items)
     seen: set[int | bytes] | None = set() if dedupe else None
-    walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1)
+    walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1, null=null)
     for item in items:
         if not item:
             stats.rejected += 1

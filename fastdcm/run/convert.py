@@ -1,34 +1,28 @@
-"""Wiring: discover -> schedule(worker) -> manifest. ``fastdcm.convert`` lives here.
+"""The wiring: discover -> executor(pipeline) -> sinks. ``fastdcm.convert`` lives here.
 
-The parent process streams :func:`~fastdcm.discover.iter_sources` into batches, hands them
-to an executor of :mod:`fastdcm.schedule` running :func:`fastdcm.worker.process_batch`,
-and appends one manifest record per input as batch results come back (one write and
-flush per batch, no fsync until the end). Every discovered input gets exactly one status
-in the :class:`Report`: ``discovered == sum(counts.values())``, also when the run is
-interrupted (inputs not finished are ``interrupted``) and when ``resume`` finds inputs
-already done (they count as ``skipped`` and get no new manifest line).
+The parent process streams :func:`~fastdcm.run.discover.iter_sources` into batches, hands them
+to an executor (:mod:`.executors`) whose workers each run a :class:`~fastdcm.run.pipeline.Pipeline`,
+and feeds every input's final result to the parent's sinks (the manifest, :mod:`.sinks.manifest`)
+and to the :class:`~fastdcm.run.progress.Report`, one flush per batch. Every discovered input gets
+exactly one status in the report: ``discovered == sum(counts.values())``, also when the run is
+interrupted (inputs not finished are ``interrupted``) and when ``resume`` finds inputs already
+done (they count as ``skipped`` and get no new manifest line).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shlex
 import signal
-import sys
 import threading
 import time
-from collections import Counter
-import dataclasses
-from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
-from .discover import DiscoveryStats, Rejected, Source, check_inputs, iter_sources
-from .errors import InvalidOptionError, Status, UnsafePathError
-from .manifest import DONE_STATUSES, MANIFEST_NAME, ManifestWriter, Previous, Record, format_summary, resume_index
-from .naming import NameConflictError, NameRegistry, compile_template, owner_key
-from .options import (
+from ..errors import InvalidOptionError, Status, UnsafePathError
+from ..options import (
     ConvertOptions,
     OnExists,
     RenderOptions,
@@ -37,103 +31,18 @@ from .options import (
     output_fingerprint,
     split_options,
 )
-from .schedule import make_executor
-from .worker import Job, Result, fault_result, initialize, process_batch
-from .writer import OutputRoot
+from .discover import DiscoveryStats, Rejected, Source, check_inputs, iter_sources
+from .executors import make_executor
+from .naming import NameConflictError, NameRegistry, compile_template, owner_key
+from .pipeline import Job, Pipeline, Result, fault_result
+from .progress import Progress, Report
+from .sinks import Sink, SinkFailed
+from .sinks.manifest import DONE_STATUSES, MANIFEST_NAME, ManifestSink, ManifestWriter, Previous, resume_index
+from .write import OutputRoot
 
 __all__ = ["convert", "Report"]
 
 log = logging.getLogger(__name__)
-
-#: Statuses that do not make a run fail (exit code 0): nothing was wrong with the input
-#: as far as converting images goes.
-OK_STATUSES = frozenset({Status.CONVERTED, Status.SKIPPED, Status.NO_IMAGE})
-#: Failures the summary names with their reasons (the manifest has them all).
-MAX_SHOWN_FAILURES = 5
-
-
-@dataclass
-class Report:
-    """What a run did. ``counts`` maps every :class:`Status` that occurred to its count."""
-
-    out: str
-    manifest: str
-    counts: Counter = field(default_factory=Counter)
-    discovered: int = 0
-    frames: int = 0
-    elapsed: float = 0.0
-    interrupted: bool = False
-    resume_command: str = ""
-    manifest_error: str = ""  # the run stopped because the manifest could not be written
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # the first (source, status, reason)
-    ignored_non_dicom: int = 0
-
-    @property
-    def converted(self) -> int:
-        return self.counts.get(Status.CONVERTED, 0)
-
-    @property
-    def failed(self) -> int:
-        return sum(v for k, v in self.counts.items() if k not in OK_STATUSES)
-
-    @property
-    def ok(self) -> bool:
-        """True when no input failed and the run was not interrupted."""
-        return not self.interrupted and self.failed == 0
-
-    def summary(self) -> str:
-        """The table by status, the first failures with their reasons, and the totals."""
-        text = format_summary(self.counts, discovered=self.discovered)
-        if self.failures:
-            shown = len(self.failures)
-            more = self.failed - shown
-            text += f"\nfirst {'failure' if shown == 1 else f'{shown} failures'}" + (
-                f" (of {self.failed}; all in the manifest)" if more > 0 else "") + ":"
-            for source, status, reason in self.failures:
-                text += f"\n  {status}: {source}: {reason}"
-        rate = self.discovered / self.elapsed if self.elapsed > 0 else 0.0
-        text += f"\n{self.discovered} inputs, {self.frames} images written in {self.elapsed:.1f} s ({rate:.1f} inputs/s)"
-        if self.ignored_non_dicom:
-            text += f"; ignored {self.ignored_non_dicom} non-DICOM files met in folders"
-        return text
-
-
-class _Progress:
-    """A one-line bar on a terminal (rate, ETA once discovery ended, failures), else a log
-    line every 10 s; nothing when quiet."""
-
-    def __init__(self, enabled: bool, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.interval = 0.2 if self.tty else 10.0
-
-    def update(self, done: int, failed: int, discovered: int, walking: bool, *, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not final and now - self.last < self.interval:
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = done / elapsed
-        if walking:
-            total, eta = f"{discovered}+", ""
-        else:
-            left = max(discovered - done, 0)
-            total = str(discovered)
-            eta = f" ETA {left / rate:.0f} s" if rate > 0 and left else ""
-        line = f"{done}/{total} inputs, {rate:.1f}/s, {failed} failed{eta}"
-        if self.tty:
-            width = 24
-            frac = 0.0 if walking or not discovered else min(done / discovered, 1.0)
-            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-            self.stream.write(f"\r[{bar}] {line}\x1b[K" + ("\n" if final else ""))
-            self.stream.flush()
-        else:
-            log.info("progress: %s", line)
 
 
 def _resume_command(sources: list[str], out: str, given: dict[str, Any]) -> str:
@@ -182,7 +91,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     """Convert every DICOM image found in ``sources`` into ``out``; return a :class:`Report`.
 
     ``sources`` are files, folders, glob patterns, ``@list.txt`` or ``-`` (stdin), and
-    DICOMDIR files (see :func:`fastdcm.discover.iter_sources`). Keyword options are the
+    DICOMDIR files (see :func:`fastdcm.run.discover.iter_sources`). Keyword options are the
     fields of :class:`~fastdcm.options.ConvertOptions` (format, quality, name, on_exists,
     frames, workers, batch_size, timeout, memory_limit, resume, manifest, fsync, quiet) and
     of :class:`~fastdcm.options.RenderOptions` (window, voi, invert, depth, ...). Invalid
@@ -201,7 +110,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     sources = [os.fspath(s) for s in sources]
     if copts.name is not None:
         compile_template(copts.name)  # ValueError with a clear message, before any work
-    from .encoders import check_depth, get_encoder
+    from ..encoders import check_depth, get_encoder
 
     check_inputs(sources)  # a missing path, an empty glob: usage errors naming them
     encoder = get_encoder(copts.format)  # InvalidOptionError / MissingDependencyError, before any work
@@ -239,130 +148,123 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         job = dataclasses.replace(job, on_exists=OnExists.ERROR)
 
     stats = DiscoveryStats()
-    progress = _Progress(not copts.quiet)
+    progress = Progress(not copts.quiet)
     registry = NameRegistry()
     resume = _Resume(previous, registry, root, fingerprint) if copts.resume else None
     start = time.monotonic()
-    pending: list[Record] = []  # records of inputs that never reach a worker
     walking = [True]
     in_flight: dict[int, Source] = {}
+    sinks: list[Sink] = []
+
+    def finish(source: Any, result: Result) -> None:
+        """One input's final result: to the report and to every sink."""
+        report.add(source.path, result.status, result.reason, result.frames)
+        for sink in sinks:
+            sink.accept(source, result)
+
+    def flush() -> None:
+        for sink in sinks:
+            sink.flush()
 
     def todo() -> Iterator[Source]:
-        for item in iter_sources(sources, stdin=stdin, stats=stats):
+        for item in iter_sources(sources, stdin=stdin, stats=stats, null=copts.null):
             report.discovered += 1
             if isinstance(item, Rejected):
-                pending.append(Record.from_source(item, item.status, item.reason))
-                report.counts[item.status] += 1
-                if len(report.failures) < MAX_SHOWN_FAILURES:
-                    report.failures.append((item.path, item.status.value, item.reason))
+                finish(item, Result(status=item.status, reason=item.reason))
                 continue
             if resume is not None:
                 item = resume.todo(item)
                 if item is None:  # converted before with these options, its outputs there
-                    report.counts[Status.SKIPPED] += 1
+                    report.add("", Status.SKIPPED)
                     continue
             in_flight[id(item)] = item
             yield item
         walking[0] = False
 
-    from . import kernels
+    from .. import kernels
 
     kernels.warmup()  # compile or load once here, so workers only load the disk cache
     try:
-        writer = _open_manifest(root, manifest_path)  # refused (a symlink, unwritable): nothing started
+        sinks.append(ManifestSink(_open_manifest(root, manifest_path), fingerprint))  # refused: nothing started
         executor = make_executor(
-            process_batch,
+            Pipeline,
             job,
             workers=copts.workers,
             on_fault=fault_result,
-            initializer=initialize,
             timeout=copts.timeout or None,
             memory_limit=copts.memory_limit_bytes(),
         )
     except BaseException:
-        if "writer" in locals():
-            writer.close()
+        _close_sinks(sinks, report)
         root.remove_tmp()
         root.close()
         raise
     interrupted = False
     stop = _StopRequest(pool=copts.workers > 0)
 
-    def write(records: list[Record]) -> None:
-        try:
-            writer.write_batch(records)
-        except OSError as exc:  # disk full, I/O error: the run cannot keep its promise, so it stops
-            report.manifest_error = f"the manifest {manifest_path} cannot be written: {exc.strerror or exc}"
-            raise _ManifestFailed from None
+    def record_batch(batch: Sequence[Source], results: list[Result], again: list[Source] | None) -> None:
+        for source, result in zip(batch, results):
+            in_flight.pop(id(source), None)
+            if again is not None and resume is not None:
+                retry = resume.blocked(source, result)
+                if retry is not None:  # its own stale outputs in the way: once more, leave to replace them
+                    in_flight[id(retry)] = retry
+                    again.append(retry)
+                    continue
+            finish(source, _settle(source, result, registry))
+        flush()
+        progress.update(report, walking[0])
 
     try:
-        with stop, writer:
+        with stop:
             try:
-                again: list[Source] = []  # resumed inputs whose own stale outputs are in the way
-
-                def record_batch(batch, results, first_pass: bool) -> None:
-                    records = pending[:]
-                    pending.clear()
-                    for source, result in zip(batch, results):
-                        in_flight.pop(id(source), None)
-                        if first_pass and resume is not None:
-                            retry = resume.blocked(source, result)
-                            if retry is not None:
-                                in_flight[id(retry)] = retry
-                                again.append(retry)
-                                continue
-                        records.append(_record(source, result, registry, report, fingerprint))
-                    write(records)
-                    progress.update(sum(report.counts.values()), report.failed, report.discovered, walking[0])
-
+                again: list[Source] = []
                 for batch, results in executor.map_batches(
                     _batches(todo(), copts.batch_size), should_stop=lambda: stop.requested
                 ):
-                    record_batch(batch, results, True)
+                    record_batch(batch, results, again)
                 if again and not stop.requested:
                     for batch, results in executor.map_batches(
                         _batches(iter(again), copts.batch_size), should_stop=lambda: stop.requested
                     ):
-                        record_batch(batch, results, False)
+                        record_batch(batch, results, None)
                 if stop.requested:
                     raise KeyboardInterrupt("stop requested")
-                if pending:
-                    write(pending)
-                    pending.clear()
-            except _ManifestFailed:
+                flush()
+            except SinkFailed as exc:
                 # Nothing more can be recorded: stop the workers; what they finished is on disk
                 # without a record (a later --resume replaces it), the rest is not done.
+                report.manifest_error = exc.reason
                 interrupted = True
                 for _ in executor.stop():
                     pass
                 executor.close(abort=True)
-                report.counts[Status.INTERRUPTED] += len(in_flight) + len(pending)
+                for source in in_flight.values():
+                    report.add(source.path, Status.INTERRUPTED)
             except KeyboardInterrupt:
                 interrupted = True
-                records = pending[:]
-                pending.clear()
                 # Batches the workers finished before they stopped: their images are complete.
                 for batch, results in executor.stop():
                     for source, result in zip(batch, results):
                         in_flight.pop(id(source), None)
-                        records.append(_record(source, result, registry, report, fingerprint))
+                        finish(source, _settle(source, result, registry))
                 executor.close(abort=True)
                 for source in in_flight.values():
-                    records.append(Record.from_source(source, Status.INTERRUPTED, "the run was interrupted"))
-                    report.counts[Status.INTERRUPTED] += 1
+                    finish(source, Result(status=Status.INTERRUPTED, reason="the run was interrupted"))
                 try:
-                    write(records)
-                except _ManifestFailed:
-                    pass
+                    flush()
+                except SinkFailed as exc:
+                    report.manifest_error = exc.reason
             finally:
                 executor.close(abort=True)
     finally:
+        _close_sinks(sinks, report)
         root.remove_tmp()
         root.close()
     report.elapsed = time.monotonic() - start
     report.interrupted = interrupted
     report.ignored_non_dicom = stats.non_dicom
-    progress.update(sum(report.counts.values()), report.failed, report.discovered, False, final=True)
+    progress.update(report, False, final=True)
     # The command line prints these once (report.manifest_error / interrupted / resume_command).
     if report.manifest_error:
         log.info("%s; the run stopped. To resume: %s", report.manifest_error, report.resume_command)
@@ -371,8 +273,12 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     return report
 
 
-class _ManifestFailed(Exception):
-    """A manifest write failed (report.manifest_error says why)."""
+def _close_sinks(sinks: list[Sink], report: Report) -> None:
+    for sink in sinks:
+        try:
+            sink.close()
+        except SinkFailed as exc:
+            report.manifest_error = report.manifest_error or exc.reason
 
 
 class _Resume:
@@ -421,32 +327,15 @@ class _Resume:
         return dataclasses.replace(source, replace=tuple(source.replace) + tuple(result.blocked))
 
 
-def _record(source: Source, result: Result, registry: NameRegistry, report: Report, fingerprint: str | None = None) -> Record:
-    status, reason, outputs = result.status, result.reason, result.outputs
-    if status is Status.CONVERTED and outputs:
+def _settle(source: Source, result: Result, registry: NameRegistry) -> Result:
+    """A worker's result made final in the parent: converted outputs claim their names (two
+    inputs whose names differ only in case both exist on this file system: a name conflict)."""
+    if result.status is Status.CONVERTED and result.outputs:
         try:
-            registry.claim(outputs, path=source.path, owner=owner_key(source.path))
-        except NameConflictError as exc:  # same name up to case: both exist on this file system
-            status, reason = exc.status, exc.reason
-    report.counts[status] += 1
-    if status not in OK_STATUSES and len(report.failures) < MAX_SHOWN_FAILURES:
-        report.failures.append((source.path, status.value, reason))
-    if status is Status.CONVERTED:
-        report.frames += result.frames or 0
-    return Record.from_source(
-        source,
-        status,
-        reason,
-        outputs=outputs,
-        frames=result.frames,
-        transfer_syntax=result.transfer_syntax,
-        voi=result.voi,
-        decoder=result.decoder,
-        shape=result.shape,
-        reduce=result.reduce,
-        fingerprint=fingerprint if status is Status.CONVERTED or status is Status.SKIPPED else None,
-        timings={k: round(v, 6) for k, v in result.timings.items() if v},
-    )
+            registry.claim(result.outputs, path=source.path, owner=owner_key(source.path))
+        except NameConflictError as exc:
+            result.status, result.reason = exc.status, exc.reason
+    return result
 
 
 class _StopRequest:

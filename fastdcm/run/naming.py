@@ -1,6 +1,6 @@
 """Output names from templates: plain relative names, unique in a run.
 
-Two steps (the atomic writer, ``writer.py``, then keeps every name inside the output root by
+Two steps (the atomic writer, ``write.py``, then keeps every name inside the output root by
 walking it through directory fds without following a symlink):
 
 1. :func:`output_name` builds a relative POSIX name for one frame of one source, from the
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Callable, Iterable, Mapping
 
 from .discover import DICOM_EXTENSIONS as _DISCOVERED_EXTENSIONS
-from .errors import FastDcmError, Status
+from ..errors import FastDcmError, Status
 
 __all__ = [
     "Template",

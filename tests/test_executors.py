@@ -1,4 +1,4 @@
-"""The executors with a toy batch function: results, laziness, and injected faults."""
+"""The executors with a toy runner: results, laziness, and injected faults."""
 
 from __future__ import annotations
 
@@ -9,11 +9,23 @@ import time
 import pytest
 
 from fastdcm.errors import Status
-from fastdcm.schedule import Fault, ProcessExecutor, SerialExecutor, make_executor
+from fastdcm.run.executors import Fault, WorkerInfo, make_executor
+from fastdcm.run.executors.process import ProcessExecutor
+from fastdcm.run.executors.serial import SerialExecutor
+
+
+class Toy:
+    """The runner: each item is a string; some names misbehave."""
+
+    def __init__(self, context, worker: WorkerInfo):
+        self.context = context
+        self.worker = worker
+
+    def run_batch(self, items, progress, retry):
+        return toy(items, self.context, progress, retry)
 
 
 def toy(items, context, progress, retry):
-    """Each item is a string; some names misbehave."""
     out = []
     for i, item in enumerate(items):
         progress(i)
@@ -57,9 +69,9 @@ def names(n, prefix="f"):
 
 def test_serial_and_pool_agree():
     batches = [names(5, "a"), names(3, "b"), ["c"]]
-    with SerialExecutor(toy, "ctx") as ex:
+    with SerialExecutor(Toy, "ctx") as ex:
         serial = run(ex, batches)
-    with ProcessExecutor(toy, "ctx", workers=2, on_fault=fault) as ex:
+    with ProcessExecutor(Toy, "ctx", workers=2, on_fault=fault) as ex:
         pool = run(ex, batches)
     assert serial == pool
     assert serial["a1"] == "ctx:A1"
@@ -67,7 +79,7 @@ def test_serial_and_pool_agree():
 
 
 def test_make_executor_zero_is_serial():
-    ex = make_executor(toy, "x", workers=0, on_fault=fault)
+    ex = make_executor(Toy, "x", workers=0, on_fault=fault)
     assert isinstance(ex, SerialExecutor)
 
 
@@ -75,7 +87,7 @@ def test_make_executor_zero_is_serial():
 def test_dead_worker_fails_only_its_item(bad, status):
     batches = [["a", "b", bad, "c", "d"], ["e", "f"], ["g", bad + "x"]]
     # a second batch in flight on the other worker is untouched
-    with ProcessExecutor(toy, "k", workers=2, on_fault=fault) as ex:
+    with ProcessExecutor(Toy, "k", workers=2, on_fault=fault) as ex:
         results = run(ex, batches)
         assert ex.crashes == 1
     assert results[bad] == status
@@ -85,13 +97,13 @@ def test_dead_worker_fails_only_its_item(bad, status):
 
 
 def test_crash_reason_names_the_signal():
-    with ProcessExecutor(toy, "k", workers=1, on_fault=lambda item, f: (f.reason, item)) as ex:
+    with ProcessExecutor(Toy, "k", workers=1, on_fault=lambda item, f: (f.reason, item)) as ex:
         results = run(ex, [["a", "crash"]])
     assert "SIGSEGV" in results["crash"]
 
 
 def test_two_crashes_in_one_batch():
-    with ProcessExecutor(toy, "k", workers=2, on_fault=fault) as ex:
+    with ProcessExecutor(Toy, "k", workers=2, on_fault=fault) as ex:
         results = run(ex, [["a", "crash", "b", "crash2", "c"]])
     # "crash2" is a normal item; only exact "crash" crashes
     assert results["crash"] == Status.WORKER_CRASH
@@ -100,7 +112,7 @@ def test_two_crashes_in_one_batch():
 
 def test_hang_is_killed_after_the_deadline():
     start = time.monotonic()
-    with ProcessExecutor(toy, "k", workers=2, on_fault=fault, timeout=1.0) as ex:
+    with ProcessExecutor(Toy, "k", workers=2, on_fault=fault, timeout=1.0) as ex:
         results = run(ex, [["a", "hang", "b"], ["c", "d"]])
     assert time.monotonic() - start < 20
     assert results["hang"] == Status.TIMEOUT
@@ -108,7 +120,7 @@ def test_hang_is_killed_after_the_deadline():
 
 
 def test_memory_limit_gives_memory_error_and_the_run_goes_on():
-    with ProcessExecutor(toy, "k", workers=1, on_fault=fault, memory_limit=2 << 30) as ex:
+    with ProcessExecutor(Toy, "k", workers=1, on_fault=fault, memory_limit=2 << 30) as ex:
         results = run(ex, [["a", "oom", "b"]])
     assert results == {"a": "k:A", "oom": "oom", "b": "k:B"}
 
@@ -116,7 +128,7 @@ def test_memory_limit_gives_memory_error_and_the_run_goes_on():
 def test_external_sigkill_is_reported_as_out_of_memory():
     import threading
 
-    with ProcessExecutor(toy, "k", workers=1, on_fault=fault, timeout=30) as ex:
+    with ProcessExecutor(Toy, "k", workers=1, on_fault=fault, timeout=30) as ex:
         pid = ex._workers[0].process.pid
         # what the kernel's OOM killer does, while the worker is on "hang"
         timer = threading.Timer(1.5, os.kill, (pid, signal.SIGKILL))
@@ -136,7 +148,7 @@ def test_batches_are_pulled_lazily():
             pulled.append(i)
             yield [f"x{i}"]
 
-    with ProcessExecutor(toy, "k", workers=2, on_fault=fault) as ex:
+    with ProcessExecutor(Toy, "k", workers=2, on_fault=fault) as ex:
         done = 0
         for _items, _res in ex.map_batches(batches()):
             done += 1
@@ -149,7 +161,7 @@ def test_close_abort_returns_in_flight_batches():
         yield ["hang"]
         yield ["a"]
 
-    ex = ProcessExecutor(toy, "k", workers=1, on_fault=fault)
+    ex = ProcessExecutor(Toy, "k", workers=1, on_fault=fault)
     it = ex.map_batches(batches())
     with pytest.raises(StopIteration):
         # drive the generator until it blocks; a timer interrupts it
@@ -168,23 +180,40 @@ def test_close_abort_returns_in_flight_batches():
 
 def test_batches_queued_behind_a_crash_are_requeued():
     # one worker holds two batches; it dies on the first; the second was never started
-    with ProcessExecutor(toy, "k", workers=1, on_fault=fault, depth=2) as ex:
+    with ProcessExecutor(Toy, "k", workers=1, on_fault=fault, depth=2) as ex:
         results = run(ex, [["a", "crash", "b"], ["c", "d"], ["e"]])
     assert results == {"a": "k:A", "crash": Status.WORKER_CRASH, "b": "k:B", "c": "k:C", "d": "k:D", "e": "k:E"}
 
 
 @pytest.mark.parametrize("depth", [1, 3])
 def test_depth(depth):
-    with ProcessExecutor(toy, "k", workers=2, on_fault=fault, depth=depth) as ex:
+    with ProcessExecutor(Toy, "k", workers=2, on_fault=fault, depth=depth) as ex:
         results = run(ex, [names(3, f"d{i}_") for i in range(7)])
     assert len(results) == 21
 
 
-def broken_initializer():
-    os._exit(9)
+class Broken(Toy):
+    def __init__(self, context, worker):
+        os._exit(9)
 
 
 def test_workers_that_cannot_start_stop_the_run_with_an_error():
-    with ProcessExecutor(toy, "k", workers=2, on_fault=fault, initializer=broken_initializer) as ex:
+    with ProcessExecutor(Broken, "k", workers=2, on_fault=fault) as ex:
         with pytest.raises(RuntimeError, match="before starting any file"):
             run(ex, [["a"], ["b"]])
+
+
+class WhereAmI(Toy):
+    def run_batch(self, items, progress, retry):
+        return [((self.worker.slot, self.worker.own_process, self.worker.stop_signal, id(self), os.getpid()), i) for i in items]
+
+
+def test_each_worker_gets_its_own_runner_from_the_factory():
+    with ProcessExecutor(WhereAmI, "k", workers=2, on_fault=fault) as ex:
+        seen = set(run(ex, [[f"x{i}"] for i in range(8)]).values())
+    assert {s[0] for s in seen} == {0, 1} and all(s[1] is True and s[2] == signal.SIGTERM for s in seen)
+    assert len({(s[3], s[4]) for s in seen}) == 2  # one runner per worker process, kept for its batches
+    with SerialExecutor(WhereAmI, "k") as ex:
+        seen = set(run(ex, [["a"], ["b"]]).values())
+    [(slot, own, stop, _, pid)] = seen  # one runner, in this process, told that nothing signals it
+    assert (slot, own, stop, pid) == (0, False, None, os.getpid())

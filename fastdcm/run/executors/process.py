@@ -1,16 +1,10 @@
-"""Executors: run a batch function over a stream of batches, serially or in a process pool.
+"""The process pool: worker processes that survive their faults (the executor protocol is in ``__init__``).
 
-This is the only module that knows about processes. The unit of work is a *batch* (a list
-of small picklable items, e.g. :class:`~fastdcm.discover.Source`); the batch function runs
-where the work happens, never raises, and returns one small result per item::
-
-    fn(items, context, progress, retry) -> list[result]
-
-``retry`` is True when the items are being run again (alone) after their batch's worker
-died: an item may then find outputs its own earlier attempt wrote. ``progress(i)`` is called by ``fn`` before it starts item ``i``; in a pool it writes
-(item index, start time) into a shared array, one slot per worker, so the parent always
-knows which item each worker is on and since when. That is how faults stay with the item
-that caused them:
+This is the only module that knows about processes. Each worker calls the factory once, with
+``WorkerInfo(slot, own_process=True, stop_signal=SIGTERM)``, and runs its batches with the
+runner it got. ``progress(i)`` writes (item index, start time) into a shared array, one slot
+per worker, so the parent always knows which item each worker is on and since when. That is
+how faults stay with the item that caused them:
 
 - a worker that dies (segfault, abort, killed) fails only the item it was on, with
   ``worker_crash`` (``out_of_memory`` if it died of SIGKILL that the pool did not send:
@@ -18,7 +12,7 @@ that caused them:
 - an item running longer than ``timeout`` seconds gets its worker killed and is marked
   ``timeout``; the other items of the batch are retried, each alone;
 - each worker runs under ``RLIMIT_AS = memory_limit`` bytes, so an allocation beyond it
-  raises ``MemoryError`` inside ``fn`` (which reports ``out_of_memory`` for that item);
+  raises ``MemoryError`` inside the runner (which reports ``out_of_memory`` for that item);
 - a dead worker is replaced; the pool never breaks (unlike concurrent.futures').
 
 Start method: ``fork`` when the parent runs a single Python thread (the ``fastdcm``
@@ -28,7 +22,7 @@ interpreter, imports, the kernels loaded again in every worker), a third of the 
 run for 1,000 CT files. With other threads alive (a caller's thread pool, a progress
 thread) a forked child could inherit a lock one of them holds and deadlock, so then it
 is ``forkserver`` (``spawn`` where that does not exist): a clean single-threaded process
-that pre-imports :mod:`fastdcm.worker`, from which workers (and replacements after a
+that pre-imports :mod:`fastdcm.run.pipeline`, from which workers (and replacements after a
 crash) are forked.
 
 Batches are pulled lazily from the input iterable: at most ``depth`` (2) batches per
@@ -53,13 +47,13 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .errors import Status
+from ...errors import Status
+from . import Factory, Fault, FaultFn, WorkerInfo
 
-__all__ = ["Fault", "SerialExecutor", "ProcessExecutor", "make_executor", "EXIT_INTERRUPTED"]
+__all__ = ["ProcessExecutor", "EXIT_INTERRUPTED", "default_start_method"]
 
 log = logging.getLogger(__name__)
 
@@ -68,52 +62,6 @@ EXIT_INTERRUPTED = 3
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 _POLL = 0.1  # seconds between deadline checks
 _MAX_IDLE_DEATHS = 5  # workers dying before any item, in a row: give up (they cannot start)
-
-
-@dataclass(frozen=True)
-class Fault:
-    """What the pool knows about an item whose result was lost: its status and why."""
-
-    status: Status
-    reason: str
-
-
-BatchFn = Callable[[Sequence[Any], Any, Callable[[int], None], bool], list]
-FaultFn = Callable[[Any, Fault], Any]
-
-
-def _no_progress(i: int) -> None:
-    return None
-
-
-class SerialExecutor:
-    """Runs every batch in this process: no isolation, no start-up cost (``workers=0``)."""
-
-    def __init__(self, fn: BatchFn, context: Any, *, initializer: Callable[[], None] | None = None, **_: Any) -> None:
-        self.fn = fn
-        self.context = context
-        if initializer is not None:
-            initializer()
-
-    def map_batches(
-        self, batches: Iterable[Sequence[Any]], should_stop: Callable[[], bool] | None = None
-    ) -> Iterator[tuple[Sequence[Any], list]]:
-        for batch in batches:
-            if should_stop is not None and should_stop():
-                return
-            yield batch, self.fn(batch, self.context, _no_progress, False)
-
-    def stop(self, grace: float = 5.0) -> Iterator[tuple[Sequence[Any], list]]:
-        return iter(())  # the batch that was running is unwound (its outputs removed)
-
-    def close(self, *, abort: bool = False) -> list[Sequence[Any]]:
-        return []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close(abort=exc[0] is not None)
 
 
 # --------------------------------------------------------------------------- inside a worker
@@ -162,7 +110,7 @@ def _die_with_parent(parent_pid: int | None) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env, parent_pid, inherited) -> None:
+def _worker_main(factory, context, conn, slots, slot, memory_limit, env, parent_pid, inherited) -> None:
     try:
         # Everything inside the try: a SIGTERM that arrives while the worker starts is a clean exit.
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -192,8 +140,7 @@ def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env,
             slots[base + 2] = time.monotonic()
             slots[base + 1] = i
 
-        if initializer is not None:
-            initializer()
+        runner = factory(context, WorkerInfo(slot=slot, own_process=True, stop_signal=signal.SIGTERM))
         while True:
             msg = conn.recv()
             if msg is None:
@@ -201,7 +148,7 @@ def _worker_main(fn, context, conn, slots, slot, initializer, memory_limit, env,
             batch_id, items, retry = msg
             slots[base + 1] = -1
             slots[base] = batch_id
-            results = fn(items, context, progress, retry)
+            results = runner.run_batch(items, progress, retry)
             # The batch is done and its outputs are on disk: its results must reach the parent
             # whole, so a SIGTERM now waits until they are sent (then the worker exits).
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -233,7 +180,7 @@ class _Worker:
         self.process = pool._mp.Process(
             target=_worker_main,
             args=(
-                pool.fn, pool.context, child, pool._slots, slot, pool.initializer, pool.memory_limit, pool._env,
+                pool.factory, pool.context, child, pool._slots, slot, pool.memory_limit, pool._env,
                 os.getpid() if pool._mp.get_start_method() == "fork" else None, inherited,
             ),
             name=f"fastdcm-worker-{slot}",
@@ -265,12 +212,11 @@ class ProcessExecutor:
 
     def __init__(
         self,
-        fn: BatchFn,
+        factory: Factory,
         context: Any,
         *,
         workers: int,
         on_fault: FaultFn,
-        initializer: Callable[[], None] | None = None,
         timeout: float | None = None,
         memory_limit: int | None = None,
         start_method: str | None = None,
@@ -281,11 +227,10 @@ class ProcessExecutor:
         method = start_method or default_start_method()
         self._mp = mp.get_context(method)
         if method == "forkserver":
-            self._mp.set_forkserver_preload(["fastdcm.worker"])
-        self.fn = fn
+            self._mp.set_forkserver_preload(["fastdcm.run.pipeline"])
+        self.factory = factory
         self.context = context
         self.on_fault = on_fault
-        self.initializer = initializer
         self.timeout = timeout
         self.memory_limit = memory_limit
         self.depth = max(1, int(depth))
@@ -480,10 +425,3 @@ class ProcessExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close(abort=exc[0] is not None)
-
-
-def make_executor(fn: BatchFn, context: Any, *, workers: int, **kwargs: Any):
-    """``workers=0``: :class:`SerialExecutor`; otherwise a :class:`ProcessExecutor`."""
-    if workers == 0:
-        return SerialExecutor(fn, context, initializer=kwargs.get("initializer"))
-    return ProcessExecutor(fn, context, workers=workers, **kwargs)

@@ -1,4 +1,4 @@
-"""process_batch in this process: statuses, atomic writes, on_exists, names inside the root."""
+"""The pipeline in this process: statuses, atomic writes, on_exists, names inside the root."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import fastdcm
-from fastdcm.discover import Source
+from fastdcm.run.discover import Source
 from fastdcm.errors import Status
 from fastdcm.options import Frames, OnExists, RenderOptions
-from fastdcm import writer
-from fastdcm.worker import Job, process_batch
-from fastdcm.writer import OutputRoot
+from fastdcm.run import write as writer
+from fastdcm.run.pipeline import Job, Pipeline
+from fastdcm.run.write import OutputRoot
 
 CT = get_testdata_file("CT_small.dcm")
 MULTI = get_testdata_file("emri_small.dcm")  # 10 frames
@@ -37,6 +37,12 @@ def test_unnamed_files_are_used_and_leave_nothing_behind(tmp_path, write_path):
     assert [r.status for r in results] == [Status.CONVERTED, Status.CONVERTED]
     assert bool(writer._TMPFILE) is (write_path == "unnamed")  # not switched off by a refusal
     assert os.listdir(out / tmp_dir(out)) == [] and no_temp_files(out)
+
+
+def process_batch(sources, job):
+    """One batch through a pipeline of its own, as a worker runs it."""
+    with Pipeline(job) as pipeline:
+        return pipeline.run_batch(sources)
 
 
 def source(path, rel=None):
@@ -165,3 +171,16 @@ def test_injected_raise_is_an_error_record(tmp_path, monkeypatch):
     results = process_batch([source(CT), source(MULTI)], job(tmp_path / "out", frames=Frames.FIRST))
     assert results[0].status is Status.ERROR and "injected" in results[0].reason
     assert results[1].status is Status.CONVERTED
+
+
+def test_two_pipelines_in_one_process_keep_their_own_output_roots(tmp_path):
+    """Per-worker state lives in the Pipeline, not in module globals: two runs' pipelines
+    interleaved in one process (threads, a cluster worker) each write into their own OUT."""
+    a, b = Pipeline(job(tmp_path / "a", frames=Frames.FIRST)), Pipeline(job(tmp_path / "b", frames=Frames.FIRST))
+    with a, b:
+        for i in range(3):
+            for p in (a, b):
+                [r] = p.run_batch([source(CT, f"{i}/CT.dcm")])
+                assert r.status is Status.CONVERTED, r.reason
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["0/CT.png", "1/CT.png", "2/CT.png"]

@@ -18,8 +18,9 @@ Each run has its own temporary folder, ``OUT/.fastdcm-tmp-<pid>-<random>``, crea
 ``mkdirat`` (which fails if the name exists) and removed by that run only, with only the files
 it made. The manifest in OUT is opened the same way (``O_NOFOLLOW``, relative to the root fd).
 
-One :class:`OutputRoot` per process and output folder: workers open their own from the path
-and the run's temporary folder name (fds do not cross process boundaries).
+The parent creates the run's root (:meth:`OutputRoot.create`); each worker's image sink opens its
+own from the path and the temporary folder's name (fds do not cross process boundaries) and keeps
+it for the run.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import stat
 import time
 from typing import Any
 
-from .errors import UnsafePathError
+from ..errors import UnsafePathError
 
 TMP_PREFIX = ".fastdcm-tmp-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -362,18 +363,3 @@ def _write_all(fd: int, data: bytes, fsync: bool) -> None:
         view = view[os.write(fd, view) :]
     if fsync:
         os.fsync(fd)
-
-
-_ROOTS: dict[tuple[str, str | None], OutputRoot] = {}
-
-
-def root_for(path: str, tmp_name: str | None) -> OutputRoot:
-    """This process's :class:`OutputRoot` for a run (opened on first use, kept for the next batches)."""
-    key = (path, tmp_name)
-    root = _ROOTS.get(key)
-    if root is None:
-        for old in _ROOTS.values():
-            old.close()
-        _ROOTS.clear()
-        root = _ROOTS[key] = OutputRoot(path, tmp_name)
-    return root

@@ -1,0 +1,301 @@
+"""One input in a worker: open, render, encode, hand the images to the image sink. Never raises.
+
+:class:`Pipeline` is the runner the executors create once per worker (``Pipeline(job, worker)``,
+see :mod:`.executors`); it holds that worker's state (the image sink with its open output root,
+the encoder, the test faults) and turns each batch of :class:`~fastdcm.run.discover.Source`
+records into one small :class:`Result` per source (status, reason, output names, frames,
+transfer syntax, VOI step, timings per stage). An input either converts completely or leaves no
+output of this attempt behind: the image sink stores each image atomically; if a later frame
+fails, the images already stored for that input are discarded, and a worker stopped by its
+stop signal withdraws the outputs of every input whose result it has not sent.
+
+Fault injection (tests only)
+----------------------------
+``FASTDCM_TEST_FAULTS`` (read only here, by the pipeline) is a comma-separated list of
+``ACTION:TEXT``: the worker does ACTION when it starts an input whose path contains TEXT.
+Actions: ``crash`` (SIGSEGV to itself), ``abort`` (``os.abort``), ``hang`` (sleep for an
+hour), ``oom`` (allocate without end: ``MemoryError`` under the worker's RLIMIT_AS),
+``raise`` (an unexpected ``RuntimeError``). The process pool passes ``FASTDCM_*`` variables
+on to workers. It is deliberately not a command-line option.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, Status, from_dependency
+from ..options import Frames, OnExists, RenderOptions
+from ..render import open_image
+from .executors import WorkerInfo
+from .naming import output_name
+from .sinks import Blocked
+from .sinks.files import FilesSink
+
+__all__ = ["Job", "Result", "Pipeline", "fault_result"]
+
+log = logging.getLogger(__name__)
+
+_FAULTS_VAR = "FASTDCM_TEST_FAULTS"
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs besides the sources; small and picklable."""
+
+    out: str  # the output root (absolute, existing)
+    render: RenderOptions
+    format: str = "png"
+    quality: int = 90
+    name: str | None = None
+    on_exists: OnExists = OnExists.ERROR
+    frames: Frames = Frames.ALL
+    fsync: bool = False
+    run_start_ns: int = 0  # outputs newer than this were written by this run
+    tmp_name: str | None = None  # this run's temporary folder in ``out`` (write.OutputRoot.create)
+
+
+@dataclass
+class Result:
+    """The outcome of one source (becomes one manifest record in the parent)."""
+
+    status: Status
+    reason: str = ""
+    outputs: list[str] = field(default_factory=list)
+    frames: int | None = None
+    transfer_syntax: str | None = None
+    voi: str | None = None
+    decoder: str | None = None  # the backend that decoded the frames (several: comma-separated)
+    shape: list[int] | None = None  # rows, columns of the output images
+    blocked: list[str] = field(default_factory=list)  # an output name that exists and was not replaced
+    reduce: int | None = None  # the reduce=k level the outputs were made at (None: full size)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def fault_result(source: Any, fault: Any) -> Result:
+    """The result of a source whose worker died (used by the executor, in the parent)."""
+    return Result(status=fault.status, reason=fault.reason)
+
+
+# --------------------------------------------------------------------------- faults (tests)
+
+
+def _faults() -> list[tuple[str, str]]:
+    spec = os.environ.get(_FAULTS_VAR, "")
+    pairs = []
+    for item in spec.split(","):
+        action, _, text = item.partition(":")
+        if action and text:
+            pairs.append((action.strip(), text))
+    return pairs
+
+
+def _inject(path: str, faults: list[tuple[str, str]]) -> None:
+    for action, text in faults:
+        if text not in path:
+            continue
+        if action == "crash":
+            os.kill(os.getpid(), signal.SIGSEGV)
+            time.sleep(5)
+        elif action == "abort":
+            os.abort()
+        elif action == "hang":
+            time.sleep(3600)
+        elif action == "oom":
+            hoard = []
+            while True:
+                hoard.append(bytearray(64 << 20))
+        elif action == "raise":
+            raise RuntimeError(f"injected fault for {path}")
+
+
+# --------------------------------------------------------------------------- one input
+
+
+class _LazyFields:
+    """``{Keyword}`` values for name templates, from pydicom's dataset parsed on first use."""
+
+    __slots__ = ("_image",)
+
+    def __init__(self, image: Any) -> None:
+        self._image = image
+
+    def __call__(self, keyword: str, default: Any = None) -> Any:
+        return self._image.dataset.get(keyword, default)
+
+    get = __call__
+
+
+class Pipeline:
+    """One worker's pipeline (the executors' runner): ``Pipeline(job, worker)``.
+
+    In a worker process of its own it loads the Numba kernels from the disk cache before the
+    first file and silences pydicom's per-file warnings for good (the manifest holds each
+    file's outcome); in the caller's process it silences them only while a batch runs."""
+
+    def __init__(self, job: Job, worker: WorkerInfo | None = None) -> None:
+        from .. import kernels
+        from ..encoders import get_encoder
+
+        worker = worker or WorkerInfo()
+        self.job = job
+        self.own_process = worker.own_process
+        self.stop_signal = worker.stop_signal
+        if self.own_process:
+            warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+            logging.getLogger("pydicom").setLevel(logging.ERROR)
+        kernels.warmup()
+        self.encoder = get_encoder(job.format)
+        self.images = FilesSink.for_job(job)
+        self.faults = _faults()
+
+    def close(self) -> None:
+        self.images.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _committing(self) -> Iterator[None]:
+        """The stop signal (the pool's SIGTERM) waits while an image is stored and listed, or a
+        result is listed, so a stopped worker knows every file it made and removes it. A few
+        microseconds, except while the bytes are written."""
+        if self.stop_signal is None:
+            yield
+            return
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {self.stop_signal})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def run_batch(
+        self, sources: Sequence[Any], progress: Callable[[int], None] | None = None, retry: bool = False
+    ) -> list[Result]:
+        """Convert every source of a batch; one :class:`Result` each, in order. Never raises
+        (except for BaseExceptions such as the signal that stops a worker)."""
+        if self.own_process:
+            return self._run_batch(sources, progress, retry)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+            return self._run_batch(sources, progress, retry)
+
+    def _run_batch(self, sources: Sequence[Any], progress: Callable[[int], None] | None, retry: bool) -> list[Result]:
+        results: list[Result] = []
+        try:
+            for i, source in enumerate(sources):
+                if progress is not None:
+                    progress(i)
+                result = self.convert_one(source, retry)
+                with self._committing():
+                    results.append(result)
+                    if result.status is Status.CONVERTED:
+                        self.images.accept(source, result)
+        except BaseException:
+            # Stopped part-way: the parent never sees these results and records the batch as
+            # interrupted, so the outputs its finished inputs stored must go too.
+            self.images.discard()
+            for result in results:
+                if result.status is Status.CONVERTED:
+                    self.images.withdraw(result.outputs)
+            raise
+        return results
+
+    def convert_one(self, source: Any, retry: bool = False) -> Result:
+        """Convert one source; every failure becomes a Result (MemoryError included). On
+        success the images stay pending in the image sink until the batch accepts them."""
+        job = self.job
+        timings = {"read": 0.0, "render": 0.0, "encode": 0.0, "write": 0.0}
+        result = Result(status=Status.ERROR, timings=timings)
+        images = self.images
+        names: list[str] = []
+        try:
+            if self.faults:
+                _inject(source.path, self.faults)
+            t0 = time.perf_counter()
+            image = open_image(source.path)
+            spec = image.spec
+            result.transfer_syntax = spec.transfer_syntax_uid
+            encoder = self.encoder
+            t1 = time.perf_counter()
+            timings["read"] = t1 - t0
+            n = image.n_frames
+            indexes = range(n) if job.frames is Frames.ALL else range(min(n, 1))
+            multi = n > 1 and job.frames is Frames.ALL
+            fields = _LazyFields(image)  # the full header is parsed only if the template asks for a keyword
+            names = [
+                output_name(
+                    job.name,
+                    source=source,
+                    frame=i if multi else None,
+                    n_frames=n,
+                    extension=encoder.extension,
+                    fields=fields,
+                )
+                for i in indexes
+            ]
+            images.begin(source, names, retry)
+            vois, decoders = [], []
+            for i, name in zip(indexes, names):
+                t0 = time.perf_counter()
+                rendered = image.render_frame(i, job.render)
+                t1 = time.perf_counter()
+                try:
+                    data = encoder.encode(rendered.array, quality=job.quality)
+                except FastDcmError:
+                    raise
+                except (ValueError, TypeError, RuntimeError) as exc:
+                    raise EncodeError(f"{job.format}: {exc}") from exc
+                t2 = time.perf_counter()
+                with self._committing():  # the stop signal waits until the image is listed as put
+                    images.put(source, name, data, retry)
+                t3 = time.perf_counter()
+                timings["render"] += t1 - t0
+                timings["encode"] += t2 - t1
+                timings["write"] += t3 - t2
+                vois.append(rendered.voi)
+                if rendered.decoder not in decoders:
+                    decoders.append(rendered.decoder)
+            result.status = Status.CONVERTED
+            result.outputs = names
+            result.frames = len(names)
+            result.voi = vois[0] if len(set(vois)) == 1 else ",".join(vois) if vois else None
+            result.decoder = ",".join(decoders) or None
+            result.shape = list(rendered.array.shape[:2]) if names else None
+            result.reduce = job.render.reduce or None
+            return result
+        except Blocked as exc:
+            result.status, result.reason = exc.status, exc.reason
+            if exc.status is Status.SKIPPED:  # (the finally clause removes what this input put)
+                result.outputs = names
+                return result
+            result.blocked = exc.names
+        except FastDcmError as exc:
+            result.status, result.reason = exc.status, exc.reason
+        except MemoryError:
+            result.status, result.reason = Status.OUT_OF_MEMORY, "out of memory (the worker's memory limit)"
+        except OSError as exc:
+            result.status, result.reason = Status.WRITE_ERROR, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            typed = from_dependency(exc, InvalidPixelModuleError, "a dependency failed on this file")
+            if typed is not None:  # raised inside pydicom / numpy / a codec on damaged data: the file's status
+                result.status, result.reason = typed.status, typed.reason
+            else:  # a bug: reported in the manifest with where it happened
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                result.status = Status.ERROR
+                result.reason = f"{type(exc).__name__}: {exc} ({os.path.basename(where.filename)}:{where.lineno})"
+        finally:
+            if result.status is not Status.CONVERTED:  # failed or interrupted part-way
+                images.discard()
+        result.outputs = []
+        return result

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .run.convert import Report, convert
+from typing import TYPE_CHECKING, Any
+
 from .decoders import decoders
 from .errors import (
     DecodeError,
@@ -23,7 +24,20 @@ from .header import PixelSpec
 from .options import RenderOptions, VoiFunction, VoiPolicy
 from .render import Image, Inspection, inspect, iter_frames, open_image, render
 
+if TYPE_CHECKING:
+    from .run.convert import Report, convert
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The batch layer (multiprocessing, the executors, the sinks) is imported on first use, so a
+    # program that only renders, or `fastdcm render`, does not pay for it at start-up.
+    if name in ("convert", "Report"):
+        from .run import convert as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "render",

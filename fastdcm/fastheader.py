@@ -178,10 +178,12 @@ _UNUSUAL_TAGS = np.array(sorted(UNUSUAL), dtype=np.int64)
 def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[int]]] | None:
     """The top-level walk, compiled (``kernels.walk_header``): (pixel data start, its length,
     [value start, value length, VR code] per tag of ``_WANTED_LIST``, start -1 when absent),
-    or None for pydicom."""
+    or None for pydicom. With the kernels' numpy twins in use (``kernels.impl``), ``walk_python``."""
+    if kernels.twins_active():
+        return walk_python(buffer, pos, explicit)
     found = np.empty((len(_WANTED_LIST), 3), np.int64)
     stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
-    start, length = kernels.walk_header(
+    start, length = kernels.compiled().walk_header(
         np.frombuffer(buffer, np.uint8), pos, explicit, elements.VR_CLASS, _WANTED_TAGS, _UNUSUAL_TAGS, found, stack
     )
     if start < 0:

@@ -109,6 +109,7 @@ def _render_stored(
     stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
 ) -> tuple[np.ndarray, str]:
     shape = stored.shape
+    k = kernels.impl()
     plan = build_plan(ds, spec, frame, options)
     if plan is None:  # min-max: one extra pass to find the frame's values
         plan = _plan_with_range(stored, ds, spec, frame, options)
@@ -117,7 +118,7 @@ def _render_stored(
     if plan.kind == "arith" and stored.dtype.kind == "f":
         raw = np.ascontiguousarray(stored).reshape(-1)
         out = np.empty(raw.shape[0], dtype=plan.out_dtype)
-        kernels.voi_float(
+        k.voi_float(
             raw, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2, plan.ymax, plan.invert,
             plan.lut.astype(plan.out_dtype), plan.lut_first, out,
         )
@@ -125,7 +126,7 @@ def _render_stored(
     raw = _as_unsigned(stored)
     if plan.kind == "arith":
         out = np.empty(raw.shape[0], dtype=plan.out_dtype)
-        kernels.voi_int(
+        k.voi_int(
             raw, plan.mask, plan.flip, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2,
             plan.ymax, plan.invert, plan.lut.astype(plan.out_dtype), plan.lut_first, out,
         )
@@ -133,34 +134,35 @@ def _render_stored(
     assert plan.table is not None and plan.table.shape[0] == plan.mask + 1
     if plan.kind == "palette":
         out = np.empty((raw.shape[0], 3), dtype=plan.out_dtype)
-        kernels.lut_gather_rgb(raw, plan.mask, plan.flip, plan.table, out)
+        k.lut_gather_rgb(raw, plan.mask, plan.flip, plan.table, out)
         return out.reshape(shape + (3,)), plan.voi
     out = np.empty(raw.shape[0], dtype=plan.out_dtype)
     if plan.affine is not None:  # the table is this line at every index (plan.fit_affine)
         narrow = raw.dtype.type
         j0, a, b = plan.affine
-        kernels.lut_affine(raw, narrow(plan.mask), narrow(plan.flip), j0, a, b, np.float32(plan.ymax), out)
+        k.lut_affine(raw, narrow(plan.mask), narrow(plan.flip), j0, a, b, np.float32(plan.ymax), out)
     else:
-        kernels.lut_gather(raw, plan.mask, plan.flip, plan.table, out)
+        k.lut_gather(raw, plan.mask, plan.flip, plan.table, out)
     return out.reshape(shape), plan.voi
 
 
 def _plan_with_range(
     stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
 ) -> RenderPlan:
+    k = kernels.impl()
     if stored.dtype.kind == "f":
         rng = np.empty(2, np.float64)
-        kernels.float_minmax(np.ascontiguousarray(stored).reshape(-1), rng)
+        k.float_minmax(np.ascontiguousarray(stored).reshape(-1), rng)
         plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
     elif not minmax_by_range(ds, spec, frame, stored.size):
         mask, flip, _ = stored_range(spec)
         present = np.zeros(mask + 1, np.bool_)
-        kernels.stored_presence(_as_unsigned(stored), mask, flip, present)
+        k.stored_presence(_as_unsigned(stored), mask, flip, present)
         plan = build_plan(ds, spec, frame, options, present=present)
     else:
         mask, flip, _ = stored_range(spec)
         rng = np.empty(2, np.int64)
-        kernels.int_minmax(_as_unsigned(stored), mask, flip, rng)
+        k.int_minmax(_as_unsigned(stored), mask, flip, rng)
         plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
     assert plan is not None
     return plan

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -205,3 +206,41 @@ def test_find_print0_into_convert_with_dash_0(tmp_path):
     proc = run("convert", "-0", "-", "-o", str(out), "--quiet", "--workers", "0", input=find.stdout.decode())
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["new_line.png", "plain.png"]  # control characters become _
+
+
+ONE_IMAGE_FILES = ["CT_small.dcm", "MR_small.dcm", "SC_rgb.dcm", "JPEG2000.dcm", "emri_small.dcm", "rtdose.dcm"]
+
+
+@pytest.mark.parametrize("name", ONE_IMAGE_FILES)
+def test_render_uses_the_numpy_twins_and_gives_the_same_bits(tmp_path, name, monkeypatch):
+    """`fastdcm render` never loads Numba (its load costs ~0.8 s in a fresh process); the picture
+    is the compiled kernels' picture, bit for bit."""
+    import fastdcm
+    from fastdcm import kernels
+
+    path = get_testdata_file(name)
+    assert cli.main(["render", path, "-o", str(tmp_path / "twins.npy")]) == 0
+    assert not kernels.twins_active()  # only inside the command
+    want = fastdcm.render(path)  # the compiled kernels
+    assert np.array_equal(np.load(tmp_path / "twins.npy"), want)
+
+
+def test_one_image_commands_start_without_numba(tmp_path):
+    code = (
+        "import sys; from fastdcm import cli; "
+        f"rc = cli.main(['render', {CT!r}, '-o', {str(tmp_path / 'x.png')!r}]); "
+        f"rc += cli.main(['info', {CT!r}]); "
+        "assert rc == 0 and 'numba' not in sys.modules, sorted(m for m in sys.modules if 'numba' in m)[:3]"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_fastdcm_kernels_numba_keeps_the_compiled_kernels(monkeypatch):
+    from fastdcm import kernels
+
+    monkeypatch.setenv("FASTDCM_KERNELS", "numba")
+    with kernels.using_twins():
+        assert kernels.impl() is kernels.compiled()
+    monkeypatch.setenv("FASTDCM_KERNELS", "numpy")
+    assert kernels.impl().__name__ == "fastdcm.kernels.twins"

@@ -229,3 +229,16 @@ def test_exact_halves_round_up():
     kernels.voi_int(np.array([0], np.uint32), 0xFFFF, 0, 1.0, -80.0, MODE_LINEAR_EXACT, 0.0, 400.0, 255.0, False,
                     np.zeros(1, np.uint8), 0, out)
     assert out[0] == 77
+
+
+def test_numba_is_imported_by_one_module_only():
+    """kernels/jitted.py; everything else reaches the kernels through kernels.impl() (lazily)."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(kernels.__file__).parent.parent
+    importers = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*.py")
+        if re.search(r"^\s*(import numba|from numba)", p.read_text(), re.M)
+    )
+    assert importers == ["kernels/jitted.py"]

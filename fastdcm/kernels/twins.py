@@ -65,7 +65,7 @@ def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first,
 
 def warmup_arrays():
     """(kernel, args) pairs covering the signatures the renderer compiles."""
-    from . import (
+    from .jitted import (
         float_minmax as k_float_minmax,
         int_minmax as k_int_minmax,
         lut_affine as k_lut_affine,

@@ -1,0 +1,322 @@
+"""The compiled kernels: the only module that imports numba (see the package docstring for the policy)."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ..elements import ITEM as _ITEM_TAG, ITEM_END as _ITEM_END_TAG, SEQ_END as _SEQ_END_TAG
+from ..elements import PIXEL_DATA as _PIXEL_DATA_TAG, UNDEFINED as _UNDEFINED_LENGTH, VR_LONG, VR_SHORT
+from .voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_LUT, MODE_SIGMOID
+
+from . import POLICY
+
+#: THE decorator (the package's POLICY). A test checks every kernel below was built with it.
+jit = numba.njit(**POLICY)
+
+__all__ = [
+    "jit",
+    "KERNELS",
+    "lut_gather",
+    "lut_gather_rgb",
+    "lut_affine",
+    "stored_presence",
+    "int_minmax",
+    "float_minmax",
+    "voi_int",
+    "voi_float",
+    "walk_header",
+]
+
+
+@jit
+def lut_gather(raw, mask, flip, table, out):
+    """out[i] = table[(raw[i] & mask) ^ flip]   (raw, out: 1-D; len(table) == mask + 1)."""
+    for i in range(raw.shape[0]):
+        out[i] = table[(raw[i] & mask) ^ flip]
+
+
+@jit
+def lut_gather_rgb(raw, mask, flip, table, out):
+    """out[i, c] = table[(raw[i] & mask) ^ flip, c]   (palette: table is (mask + 1, 3))."""
+    for i in range(raw.shape[0]):
+        j = (raw[i] & mask) ^ flip
+        out[i, 0] = table[j, 0]
+        out[i, 1] = table[j, 1]
+        out[i, 2] = table[j, 2]
+
+
+@jit
+def lut_affine(raw, mask, flip, j0, a, b, ymax, out):
+    """out[i] = trunc(clamp((float32((raw[i] & mask) ^ flip) - j0) * a + b, 0, ymax)), in float32.
+
+    ``mask`` and ``flip`` are of raw's dtype and ``j0``, ``a``, ``b``, ``ymax`` are float32
+    (the plan passes them so), which keeps every lane narrow: the loop vectorises. ``j0`` (an
+    integer near the window's middle) keeps the values small where rounding matters. It
+    equals ``lut_gather`` with the plan's table only because the plan checked that over every index.
+    """
+    zero = np.float32(0.0)
+    for i in range(raw.shape[0]):
+        v = (np.float32((raw[i] & mask) ^ flip) - j0) * a + b
+        if v < zero:
+            v = zero
+        if v > ymax:
+            v = ymax
+        out[i] = np.int32(v)
+
+
+@jit
+def stored_presence(raw, mask, flip, present):
+    """present[(raw[i] & mask) ^ flip] = True: which stored values occur (for min-max)."""
+    for i in range(raw.shape[0]):
+        present[(raw[i] & mask) ^ flip] = True
+
+
+@jit
+def int_minmax(raw, mask, flip, out):
+    """out[0], out[1] = min, max of the sign-extended stored values; raw is 1-D, unsigned."""
+    lo = np.int64(1) << 62
+    hi = -lo
+    m = np.int64(mask)
+    f = np.int64(flip)
+    for i in range(raw.shape[0]):
+        v = ((np.int64(raw[i]) & m) ^ f) - f
+        if v < lo:
+            lo = v
+        if v > hi:
+            hi = v
+    out[0] = lo
+    out[1] = hi
+
+
+@jit
+def float_minmax(raw, out):
+    """out[0], out[1] = min, max of the finite values (NaN when there are none)."""
+    lo = np.inf
+    hi = -np.inf
+    for i in range(raw.shape[0]):
+        v = np.float64(raw[i])
+        if math.isfinite(v):
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+    if lo > hi:
+        lo = np.nan
+        hi = np.nan
+    out[0] = lo
+    out[1] = hi
+
+
+@jit
+def _voi(x, mode, p1, p2, ymax):
+    """The VOI function of voi.py, one value; the numpy twin is ``voi.voi_values``."""
+    if mode == MODE_LINEAR:
+        lower = p1 - 0.5 - (p2 - 1.0) / 2.0
+        upper = p1 - 0.5 + (p2 - 1.0) / 2.0
+        if x <= lower:
+            return 0.0
+        if x > upper:
+            return ymax
+        return (x - (p1 - 0.5)) * ymax / (p2 - 1.0) + ymax / 2.0
+    if mode == MODE_LINEAR_EXACT:
+        if x <= p1 - p2 / 2.0:
+            return 0.0
+        if x > p1 + p2 / 2.0:
+            return ymax
+        return (x - p1) * ymax / p2 + ymax / 2.0
+    if mode == MODE_SIGMOID:
+        return ymax / (1.0 + math.exp(-4.0 * (x - p1) / p2))
+    # MODE_SCALE: [p1, p2] -> [0, ymax]; an empty range maps to 0
+    if p2 > p1:
+        return (x - p1) * ymax / (p2 - p1)
+    return 0.0
+
+
+@jit
+def _quantize(y, ymax, invert):
+    """Round half up, clamp to 0..ymax, invert; NaN -> 0 (before inversion)."""
+    if not (y == y):
+        q = 0.0
+    else:
+        q = np.floor(y + 0.5)
+        if q < 0.0:
+            q = 0.0
+        elif q > ymax:
+            q = ymax
+    if invert:
+        q = ymax - q
+    return q
+
+
+@jit
+def _lut_index(x, lut_first, n):
+    """floor(x) - lut_first clamped to 0..n-1, computed in float so huge values cannot overflow."""
+    j = np.floor(x) - lut_first
+    if j >= n - 1:
+        return n - 1
+    if j >= 0:
+        return np.int64(j)
+    return 0
+
+
+@jit
+def voi_int(raw, mask, flip, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first, out):
+    """Integer data of more than 16 stored bits: rescale, VOI, round, invert per pixel.
+
+    raw is 1-D unsigned; the stored value is ((raw & mask) ^ flip) - flip. With
+    mode == MODE_LUT the modality value indexes ``lut`` (already scaled to 0..ymax) from
+    ``lut_first``, clamped to its ends.
+    """
+    m = np.int64(mask)
+    f = np.int64(flip)
+    n = lut.shape[0]
+    for i in range(raw.shape[0]):
+        x = np.float64(((np.int64(raw[i]) & m) ^ f) - f) * slope + intercept
+        if mode == MODE_LUT:
+            q = np.float64(lut[_lut_index(x, lut_first, n)])
+            if invert:
+                q = ymax - q
+            out[i] = q
+        else:
+            out[i] = _quantize(_voi(x, mode, p1, p2, ymax), ymax, invert)
+
+
+@jit
+def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first, out):
+    """Float data: rescale, VOI, round, invert per pixel (NaN -> 0 before inversion)."""
+    n = lut.shape[0]
+    for i in range(raw.shape[0]):
+        x = np.float64(raw[i]) * slope + intercept
+        if mode == MODE_LUT:
+            if not (x == x):
+                q = 0.0
+            else:
+                q = np.float64(lut[_lut_index(x, lut_first, n)])
+            if invert:
+                q = ymax - q
+            out[i] = q
+        else:
+            out[i] = _quantize(_voi(x, mode, p1, p2, ymax), ymax, invert)
+
+
+# --------------------------------------------------------------------------- header walk
+
+# walk_header's ``vr_class`` table is elements.VR_CLASS (one set of VR rules for every reader).
+
+_IN_SEQUENCE, _IN_ITEM = 1, 2
+_VR_SQ, _VR_UN = 0x5153, 0x4E55  # b"SQ", b"UN" as little-endian uint16
+
+
+@jit
+def _u16(buf, pos):
+    return np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8)
+
+
+@jit
+def _u32(buf, pos):
+    return _u16(buf, pos) | (_u16(buf, pos + 2) << 16)
+
+
+@jit
+def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
+    """Walk the dataset's top-level elements from ``pos`` to the pixel data element.
+
+    ``buf`` is the file (uint8); ``explicit`` its VR encoding (little endian either way).
+    For each tag ``wanted[k]`` met at the top level, its value's start, length and VR code
+    (``buf[p] | buf[p + 1] << 8``, 0 for implicit VR) go to ``found[k, 0:3]`` (the last one
+    wins; a tag not met leaves ``-1, 0, 0``); sequences of undefined length are skipped item by item,
+    at most ``stack.shape[0] - 1`` levels deep. Returns (start, length) of the pixel data
+    value (length 0xFFFFFFFF: encapsulated, its items start at ``start``), or (-1, 0) when
+    the header has something this walk leaves to pydicom: a tag of ``unusual`` at the top
+    level, an unknown VR or non-zero reserved bytes there, undefined length on a top-level
+    element that is not SQ or UN, a value running past the end, no pixel data, or short
+    pixel data.
+    """
+    n = buf.shape[0]
+    for k in range(found.shape[0]):
+        found[k, 0] = -1
+        found[k, 1] = 0
+        found[k, 2] = 0
+    depth = 0  # 0: the top level; else stack[depth] says what is being read at that level
+    max_depth = stack.shape[0] - 1
+    while True:
+        if depth == 0 or stack[depth] == _IN_ITEM:  # elements
+            if pos + 8 > n:
+                return -1, 0
+            tag = (_u16(buf, pos) << 16) | _u16(buf, pos + 2)
+            if depth > 0 and tag == _ITEM_END_TAG:
+                pos += 8
+                depth -= 1
+                continue
+            vr = 0
+            if explicit:
+                vr = _u16(buf, pos + 4)
+                kind = vr_class[vr]
+                if kind == VR_LONG:
+                    if pos + 12 > n:
+                        return -1, 0
+                    if depth == 0 and _u16(buf, pos + 6) != 0:
+                        return -1, 0  # the two reserved bytes
+                    length = _u32(buf, pos + 8)
+                    start = pos + 12
+                elif kind == VR_SHORT or depth > 0:
+                    length = _u16(buf, pos + 6)
+                    start = pos + 8
+                else:
+                    return -1, 0  # implicit VR inside an explicit file
+            else:
+                length = _u32(buf, pos + 4)
+                start = pos + 8
+            if depth == 0:
+                if tag == _PIXEL_DATA_TAG:
+                    if length == _UNDEFINED_LENGTH:
+                        return start, length  # encapsulated: the caller walks its items
+                    if start + length > n:
+                        return -1, 0
+                    return start, length
+                for k in range(unusual.shape[0]):
+                    if unusual[k] == tag:
+                        return -1, 0
+            if length == _UNDEFINED_LENGTH:
+                if depth == 0 and explicit and vr != _VR_SQ and vr != _VR_UN:
+                    return -1, 0
+                if depth >= max_depth:
+                    return -1, 0
+                depth += 1
+                stack[depth] = _IN_SEQUENCE
+                pos = start
+                continue
+            end = start + length
+            if depth == 0:
+                if end > n:
+                    return -1, 0
+                for k in range(wanted.shape[0]):
+                    if wanted[k] == tag:
+                        found[k, 0] = start
+                        found[k, 1] = length
+                        found[k, 2] = vr
+            pos = end
+        else:  # a sequence of undefined length: items, then its delimiter
+            if pos + 8 > n:
+                return -1, 0
+            tag = (_u16(buf, pos) << 16) | _u16(buf, pos + 2)
+            length = _u32(buf, pos + 4)
+            pos += 8
+            if tag == _SEQ_END_TAG:
+                depth -= 1
+                continue
+            if tag != _ITEM_TAG:
+                return -1, 0
+            if length != _UNDEFINED_LENGTH:
+                pos += length
+                continue
+            if depth >= max_depth:
+                return -1, 0
+            depth += 1
+            stack[depth] = _IN_ITEM
+
+
+KERNELS = (lut_gather, lut_gather_rgb, lut_affine, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header)

@@ -167,3 +167,10 @@ def test_run_peer_counts_a_failing_file(tmp_path, ct5):
     files = [make_corpus.corpus_files(ct5)[0], str(bad)]
     r = peers.run_peer("naive", files, tmp_path / "out", "jpeg", workers=1)
     assert r["errors"] == 1 and "not.dcm" in r["error_samples"][0]
+
+
+def test_startup_benchmark_times_every_command_and_checks_their_pictures(tmp_path):
+    import startup
+
+    result = startup.measure(startup.default_file(), rounds=1)
+    assert {"fastdcm", "recipe"} <= set(result["median_s"]) and result["ratio_fastdcm_over_recipe"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -239,8 +240,11 @@ def test_one_image_commands_start_without_numba(tmp_path):
 def test_fastdcm_kernels_numba_keeps_the_compiled_kernels(monkeypatch):
     from fastdcm import kernels
 
-    monkeypatch.setenv("FASTDCM_KERNELS", "numba")
+    monkeypatch.setattr(kernels._Choice, "env", "numba")  # FASTDCM_KERNELS=numba, read at import
     with kernels.using_twins():
         assert kernels.impl() is kernels.compiled()
-    monkeypatch.setenv("FASTDCM_KERNELS", "numpy")
+    monkeypatch.setattr(kernels._Choice, "env", "numpy")
     assert kernels.impl().__name__ == "fastdcm.kernels.twins"
+    env = dict(os.environ, FASTDCM_KERNELS="numpy")
+    code = "from fastdcm import kernels; assert kernels.twins_active()"
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0

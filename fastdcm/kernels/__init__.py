@@ -55,6 +55,8 @@ _ENV = "FASTDCM_KERNELS"
 
 class _Choice:
     twins: bool | None = None  # None: as FASTDCM_KERNELS says (default: compiled)
+    env: str = os.environ.get(_ENV, "").strip().lower()  # read once: a start-up setting
+    jitted: ModuleType | None = None
 
 
 @contextlib.contextmanager
@@ -68,7 +70,7 @@ def using_twins() -> Iterator[None]:
 
 
 def twins_active() -> bool:
-    env = os.environ.get(_ENV, "").strip().lower()
+    env = _Choice.env
     if env == "numba":
         return False
     if env == "numpy":
@@ -78,8 +80,11 @@ def twins_active() -> bool:
 
 def compiled() -> ModuleType:
     """The compiled kernels (imports numba on first call)."""
-    from . import jitted as module
+    module = _Choice.jitted
+    if module is None:
+        from . import jitted as module
 
+        _Choice.jitted = module
     return module
 
 

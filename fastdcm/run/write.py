@@ -84,6 +84,8 @@ class OutputRoot:
         self._tmp_fd: int | None = None
         self._proc_fd: int | None = None
         self._created_tmp = False
+        self._holding = False
+        self._held: tuple[str, int] | None = None  # (folder, its fd) kept between hold() and release()
 
     # ----------------------------------------------------------------- the run's temp folder
 
@@ -162,6 +164,7 @@ class OutputRoot:
             pass
 
     def close(self) -> None:
+        self.release()
         for fd in (self._tmp_fd, self._proc_fd, self.fd):
             if fd is not None:
                 try:
@@ -172,10 +175,32 @@ class OutputRoot:
 
     # ----------------------------------------------------------------- folders
 
+    def hold(self) -> None:
+        """Keep the last folder walked open until :meth:`release`, for the next names in it (one
+        input's existence check and its frames: one walk instead of one per name and step)."""
+        self._holding = True
+
+    def release(self) -> None:
+        self._holding = False
+        if self._held is not None:
+            os.close(self._held[1])
+            self._held = None
+
     def folder(self, name: str, create: bool = True) -> tuple[int, str]:
         """(fd of the folder holding output ``name``, the file's own name), walked from the root
-        with O_NOFOLLOW at every step. The caller closes the fd."""
+        with O_NOFOLLOW at every step (or the folder held since :meth:`hold`). The caller closes the fd."""
         parts = _components(name)
+        key = "/".join(parts[:-1])
+        if self._held is not None and self._held[0] == key:
+            return os.dup(self._held[1]), parts[-1]
+        fd = self._walk(parts, create)
+        if self._holding:
+            self.release()
+            self._holding = True
+            self._held = (key, os.dup(fd))
+        return fd, parts[-1]
+
+    def _walk(self, parts: list[str], create: bool) -> int:
         fd = os.dup(self.fd)
         try:
             for i, part in enumerate(parts[:-1]):
@@ -195,7 +220,7 @@ class OutputRoot:
                     raise self._refused(parts, i, fd) from None
                 os.close(fd)
                 fd = nxt
-            return fd, parts[-1]
+            return fd
         except BaseException:
             os.close(fd)
             raise

@@ -56,6 +56,7 @@ class FilesSink:
 
     def begin(self, source: Any, names: Sequence[str], retry: bool) -> None:
         self.pending.clear()
+        self.root.hold()  # one walk to the input's folder for its checks and frames (released at the end)
         if retry:
             return
         if self.on_exists is OnExists.SKIP and all(self.root.exists(name) for name in names):
@@ -87,10 +88,12 @@ class FilesSink:
 
     def accept(self, source: Any, result: Any) -> None:
         self.pending.clear()
+        self.root.release()
 
     def discard(self) -> None:
         self.withdraw(self.pending)
         self.pending.clear()
+        self.root.release()
 
     def withdraw(self, names: Sequence[str]) -> None:
         for name in list(names):

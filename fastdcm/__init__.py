@@ -26,6 +26,7 @@ from .render import Image, Inspection, inspect, iter_frames, open_image, render
 
 if TYPE_CHECKING:
     from .run.convert import Report, convert
+    from .run.sinks.table import read_metadata
 
 __version__ = "0.1.0"
 
@@ -37,12 +38,17 @@ def __getattr__(name: str) -> Any:
         from .run import convert as module
 
         return getattr(module, name)
+    if name == "read_metadata":
+        from .run.sinks.table import read_metadata
+
+        return read_metadata
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "render",
     "convert",
     "Report",
+    "read_metadata",
     "iter_frames",
     "inspect",
     "open_image",

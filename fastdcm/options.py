@@ -253,6 +253,22 @@ class ConvertOptions:
     )
     fsync: bool = field(default=False, metadata=_meta("fsync every output file before it is renamed into place"))
     quiet: bool = field(default=False, metadata=_meta("no progress bar or progress lines"))
+    metadata: str | None = field(
+        default=None,
+        metadata=_meta(
+            "write a metadata table, one row per output image, to this .parquet or .csv file inside OUT "
+            "(needs pyarrow)",
+            metavar="FILE",
+        ),
+    )
+    tags: str | None = field(
+        default=None,
+        metadata=_meta(
+            "the DICOM attributes of the metadata table: keywords, tags (0018,0050) or paths "
+            "(Sequence/Keyword), comma-separated; +TAG adds to the default set",
+            metavar="LIST",
+        ),
+    )
     null: bool = field(
         default=False,
         metadata=_meta("paths in @list files and on stdin are separated by NUL bytes (find -print0)", short="-0"),

@@ -72,6 +72,15 @@ class Voi:
     p2: float = 0.0  # width or high
     index: int = 0  # of the VOI LUT item or window pair used
 
+    def window(self) -> tuple[float, float] | None:
+        """(center, width) of the linear mapping used: the window's own, or for min-max and
+        none the range's middle and span; None for a VOI LUT."""
+        if self.step in ("explicit", "window"):
+            return float(self.p1), float(self.p2)
+        if self.step in ("minmax", "none"):
+            return (float(self.p1) + float(self.p2)) / 2, float(self.p2) - float(self.p1)
+        return None
+
     def describe(self) -> str:
         if self.step in ("explicit", "window"):
             name = MODE_NAMES[self.mode]
@@ -106,6 +115,7 @@ class RenderPlan:
     invert: bool = False
     lut: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint8))
     lut_first: int = 0
+    window: tuple[float, float] | None = None  # (center, width) of the VOI step, as Voi.window gives it
 
 
 # ---------------------------------------------------------------------------------------
@@ -445,7 +455,7 @@ def _build_plan(
                 spec.bits_stored, spec.is_signed, modality.slope, modality.intercept,
                 voi.mode, voi.p1, voi.p2, ymax, invert, out_dtype.str,
             )
-            return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine)
+            return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine, window=voi.window())
         if voi is None and present is None:
             return None  # min-max: the caller finds the frame's values first
         mvals = _modality_table(ds, spec, modality)
@@ -469,7 +479,7 @@ def _build_plan(
                 x0 = stored_range(spec)[2] * modality.slope + modality.intercept
                 line = voi_line(voi.mode, voi.p1, voi.p2, modality.slope, x0, ymax)
                 affine = fit_affine(table, line, ymax, invert)
-        return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine)
+        return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine, window=voi.window())
 
     # Arithmetic path: float data or more than 16 stored bits.
     if modality.lut:
@@ -504,6 +514,7 @@ def _build_plan(
         plan.lut = quantize(_voi_lut(ds, frame, voi, inputs, ymax), ymax, False).astype(out_dtype)
         plan.lut_first = first
     plan.mode, plan.p1, plan.p2, plan.voi = voi.mode, voi.p1, voi.p2, voi.describe()
+    plan.window = voi.window()
     return plan
 
 

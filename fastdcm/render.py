@@ -33,6 +33,7 @@ class Rendered:
     frame: int
     voi: str
     decoder: str  # what decoded the frame: a backend's name, "native" or "pydicom"
+    window: tuple[float, float] | None = None  # (center, width) of the linear VOI used (min-max too); None: a LUT, colour
 
 
 class Image:
@@ -76,7 +77,7 @@ class Image:
         token = CURRENT_SOURCE.set(self.path or "<input>")
         try:
             stored, decoder = decode_frame(self._header, int(frame), options.decoder, options.reduce)
-            array, voi = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
+            array, plan = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError, OverflowError) as exc:
@@ -87,7 +88,7 @@ class Image:
             raise typed.with_path(self.path) from None
         finally:
             CURRENT_SOURCE.reset(token)
-        return Rendered(array=array, frame=int(frame), voi=voi, decoder=decoder)
+        return Rendered(array=array, frame=int(frame), voi=plan.voi, decoder=decoder, window=plan.window)
 
 
 def open_image(src: SourceLike) -> Image:
@@ -107,14 +108,14 @@ def _as_unsigned(stored: np.ndarray) -> np.ndarray:
 
 def _render_stored(
     stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
-) -> tuple[np.ndarray, str]:
+) -> tuple[np.ndarray, RenderPlan]:
     shape = stored.shape
     k = kernels.impl()
     plan = build_plan(ds, spec, frame, options)
     if plan is None:  # min-max: one extra pass to find the frame's values
         plan = _plan_with_range(stored, ds, spec, frame, options)
     if plan.kind == "copy":
-        return np.ascontiguousarray(stored, dtype=plan.out_dtype), plan.voi
+        return np.ascontiguousarray(stored, dtype=plan.out_dtype), plan
     if plan.kind == "arith" and stored.dtype.kind == "f":
         raw = np.ascontiguousarray(stored).reshape(-1)
         out = np.empty(raw.shape[0], dtype=plan.out_dtype)
@@ -122,7 +123,7 @@ def _render_stored(
             raw, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2, plan.ymax, plan.invert,
             plan.lut.astype(plan.out_dtype), plan.lut_first, out,
         )
-        return out.reshape(shape), plan.voi
+        return out.reshape(shape), plan
     raw = _as_unsigned(stored)
     if plan.kind == "arith":
         out = np.empty(raw.shape[0], dtype=plan.out_dtype)
@@ -130,12 +131,12 @@ def _render_stored(
             raw, plan.mask, plan.flip, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2,
             plan.ymax, plan.invert, plan.lut.astype(plan.out_dtype), plan.lut_first, out,
         )
-        return out.reshape(shape), plan.voi
+        return out.reshape(shape), plan
     assert plan.table is not None and plan.table.shape[0] == plan.mask + 1
     if plan.kind == "palette":
         out = np.empty((raw.shape[0], 3), dtype=plan.out_dtype)
         k.lut_gather_rgb(raw, plan.mask, plan.flip, plan.table, out)
-        return out.reshape(shape + (3,)), plan.voi
+        return out.reshape(shape + (3,)), plan
     out = np.empty(raw.shape[0], dtype=plan.out_dtype)
     if plan.affine is not None:  # the table is this line at every index (plan.fit_affine)
         narrow = raw.dtype.type
@@ -143,7 +144,7 @@ def _render_stored(
         k.lut_affine(raw, narrow(plan.mask), narrow(plan.flip), j0, a, b, np.float32(plan.ymax), out)
     else:
         k.lut_gather(raw, plan.mask, plan.flip, plan.table, out)
-    return out.reshape(shape), plan.voi
+    return out.reshape(shape), plan
 
 
 def _plan_with_range(

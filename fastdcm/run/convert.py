@@ -37,6 +37,7 @@ from .naming import NameConflictError, NameRegistry, compile_template, owner_key
 from .pipeline import Job, Pipeline, Result, fault_result
 from .progress import Progress, Report
 from .sinks import Sink, SinkFailed
+from .tags import parse_tags
 from .sinks.manifest import DONE_STATUSES, MANIFEST_NAME, ManifestSink, ManifestWriter, Previous, resume_index
 from .write import OutputRoot
 
@@ -118,8 +119,17 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     problem = explicit_window_problem(ropts)
     if problem:
         raise InvalidOptionError(problem)
-
     out = os.path.abspath(os.fspath(out))
+    tags = table_name = None
+    if copts.metadata is not None:
+        from .sinks.table import _pa, check_table_name
+
+        table_name = check_table_name(out, copts.metadata)
+        tags = parse_tags(copts.tags)  # InvalidOptionError naming a bad or identifying item
+        _pa()  # MissingDependencyError naming pyarrow's pip install, before any work
+    elif copts.tags is not None:
+        raise InvalidOptionError("--tags chooses the columns of the metadata table: add --metadata FILE")
+
     try:
         root = OutputRoot.create(out)  # the output folder and this run's own temporary folder
     except (OSError, UnsafePathError) as exc:
@@ -142,6 +152,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         fsync=copts.fsync,
         run_start_ns=root.start_time(),
         tmp_name=root.tmp_name,
+        tags=tags,
     )
     if copts.resume and copts.on_exists is OnExists.OVERWRITE:
         # A resumed run replaces names one by one, never another input's (see _Resume).
@@ -151,6 +162,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     progress = Progress(not copts.quiet)
     registry = NameRegistry()
     resume = _Resume(previous, registry, root, fingerprint) if copts.resume else None
+    table = None
     start = time.monotonic()
     walking = [True]
     in_flight: dict[int, Source] = {}
@@ -186,6 +198,13 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     kernels.warmup()  # compile or load once here, so workers only load the disk cache
     try:
         sinks.append(ManifestSink(_open_manifest(root, manifest_path), fingerprint))  # refused: nothing started
+        if table_name is not None:
+            from .sinks.table import MetadataSink
+
+            table = MetadataSink(root, table_name, tags)
+            sinks.append(table)
+            if resume is not None:
+                resume.has_rows = table.has_rows
         executor = make_executor(
             Pipeline,
             job,
@@ -297,6 +316,7 @@ class _Resume:
         self.registry = registry
         self.root = root
         self.fingerprint = fingerprint
+        self.has_rows: Any = None  # with a metadata table: whether a source has rows there
         for owner, prev in previous.items():
             if prev.status in DONE_STATUSES and prev.outputs:
                 try:
@@ -308,7 +328,11 @@ class _Resume:
         prev = self.previous.get(owner_key(source.path))
         if prev is None:
             return source
-        if prev.done(source.size, source.mtime_ns, self.fingerprint) and all(self.root.exists(n) for n in prev.outputs):
+        if (
+            prev.done(source.size, source.mtime_ns, self.fingerprint)
+            and all(self.root.exists(n) for n in prev.outputs)
+            and (self.has_rows is None or self.has_rows(source.path))
+        ):
             return None
         return dataclasses.replace(source, replace=prev.outputs)
 

@@ -38,6 +38,7 @@ from .executors import WorkerInfo
 from .naming import output_name
 from .sinks import Blocked
 from .sinks.files import FilesSink
+from .tags import TagSpec, extract
 
 __all__ = ["Job", "Result", "Pipeline", "fault_result"]
 
@@ -60,6 +61,7 @@ class Job:
     fsync: bool = False
     run_start_ns: int = 0  # outputs newer than this were written by this run
     tmp_name: str | None = None  # this run's temporary folder in ``out`` (write.OutputRoot.create)
+    tags: tuple[TagSpec, ...] | None = None  # the metadata table's attributes (None: no table)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Result:
     blocked: list[str] = field(default_factory=list)  # an output name that exists and was not replaced
     reduce: int | None = None  # the reduce=k level the outputs were made at (None: full size)
     timings: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None  # the chosen attributes' values (Job.tags), never the dataset
+    windows: list[tuple[float, float] | None] | None = None  # per output: (center, width) of the VOI used
 
 
 def fault_result(source: Any, fault: Any) -> Result:
@@ -227,6 +231,11 @@ class Pipeline:
             spec = image.spec
             result.transfer_syntax = spec.transfer_syntax_uid
             encoder = self.encoder
+            if job.tags is not None:
+                try:
+                    result.metadata = extract(image.dataset, job.tags)
+                except FastDcmError:  # pydicom cannot read this header: the row has no attribute values
+                    result.metadata = None
             t1 = time.perf_counter()
             timings["read"] = t1 - t0
             n = image.n_frames
@@ -245,7 +254,7 @@ class Pipeline:
                 for i in indexes
             ]
             images.begin(source, names, retry)
-            vois, decoders = [], []
+            vois, decoders, windows = [], [], []
             for i, name in zip(indexes, names):
                 t0 = time.perf_counter()
                 rendered = image.render_frame(i, job.render)
@@ -264,6 +273,7 @@ class Pipeline:
                 timings["encode"] += t2 - t1
                 timings["write"] += t3 - t2
                 vois.append(rendered.voi)
+                windows.append(rendered.window)
                 if rendered.decoder not in decoders:
                     decoders.append(rendered.decoder)
             result.status = Status.CONVERTED
@@ -273,6 +283,7 @@ class Pipeline:
             result.decoder = ",".join(decoders) or None
             result.shape = list(rendered.array.shape[:2]) if names else None
             result.reduce = job.render.reduce or None
+            result.windows = windows if job.tags is not None else None
             return result
         except Blocked as exc:
             result.status, result.reason = exc.status, exc.reason

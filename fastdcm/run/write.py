@@ -366,6 +366,67 @@ class OutputRoot:
         finally:
             os.close(fd)
 
+    def open_temp(self, hint: str) -> tuple[Any, str]:
+        """A new binary file in this run's temporary folder, and its name there (for
+        :meth:`publish`; :meth:`discard_temp` removes it if it was not published)."""
+        tmp = f"{os.getpid()}-{time.monotonic_ns()}-{hint}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=self.tmp_fd)
+        return os.fdopen(fd, "wb"), tmp
+
+    def publish(self, tmp: str, name: str) -> None:
+        """Rename the temporary file ``tmp`` (:meth:`open_temp`) to output ``name``, replacing
+        what has that name (a symlink there is replaced, never followed)."""
+        fd, leaf = self.folder(name)
+        try:
+            os.replace(tmp, leaf, src_dir_fd=self.tmp_fd, dst_dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def discard_temp(self, tmp: str) -> None:
+        try:
+            os.unlink(tmp, dir_fd=self.tmp_fd)
+        except FileNotFoundError:
+            pass
+
+    def open_read(self, name: str) -> Any:
+        """A binary file object reading output ``name``, no symlink followed at any step."""
+        fd, leaf = self.folder(name, create=False)
+        try:
+            try:
+                f = os.open(leaf, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise UnsafePathError(f"{name} in the output folder is a symlink: refused") from None
+                raise
+        finally:
+            os.close(fd)
+        return os.fdopen(f, "rb")
+
+    def listdir(self, folder: str) -> list[str]:
+        """The names in ``folder`` under the root ([] when it does not exist or is refused)."""
+        try:
+            fd, _ = self.folder(folder + "/-", create=False)  # the fd of ``folder`` itself
+        except (FileNotFoundError, NotADirectoryError, UnsafePathError):
+            return []
+        try:
+            with os.scandir(fd) as it:
+                return [e.name for e in it]
+        finally:
+            os.close(fd)
+
+    def remove_empty_folder(self, folder: str) -> None:
+        """Remove ``folder`` under the root if it is empty (else, or if missing, nothing)."""
+        try:
+            fd, leaf = self.folder(folder, create=False)
+        except (OSError, UnsafePathError):
+            return
+        try:
+            os.rmdir(leaf, dir_fd=fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def open_append(self, name: str) -> Any:
         """A binary file object appending to ``name`` in the root (the manifest), opened
         without following a symlink at any step."""

@@ -1,0 +1,332 @@
+"""The metadata table: one row per output image (one per failed input), written in the same pass.
+
+``--metadata metadata.parquet`` (or ``.csv``) inside OUT. The workers send only the values of the
+chosen attributes (:mod:`..tags`), never the dataset; this sink, in the parent, buffers rows and
+writes them as Parquet *parts* of :data:`ROWS_PER_PART` rows into ``OUT/.<table>.parts/`` (each
+part written in the run's temporary folder and renamed into place: complete or absent), so
+memory stays flat and a crashed run keeps what it recorded. When the run ends (also on Ctrl-C or a
+failed manifest) the parts and the table that was there are merged into the new table, written
+atomically: for every source the newest rows win, so a re-run or ``--resume`` never duplicates
+rows, and rows of inputs this run did not touch stay. A crash before the merge leaves the parts;
+the next run merges them.
+
+Columns: ``output`` (relative to OUT; null for a failed input), ``source``, ``frame`` (1-based),
+``status``, ``reason``, ``transfer_syntax``, ``voi`` (the VOI step used), ``window_center`` and
+``window_width`` (the linear mapping used: the window, or min-max's middle and span), ``decoder``,
+then one typed column per chosen attribute. In CSV, list values are joined with ``\\`` as DICOM does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ...errors import InvalidOptionError, MissingDependencyError
+from ..tags import TagSpec
+from ..write import OutputRoot
+from . import SinkFailed
+
+__all__ = ["MetadataSink", "read_metadata", "base_schema", "table_schema", "check_table_name", "ROWS_PER_PART"]
+
+#: Rows buffered before a part is written (a crash loses at most these; memory stays flat).
+ROWS_PER_PART = 8192
+_SEPARATOR = "\\"
+
+
+def _pa():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError(
+            "the metadata table needs pyarrow: pip install pyarrow (or pip install 'fastdcm[dataset]')"
+        ) from None
+    return pa
+
+
+def base_schema() -> list[tuple[str, str]]:
+    return [
+        ("output", "str"), ("source", "str"), ("frame", "int"), ("status", "str"), ("reason", "str"),
+        ("transfer_syntax", "str"), ("voi", "str"), ("window_center", "float"), ("window_width", "float"),
+        ("decoder", "str"),
+    ]
+
+
+def table_schema(specs: Sequence[TagSpec]) -> Any:
+    pa = _pa()
+    kinds = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
+    fields = [pa.field(name, kinds[kind]) for name, kind in base_schema()]
+    taken = {f.name for f in fields}
+    for spec in specs:
+        name = spec.column if spec.column not in taken else f"tag:{spec.column}"
+        fields.append(pa.field(name, pa.list_(kinds[spec.kind]) if spec.multi else kinds[spec.kind]))
+    return pa.schema(fields)
+
+
+def check_table_name(out: str, path: str) -> str:
+    """The table's name relative to OUT (a relative path is taken relative to OUT); it must be
+    inside OUT and end in .parquet or .csv. InvalidOptionError otherwise."""
+    full = os.path.normpath(os.path.join(out, path))
+    rel = os.path.relpath(full, out)
+    if rel == os.curdir or rel.startswith(os.pardir + os.sep) or rel == os.pardir:
+        raise InvalidOptionError(f"--metadata {path}: the table is written inside the output folder {out}, not outside it")
+    if not rel.lower().endswith((".parquet", ".csv")):
+        raise InvalidOptionError(f"--metadata {path}: name a .parquet or .csv file")
+    return rel.replace(os.sep, "/")
+
+
+def _parts_folder(name: str) -> str:
+    folder, leaf = os.path.split(name)
+    return (folder + "/" if folder else "") + f".{leaf}.parts"
+
+
+class MetadataSink:
+    """The table as a sink of the parent (see the module docstring)."""
+
+    def __init__(self, root: OutputRoot, name: str, specs: Sequence[TagSpec]) -> None:
+        self.pa = _pa()
+        self.root = root
+        self.name = name
+        self.specs = tuple(specs)
+        self.schema = table_schema(self.specs)
+        self.columns = [f.name for f in self.schema]
+        self.tag_columns = self.columns[len(base_schema()):]
+        self.parts = _parts_folder(name)
+        self.rows: list[dict[str, Any]] = []
+        self.seq = 0
+        self.written_parts: list[str] = []
+        self.known: set[str] | None = None  # sources with rows, read on first use (has_rows)
+
+    # ------------------------------------------------------------------ what is there
+
+    def _files(self) -> tuple[list[str], bool]:
+        """(names of the parts under OUT, oldest first; whether the table exists)."""
+        parts = sorted(self.parts + "/" + n for n in self.root.listdir(self.parts) if n.endswith(".parquet"))
+        return parts, self.root.exists(self.name)
+
+    def has_rows(self, source: str) -> bool:
+        """Whether the table or its parts hold rows of ``source`` (``--resume`` redoes a converted
+        input without any: its rows were lost in a crash before its part was written)."""
+        if self.known is None:
+            self.known = set()
+            parts, exists = self._files()
+            for name in ([self.name] if exists else []) + parts:
+                for batch in self._read(name, columns=["source"]):
+                    self.known.update(batch.column(0).to_pylist())
+        return source in self.known
+
+    # ------------------------------------------------------------------ rows
+
+    def accept(self, source: Any, result: Any) -> None:
+        values = result.metadata or {}
+        tags = {col: values.get(spec.column) for col, spec in zip(self.tag_columns, self.specs)}
+        common = {
+            "source": source.path, "status": getattr(result.status, "value", str(result.status)),
+            "reason": result.reason or None, "transfer_syntax": result.transfer_syntax, "decoder": result.decoder,
+        }
+        outputs = result.outputs if result.status.value in ("converted", "skipped") else []
+        if not outputs:
+            self.rows.append({**common, "output": None, "frame": None, "voi": result.voi,
+                              "window_center": None, "window_width": None, **tags})
+            return
+        windows = result.windows or [None] * len(outputs)
+        vois = (result.voi or "").split(",") if result.voi and "," in result.voi else [result.voi] * len(outputs)
+        for i, output in enumerate(outputs):
+            window = windows[i] if i < len(windows) else None
+            self.rows.append({
+                **common, "output": output, "frame": i + 1, "voi": vois[i] if i < len(vois) else result.voi,
+                "window_center": window[0] if window else None, "window_width": window[1] if window else None,
+                **tags,
+            })
+
+    def flush(self) -> None:
+        if len(self.rows) >= ROWS_PER_PART:
+            self._write_part()
+
+    def _write_part(self) -> None:
+        if not self.rows:
+            return
+        pa = self.pa
+        rows, self.rows = self.rows, []
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        self.seq += 1
+        name = f"{self.parts}/{time.time_ns():020d}-{os.getpid()}-{self.seq:06d}.parquet"
+        try:
+            self._publish(name, lambda f: self._parquet(table, f))
+        except OSError as exc:
+            raise SinkFailed(f"the metadata table {self.root.path}/{self.name} cannot be written: {exc.strerror or exc}") from None
+        self.written_parts.append(name)
+
+    def _parquet(self, table: Any, f: Any) -> None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, f, compression="zstd")
+
+    def _publish(self, name: str, write) -> None:
+        f, tmp = self.root.open_temp(os.path.basename(name))
+        try:
+            with f:
+                write(f)
+            self.root.publish(tmp, name)
+        finally:
+            self.root.discard_temp(tmp)
+
+    # ------------------------------------------------------------------ the merge
+
+    def _read(self, name: str, columns: list[str] | None = None) -> Iterator[Any]:
+        """Record batches of a table or part under OUT, conformed to this run's schema."""
+        import pyarrow.parquet as pq
+
+        f = self.root.open_read(name)
+        with f:
+            if name.lower().endswith(".csv"):
+                batches = _csv_batches(f, self.schema)
+            else:
+                batches = pq.ParquetFile(f).iter_batches(columns=None)
+            for batch in batches:
+                batch = _conform(self.pa, batch, self.schema)
+                yield batch.select(columns) if columns else batch
+
+    def close(self) -> None:
+        """Write the last part, merge the parts and the old table into the new table."""
+        try:
+            self._write_part()
+            self._merge()
+        except OSError as exc:
+            raise SinkFailed(f"the metadata table {self.root.path}/{self.name} cannot be written: {exc.strerror or exc}") from None
+
+    def _merge(self) -> None:
+        parts, exists = self._files()
+        if not parts:
+            return
+        sources = ([self.name] if exists else []) + parts  # oldest first
+        # Newest first: a source's rows in a newer file replace its rows in every older one.
+        seen = np.empty(0, np.int64)
+        keep: dict[str, list[np.ndarray]] = {}
+        for name in reversed(sources):
+            hashes = [np.fromiter((hash(s) for s in b.column(0).to_pylist()), np.int64) for b in self._read(name, ["source"])]
+            keep[name] = [~np.isin(h, seen) for h in hashes]
+            if hashes:
+                seen = np.union1d(seen, np.concatenate(hashes))
+        pa = self.pa
+
+        def write(f: Any) -> None:
+            if self.name.lower().endswith(".csv"):
+                import pyarrow.csv as pacsv
+
+                with pacsv.CSVWriter(f, _csv_schema(pa, self.schema)) as w:
+                    for batch in self._merged(sources, keep):
+                        w.write_batch(_for_csv(pa, batch))
+            else:
+                import pyarrow.parquet as pq
+
+                with pq.ParquetWriter(f, self.schema, compression="zstd") as w:
+                    for batch in self._merged(sources, keep):
+                        w.write_batch(batch)
+
+        self._publish(self.name, write)
+        for name in parts:
+            self.root.remove(name)
+        self.root.remove_empty_folder(self.parts)
+
+    def _merged(self, sources: list[str], keep: dict[str, list[np.ndarray]]) -> Iterator[Any]:
+        for name in sources:
+            for batch, mask in zip(self._read(name), keep[name]):
+                if mask.all():
+                    yield batch
+                elif mask.any():
+                    yield batch.filter(self.pa.array(mask))
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _conform(pa: Any, batch: Any, schema: Any) -> Any:
+    """A batch with exactly ``schema``'s columns: missing ones null, others cast (a table written
+    with other ``--tags`` merges into this run's)."""
+    arrays = []
+    names = batch.schema.names
+    for field in schema:
+        if field.name in names:
+            col = batch.column(names.index(field.name))
+            if not col.type.equals(field.type):
+                try:
+                    col = col.cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    col = pa.nulls(len(col), field.type)
+        else:
+            col = pa.nulls(batch.num_rows, field.type)
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _csv_schema(pa: Any, schema: Any) -> Any:
+    return pa.schema([pa.field(f.name, pa.string() if pa.types.is_list(f.type) else f.type) for f in schema])
+
+
+def _for_csv(pa: Any, batch: Any) -> Any:
+    arrays = []
+    for field, col in zip(batch.schema, batch.columns):
+        if pa.types.is_list(field.type):
+            col = pa.array(
+                [None if v is None else _SEPARATOR.join(_fmt(x) for x in v) for v in col.to_pylist()], pa.string()
+            )
+        arrays.append(col)
+    return pa.RecordBatch.from_arrays(arrays, schema=_csv_schema(pa, batch.schema))
+
+
+def _fmt(x: Any) -> str:
+    return repr(x) if isinstance(x, float) else str(x)
+
+
+def _csv_batches(f: Any, schema: Any) -> Iterator[Any]:
+    """A CSV table's record batches, streamed, with ``schema``'s types (lists split at ``\\``)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    types = {fld.name: pa.string() for fld in schema}
+    reader = pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+    for batch in reader:
+        arrays = []
+        names = batch.schema.names
+        for fld in schema:
+            if fld.name not in names:
+                arrays.append(pa.nulls(batch.num_rows, fld.type))
+                continue
+            col = batch.column(names.index(fld.name))
+            if pa.types.is_list(fld.type):
+                values = [None if v is None else v.split(_SEPARATOR) for v in col.to_pylist()]
+                col = pa.array(values, pa.list_(pa.string())).cast(fld.type)
+            elif not fld.type.equals(pa.string()):
+                col = col.cast(fld.type)
+            arrays.append(col)
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def read_metadata(path: str | os.PathLike) -> Any:
+    """A metadata table written by ``convert(..., metadata=...)`` as a pyarrow Table (``.parquet``
+    or ``.csv``; list columns of a CSV come back as lists). ``.to_pandas()`` gives a DataFrame."""
+    pa = _pa()
+    path = os.fspath(path)
+    if path.lower().endswith(".csv"):
+        import csv
+
+        with open(path, encoding="utf-8", newline="") as text:
+            columns = next(csv.reader(text), [])
+        schema = table_schema(_specs_of(columns))
+        with open(path, "rb") as f:
+            return pa.Table.from_batches(list(_csv_batches(f, schema)), schema=schema)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)
+
+
+def _specs_of(columns: list[str]) -> tuple[TagSpec, ...]:
+    from ..tags import parse_tags
+
+    base = {name for name, _ in base_schema()}
+    tags = [c for c in columns if c not in base]
+    return parse_tags(tags) if tags else ()

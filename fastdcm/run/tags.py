@@ -1,0 +1,230 @@
+"""The DICOM attributes a metadata table exports: which, with what column type, and their values.
+
+A tag selection is a list of items, each one of
+
+- a keyword (``SliceThickness``), a tag (``0018,0050``, ``(0018,0050)`` or ``00180050``);
+- a nested path through sequences, first item of each (``SharedFunctionalGroupsSequence/
+  PixelMeasuresSequence/PixelSpacing``); ``[N]`` picks another item (``.../PerFrameFunctionalGroupsSequence[3]/...``);
+- ``+ITEM``: the item added to the default set (:data:`DEFAULT_TAGS`) instead of replacing it.
+
+Each becomes one column, named by the item's keyword path (tags without a keyword keep their
+``gggg,eeee`` form). Its type comes from the DICOM data dictionary, not from the first file, so every
+row group of a table has the same schema: DS/FL/FD float64, IS/US/SS/UL/SL/UV/SV int64, other VRs
+string; a value multiplicity other than 1 gives a list column. A missing attribute is null. A
+top-level attribute that an enhanced multi-frame file keeps in its functional groups
+(``PixelSpacing``, ``SliceThickness``, ``WindowCenter``, ...) is read from the shared group, then from the
+first frame's.
+
+Privacy: identifiers of the PS3.15 Basic Application Level Confidentiality Profile (names, IDs,
+birth dates, accession numbers, physicians, institutions, addresses, ...: :data:`IDENTIFIERS`, and
+every person-name VR) cannot be selected: a selection naming one is an ``InvalidOptionError``.
+Dates and times are exported only when named (none is in the default set). Private tags (odd
+groups) are exported only when named by tag, and as text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ..errors import InvalidOptionError
+
+__all__ = ["TagSpec", "DEFAULT_TAGS", "IDENTIFIERS", "parse_tags", "extract"]
+
+#: What ``--metadata`` exports without ``--tags`` (issue 10's list; no identifier, no date).
+DEFAULT_TAGS = (
+    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "BodyPartExamined", "Manufacturer",
+    "ManufacturerModelName", "Rows", "Columns", "PixelSpacing", "SliceThickness", "InstanceNumber",
+    "ImagePositionPatient", "ImageOrientationPatient", "PhotometricInterpretation", "BitsStored", "RescaleSlope",
+    "RescaleIntercept", "WindowCenter", "WindowWidth",
+)
+
+#: Identifiers of the Basic Profile (PS3.15 Table E.1-1) that a table never carries.
+IDENTIFIERS = frozenset({
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime", "PatientBirthName",
+    "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientAddress",
+    "PatientTelephoneNumbers", "PatientAge", "PatientSex", "PatientSize", "PatientWeight", "MilitaryRank",
+    "BranchOfService", "MedicalRecordLocator", "EthnicGroup", "Occupation", "PatientReligiousPreference",
+    "AdditionalPatientHistory", "PatientComments", "PatientInsurancePlanCodeSequence", "CountryOfResidence",
+    "RegionOfResidence", "AccessionNumber", "StudyID", "ReferringPhysicianName", "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers", "ReferringPhysicianIdentificationSequence", "PerformingPhysicianName",
+    "PerformingPhysicianIdentificationSequence", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
+    "PhysiciansReadingStudyIdentificationSequence", "OperatorsName", "RequestingPhysician", "InstitutionName",
+    "InstitutionAddress", "InstitutionalDepartmentName", "InstitutionCodeSequence", "StationName",
+    "DeviceSerialNumber", "RequestAttributesSequence", "ResponsiblePerson", "ResponsibleOrganization",
+    "PersonName", "ContentCreatorName", "ScheduledPerformingPhysicianName", "RequestedProcedureID",
+    "PerformedProcedureStepID", "ScheduledProcedureStepID", "FillerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberImagingServiceRequest", "AdmissionID", "ServiceEpisodeID", "PatientState",
+    "ImageComments", "StudyComments", "DerivationDescription", "VerifyingObserverName",
+})
+
+_FLOAT_VRS = frozenset({"DS", "FL", "FD", "OF", "OD"})
+_INT_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "UV", "SV"})
+_TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
+_ITEM = re.compile(r"^(.+?)(?:\[(\d+)\])?$")
+_FUNCTIONAL_GROUPS = ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+
+
+@dataclass(frozen=True)
+class TagSpec:
+    """One column: its name, the path of (tag, item index) steps, and its type."""
+
+    column: str
+    path: tuple[tuple[int, int], ...]  # (tag, item index in that sequence; 0 for the leaf)
+    kind: str  # "float", "int", "str"
+    multi: bool  # a list column
+
+    @property
+    def leaf(self) -> int:
+        return self.path[-1][0]
+
+
+def _tag_of(text: str, item: str) -> tuple[int, str]:
+    from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+    match = _TAG.match(text)
+    if match:
+        tag = int(match.group(1) + match.group(2), 16)
+        return tag, keyword_for_tag(tag) or f"{tag >> 16:04x},{tag & 0xFFFF:04x}"
+    tag = tag_for_keyword(text)
+    if tag is None:
+        raise InvalidOptionError(f"--tags: {text!r} in {item!r} is neither a DICOM keyword nor a tag like 0018,0050")
+    return tag, text
+
+
+def _vr_vm(tag: int) -> tuple[str, str]:
+    from pydicom.datadict import dictionary_VM, dictionary_VR
+
+    try:
+        return dictionary_VR(tag), dictionary_VM(tag)
+    except KeyError:  # private or unknown: text
+        return "UN", "1"
+
+
+def _spec(item: str) -> TagSpec:
+    steps = [s for s in item.strip().split("/")]
+    if not steps or any(not s.strip() for s in steps):
+        raise InvalidOptionError(f"--tags: {item!r} is not a keyword, a tag or a path like Sequence/Keyword")
+    path, names = [], []
+    for i, step in enumerate(steps):
+        match = _ITEM.match(step.strip())
+        text, index = match.group(1), int(match.group(2) or 0)
+        tag, name = _tag_of(text, item)
+        vr, vm = _vr_vm(tag)
+        if name in IDENTIFIERS or vr == "PN":
+            raise InvalidOptionError(
+                f"--tags: {name} is an identifier (PS3.15 Basic Profile); fastdcm does not export identifiers"
+            )
+        last = i == len(steps) - 1
+        if not last and vr != "SQ":
+            raise InvalidOptionError(f"--tags: {name} in {item!r} is not a sequence, so nothing can be below it")
+        if last and vr == "SQ":
+            raise InvalidOptionError(f"--tags: {item!r} ends at a sequence; name an attribute inside it")
+        path.append((tag, index))
+        names.append(name + (f"[{index}]" if index else ""))
+    vr, vm = _vr_vm(path[-1][0])
+    private = bool((path[-1][0] >> 16) & 1)
+    kind = "str" if private else "float" if vr in _FLOAT_VRS else "int" if vr in _INT_VRS else "str"
+    return TagSpec(column="/".join(names), path=tuple(path), kind=kind, multi=vm != "1" and not private)
+
+
+_GROUP_END = re.compile(r"(^|[/(])[0-9A-Fa-f]{4}$")
+_ELEMENT_START = re.compile(r"^[0-9A-Fa-f]{4}(\)|\[|/|$)")
+
+
+def _split(text: str) -> list[str]:
+    """Comma-separated items, where the comma inside a tag (``0018,0050``) does not separate."""
+    out: list[str] = []
+    for token in text.split(","):
+        if out and _GROUP_END.search(out[-1].strip()) and _ELEMENT_START.match(token.strip()):
+            out[-1] = out[-1].rstrip() + "," + token.strip()
+        else:
+            out.append(token)
+    return out
+
+
+def parse_tags(items: str | Iterable[str] | None) -> tuple[TagSpec, ...]:
+    """The columns of a selection (comma-separated text or a list; None: the default set)."""
+    if items is None:
+        items = []
+    elif isinstance(items, str):
+        items = _split(items)
+    items = [s.strip() for s in items]
+    if any(not s for s in items):
+        raise InvalidOptionError("--tags: an empty item (two commas, or a comma at an end)")
+    if not items or all(s.startswith("+") for s in items):
+        items = list(DEFAULT_TAGS) + [s[1:] for s in items]
+    elif any(s.startswith("+") for s in items):
+        raise InvalidOptionError("--tags: either list the tags, or add to the default set with +TAG, not both")
+    specs: list[TagSpec] = []
+    seen: set[str] = set()
+    for item in items:
+        spec = _spec(item)
+        if spec.column not in seen:
+            seen.add(spec.column)
+            specs.append(spec)
+    return tuple(specs)
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _find(ds: Any, path: tuple[tuple[int, int], ...]) -> Any:
+    """The element at ``path`` (None when absent)."""
+    node = ds
+    for depth, (tag, index) in enumerate(path):
+        if node is None or tag not in node:
+            return None
+        elem = node[tag]
+        if depth == len(path) - 1:
+            return elem
+        items = elem.value
+        if not items or index >= len(items):
+            return None
+        node = items[index]
+    return None
+
+
+def _typed(value: Any, spec: TagSpec) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex() if spec.kind == "str" else None
+    many = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+    values = list(value) if many else [value]
+    out = []
+    for v in values:
+        if v is None or v == "":
+            continue
+        try:
+            out.append(float(v) if spec.kind == "float" else int(v) if spec.kind == "int" else str(v))
+        except (TypeError, ValueError):
+            return None  # a malformed number: null, never a wrong one
+    if spec.multi:
+        return out
+    return out[0] if out else None
+
+
+def extract(ds: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
+    """``{column: value}`` of one dataset (a value pydicom cannot read is null)."""
+    row: dict[str, Any] = {}
+    for spec in specs:
+        elem = None
+        try:
+            elem = _find(ds, spec.path)
+            if elem is None and len(spec.path) == 1:
+                for group in _FUNCTIONAL_GROUPS:  # enhanced multi-frame: shared group, then frame 1's
+                    seq = ds.get(group) if hasattr(ds, "get") else None
+                    if not seq:
+                        continue
+                    for inner in seq[0]:
+                        if inner.VR == "SQ" and inner.value and spec.leaf in inner.value[0]:
+                            elem = inner.value[0][spec.leaf]
+                            break
+                    if elem is not None:
+                        break
+            row[spec.column] = _typed(elem.value, spec) if elem is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError, OverflowError):
+            row[spec.column] = None  # pydicom cannot read this damaged element: null, the rest of the row stays
+    return row

@@ -1,0 +1,230 @@
+"""The metadata table (issue 10, requirement 1): one typed row per output image, written in the same
+pass, no identifiers, resumable without duplicates, parts that survive a crash."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import fastdcm
+from fastdcm import cli
+from fastdcm.errors import InvalidOptionError, Status
+from fastdcm.run.sinks import table as table_module
+from fastdcm.run.sinks.manifest import read_manifest
+from fastdcm.run.tags import DEFAULT_TAGS, parse_tags
+
+pa = pytest.importorskip("pyarrow")
+
+FILES = {  # name in the archive: pydicom test file
+    "ct/CT_small.dcm": "CT_small.dcm",
+    "mr/MR_small.dcm": "MR_small.dcm",
+    "mr/emri_small.dcm": "emri_small.dcm",  # 10 frames
+    "ct/liver.dcm": "liver.dcm",  # enhanced CT: spacing in the shared functional group
+    "us/US1_J2KR.dcm": "US1_J2KR.dcm",
+}
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    for rel, name in FILES.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(get_testdata_file(name), src / rel)
+    (src / "ct" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x001.2\0")
+    return src
+
+
+def rows_by_output(table) -> dict:
+    return {(r["source"], r["frame"]): r for r in table.to_pylist()}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_typed_row_per_output_image_and_one_per_failed_input(archive, tmp_path, workers):
+    out = tmp_path / "out"
+    report = fastdcm.convert([str(archive)], str(out), workers=workers, quiet=True, metadata="metadata.parquet")
+    table = fastdcm.read_metadata(out / "metadata.parquet")
+    manifest = list(read_manifest(out / "manifest.jsonl"))
+    images = sum(len(r.outputs) for r in manifest)
+    failed = [r for r in manifest if not r.outputs]
+    assert table.num_rows == images + len(failed) == report.frames + len(failed)
+    assert len(failed) == 1 and failed[0].status is not Status.CONVERTED
+    rows = table.to_pylist()
+    [bad] = [r for r in rows if r["output"] is None]
+    assert bad["source"].endswith("broken.dcm") and bad["status"] == failed[0].status.value and bad["reason"]
+    # typed columns from the data dictionary, the same in every file of every run
+    schema = table.schema
+    assert schema.field("Rows").type == pa.int64() and schema.field("SliceThickness").type == pa.float64()
+    assert schema.field("PixelSpacing").type == pa.list_(pa.float64())
+    assert schema.field("WindowCenter").type == pa.list_(pa.float64()) and schema.field("Modality").type == pa.string()
+    assert [c for c in schema.names[10:]] == list(DEFAULT_TAGS)
+    # values as pydicom reads them
+    for r in rows:
+        if r["output"] is None:
+            continue
+        ds = pydicom.dcmread(r["source"], stop_before_pixels=True)
+        assert r["SOPInstanceUID"] == ds.SOPInstanceUID and r["Modality"] == ds.Modality
+        assert r["Rows"] == ds.Rows and r["Columns"] == ds.Columns
+        assert (out / r["output"]).is_file() and r["status"] == "converted" and r["decoder"]
+    ct = next(r for r in rows if r["source"].endswith("CT_small.dcm"))
+    assert ct["ImagePositionPatient"] == [float(v) for v in pydicom.dcmread(ct["source"]).ImagePositionPatient]
+    mr = next(r for r in rows if r["source"].endswith("MR_small.dcm"))
+    assert mr["window_center"] == 600.0 and mr["window_width"] == 1600.0 and mr["voi"].startswith("window")
+    liver = next(r for r in rows if r["source"].endswith("liver.dcm"))
+    assert liver["PixelSpacing"] == [0.810547, 0.810547] and liver["SliceThickness"] == 1.0  # shared group
+
+
+def test_multi_frame_rows_are_numbered_from_1_with_their_outputs(archive, tmp_path):
+    out = tmp_path / "out"
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.parquet")
+    rows = [r for r in fastdcm.read_metadata(out / "m.parquet").to_pylist() if r["source"].endswith("emri_small.dcm")]
+    assert [r["frame"] for r in rows] == list(range(1, 11))
+    assert len({r["output"] for r in rows}) == 10 and all(r["window_width"] for r in rows)
+
+
+def test_csv_holds_the_same_rows_with_lists_joined_as_dicom_does(archive, tmp_path):
+    fastdcm.convert([str(archive)], str(tmp_path / "p"), workers=0, quiet=True, metadata="m.parquet")
+    fastdcm.convert([str(archive)], str(tmp_path / "c"), workers=0, quiet=True, metadata="sub/m.csv")
+    text = (tmp_path / "c" / "sub" / "m.csv").read_text()
+    assert "0.810547\\0.810547" in text
+    parquet = rows_by_output(fastdcm.read_metadata(tmp_path / "p" / "m.parquet"))
+    csv = rows_by_output(fastdcm.read_metadata(tmp_path / "c" / "sub" / "m.csv"))
+    strip = lambda r: {k: v for k, v in r.items() if k != "source"}  # noqa: E731
+    assert {k[1]: 0 for k in parquet} == {k[1]: 0 for k in csv}
+    a = sorted((r["output"] or "", repr(sorted(strip(r).items()))) for r in parquet.values())
+    b = sorted((r["output"] or "", repr(sorted(strip(r).items()))) for r in csv.values())
+    assert a == b
+
+
+def test_chosen_tags_keywords_tags_paths_and_additions():
+    specs = parse_tags("Modality,0018,0050,SharedFunctionalGroupsSequence/PixelMeasuresSequence/PixelSpacing")
+    assert [s.column for s in specs] == [
+        "Modality", "SliceThickness", "SharedFunctionalGroupsSequence/PixelMeasuresSequence/PixelSpacing"
+    ]
+    assert parse_tags("(0018,0050)")[0].column == "SliceThickness" and parse_tags("00180050")[0].kind == "float"
+    added = parse_tags("+StudyDate,+EchoTime")
+    assert [s.column for s in added] == list(DEFAULT_TAGS) + ["StudyDate", "EchoTime"]
+    assert parse_tags("0019,1001")[0].kind == "str"  # private: text, only when named
+
+
+@pytest.mark.parametrize(
+    "tags, says",
+    [
+        ("PatientName", "identifier"),
+        ("PatientID", "identifier"),
+        ("+AccessionNumber", "identifier"),
+        ("OperatorsName", "identifier"),
+        ("InstitutionName", "identifier"),
+        ("NoSuchKeyword", "neither a DICOM keyword"),
+        ("Modality/Rows", "not a sequence"),
+        ("SharedFunctionalGroupsSequence", "ends at a sequence"),
+        ("Rows,,Columns", "empty item"),
+        ("Rows,+Columns", "not both"),
+    ],
+)
+def test_identifiers_and_bad_selections_are_refused_before_any_work(tags, says, tmp_path):
+    with pytest.raises(InvalidOptionError, match=says):
+        parse_tags(tags)
+    out = tmp_path / "out"
+    with pytest.raises(InvalidOptionError, match=says):
+        fastdcm.convert([get_testdata_file("CT_small.dcm")], str(out), workers=0, quiet=True, metadata="m.parquet", tags=tags)
+    assert not out.exists()
+
+
+def test_no_identifier_reaches_the_table(archive, tmp_path):
+    out = tmp_path / "out"
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.csv")
+    import csv
+
+    with open(out / "m.csv", newline="") as f:
+        cells = [cell for row in csv.reader(f) for cell in row]
+    for name in FILES.values():
+        ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
+        for keyword in ("PatientName", "PatientID", "AccessionNumber", "InstitutionName", "ReferringPhysicianName",
+                        "PatientBirthDate", "OperatorsName"):
+            value = str(ds.get(keyword) or "")
+            if value:
+                assert value not in cells, (name, keyword)  # no cell holds an identifier
+    assert not [c for c in cells[:40] if "Date" in c or "Time" in c]  # no date unless asked for
+    fastdcm.convert([str(archive)], str(tmp_path / "dated"), workers=0, quiet=True, metadata="m.csv", tags="+StudyDate")
+    assert fastdcm.read_metadata(tmp_path / "dated" / "m.csv").column_names[-1] == "StudyDate"
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        ({"metadata": "../m.parquet"}, "inside the output folder"),
+        ({"metadata": "/elsewhere/m.parquet"}, "inside the output folder"),
+        ({"metadata": "m.xlsx"}, ".parquet or .csv"),
+        ({"tags": "Modality"}, "add --metadata"),
+    ],
+)
+def test_table_options_are_usage_errors(options, says, tmp_path):
+    with pytest.raises(InvalidOptionError, match=says):
+        fastdcm.convert([get_testdata_file("CT_small.dcm")], str(tmp_path / "o"), workers=0, quiet=True, **options)
+
+
+def test_resume_and_reruns_never_duplicate_rows(archive, tmp_path):
+    out = tmp_path / "out"
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.parquet")
+    first = fastdcm.read_metadata(out / "m.parquet").num_rows
+    shutil.copy(get_testdata_file("MR_small.dcm"), archive / "mr" / "new.dcm")
+    report = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.parquet", resume=True)
+    assert report.converted == 1
+    table = fastdcm.read_metadata(out / "m.parquet")
+    assert table.num_rows == first + 1
+    keys = [(r["source"], r["frame"]) for r in table.to_pylist()]
+    assert len(keys) == len(set(keys))
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.parquet", on_exists="overwrite")
+    again = fastdcm.read_metadata(out / "m.parquet")
+    assert sorted(map(str, again.to_pylist())) != [] and again.num_rows == first + 1
+    assert not [n for n in os.listdir(out) if n.endswith(".parts")]
+
+
+def test_a_crashed_run_keeps_its_parts_and_resume_restores_lost_rows(archive, tmp_path, monkeypatch):
+    """A run killed before the merge: the parts it wrote stay and are merged by the next run; the
+    inputs whose rows were still buffered are redone by --resume (their outputs are their own)."""
+    out = tmp_path / "out"
+    monkeypatch.setattr(table_module, "ROWS_PER_PART", 3)
+    # "killed" at the end: the rows still buffered are lost, nothing is merged
+    monkeypatch.setattr(table_module.MetadataSink, "close", lambda self: None)
+    first = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.parquet", batch_size=1)
+    assert not (out / "m.parquet").exists() and os.listdir(out / ".m.parquet.parts")
+    monkeypatch.undo()
+    again = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.parquet", resume=True)
+    assert 0 < again.converted < first.converted  # only the inputs without rows
+    table = fastdcm.read_metadata(out / "m.parquet")
+    manifest_images = sum(len(r.outputs) for r in read_manifest(out / "manifest.jsonl") if r.status is Status.CONVERTED)
+    keys = [(r["source"], r["frame"]) for r in table.to_pylist() if r["output"]]
+    assert len(keys) == len(set(keys)) == first.frames <= manifest_images
+    assert not (out / ".m.parquet.parts").exists()
+
+
+def test_the_worker_sends_only_the_chosen_values(tmp_path):
+    from fastdcm.options import RenderOptions
+    from fastdcm.run.discover import Source
+    from fastdcm.run.pipeline import Job, Pipeline
+    from fastdcm.run.write import OutputRoot
+
+    root = OutputRoot.create(str(tmp_path / "out"))
+    job = Job(out=str(tmp_path / "out"), render=RenderOptions(), tmp_name=root.tmp_name, tags=parse_tags("Modality,Rows"))
+    path = get_testdata_file("CT_small.dcm")
+    st = os.stat(path)
+    with Pipeline(job) as pipeline:
+        [result] = pipeline.run_batch([Source(path=path, rel="ct.dcm", size=st.st_size, mtime_ns=st.st_mtime_ns)])
+    assert result.metadata == {"Modality": "CT", "Rows": 128} and result.windows and len(result.windows) == 1
+
+
+def test_from_the_command_line(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = cli.main(["convert", str(archive), "-o", str(out), "--quiet", "--workers", "0", "--metadata", "m.parquet",
+                   "--tags", "+EchoTime"])
+    assert rc == 0  # broken.dcm holds no image: recorded, not a failure
+    assert "EchoTime" in fastdcm.read_metadata(out / "m.parquet").column_names
+    assert cli.main(["convert", str(archive), "-o", str(tmp_path / "o2"), "--quiet", "--tags", "PatientID",
+                     "--metadata", "m.csv"]) == cli.EXIT_USAGE
+    assert "identifier" in capsys.readouterr().err

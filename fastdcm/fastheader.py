@@ -109,11 +109,7 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
     if meta is None:
         return None
     ts, pos = meta
-    explicit = ts != IMPLICIT_LE
-    if pos + 6 <= len(buffer) and (buffer[pos + 4 : pos + 6] in elements.VRS) != explicit:
-        # pydicom's rule: the first element's VR bytes say which encoding the dataset really has
-        # (writers that put implicit VR under an explicit transfer syntax exist).
-        explicit = not explicit
+    explicit = _explicit(buffer, ts, pos)
     walked = _walk(buffer, pos, explicit)
     if walked is None:
         return None
@@ -175,27 +171,62 @@ def _file_meta(buffer: bytes) -> tuple[str, int] | None:
 _WANTED_LIST = sorted(WANTED)
 _WANTED_TAGS = np.array(_WANTED_LIST, dtype=np.int64)
 _UNUSUAL_TAGS = np.array(sorted(UNUSUAL), dtype=np.int64)
-def _walk(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[int]]] | None:
+def _explicit(buffer: bytes, ts: str, pos: int) -> bool:
+    explicit = ts != IMPLICIT_LE
+    if pos + 6 <= len(buffer) and (buffer[pos + 4 : pos + 6] in elements.VRS) != explicit:
+        # pydicom's rule: the first element's VR bytes say which encoding the dataset really has
+        # (writers that put implicit VR under an explicit transfer syntax exist).
+        explicit = not explicit
+    return explicit
+
+
+_NO_TAGS = np.empty(0, np.int64)
+
+
+def find_elements(buffer: bytes, tags: np.ndarray) -> tuple[bool, int, list[list[int]]] | None:
+    """(explicit VR, where the pixel data value starts, [value start, value length, VR code] per
+    tag of ``tags``, start -1 when absent) for top-level elements of a little-endian file, by the
+    same walk (sequences of undefined length are skipped, not found); None when this walk cannot
+    read the header (pydicom can tell). Used for the metadata table's values."""
+    meta = _file_meta(buffer)
+    if meta is None:
+        return None
+    ts, pos = meta
+    explicit = _explicit(buffer, ts, pos)
+    walked = _walk(buffer, pos, explicit, tags, _NO_TAGS)
+    return None if walked is None else (explicit, walked[0], walked[2])
+
+
+def _walk(
+    buffer: bytes, pos: int, explicit: bool, wanted: np.ndarray | None = None, unusual: np.ndarray | None = None
+) -> tuple[int, int, list[list[int]]] | None:
     """The top-level walk, compiled (``kernels.walk_header``): (pixel data start, its length,
-    [value start, value length, VR code] per tag of ``_WANTED_LIST``, start -1 when absent),
-    or None for pydicom. With the kernels' numpy twins in use (``kernels.impl``), ``walk_python``."""
+    [value start, value length, VR code] per tag of ``wanted`` (default ``_WANTED_LIST``), start -1
+    when absent), or None for pydicom (also when a tag of ``unusual``, default ``UNUSUAL``, is met).
+    With the kernels' numpy twins in use (``kernels.impl``), ``walk_python``."""
+    wanted = _WANTED_TAGS if wanted is None else wanted
+    unusual = _UNUSUAL_TAGS if unusual is None else unusual
     if kernels.twins_active():
-        return walk_python(buffer, pos, explicit)
-    found = np.empty((len(_WANTED_LIST), 3), np.int64)
+        return walk_python(buffer, pos, explicit, wanted, unusual)
+    found = np.empty((len(wanted), 3), np.int64)
     stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
     start, length = kernels.compiled().walk_header(
-        np.frombuffer(buffer, np.uint8), pos, explicit, elements.VR_CLASS, _WANTED_TAGS, _UNUSUAL_TAGS, found, stack
+        np.frombuffer(buffer, np.uint8), pos, explicit, elements.VR_CLASS, wanted, unusual, found, stack
     )
     if start < 0:
         return None
     return start, length, found.tolist()
 
 
-def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list[list[int]]] | None:
+def walk_python(
+    buffer: bytes, pos: int, explicit: bool, wanted: np.ndarray | None = None, unusual: np.ndarray | None = None
+) -> tuple[int, int, list[list[int]]] | None:
     """The plain-Python twin of ``_walk`` (the definition the tests hold the kernel to), on
     the shared element reader (``elements``)."""
     n = len(buffer)
-    found = {tag: [-1, 0, 0] for tag in _WANTED_LIST}
+    wanted_list = _WANTED_LIST if wanted is None else [int(t) for t in wanted]
+    unusual_set = UNUSUAL if unusual is None else {int(t) for t in unusual}
+    found = {tag: [-1, 0, 0] for tag in wanted_list}
     while pos + 8 <= n:
         try:
             tag, vr, length, start = elements.element(buffer, pos, explicit, strict=True)
@@ -204,8 +235,8 @@ def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list
         if tag == PIXEL_DATA:
             if length != _UNDEFINED and start + length > n:
                 return None  # short: pydicom's path reports it
-            return start, length, [found[tag] for tag in _WANTED_LIST]
-        if tag in UNUSUAL:
+            return start, length, [found[tag] for tag in wanted_list]
+        if tag in unusual_set:
             return None
         if length == _UNDEFINED:
             if explicit and vr not in (b"SQ", b"UN"):
@@ -218,7 +249,7 @@ def walk_python(buffer: bytes, pos: int, explicit: bool) -> tuple[int, int, list
         end = start + length
         if end > n:
             return None
-        if tag in WANTED:
+        if tag in found:
             found[tag] = [start, length, (vr[0] | vr[1] << 8) if vr else 0]
         pos = end
     return None  # no pixel data: pydicom's path reports what kind of object this is

@@ -50,6 +50,11 @@ class Image:
         return self._header.dataset
 
     @property
+    def header_bytes(self) -> bytes | None:
+        """The bytes of the file (None for a pydicom Dataset source)."""
+        return self._header.buffer
+
+    @property
     def n_frames(self) -> int:
         return self.spec.number_of_frames
 

@@ -228,3 +228,40 @@ def test_from_the_command_line(archive, tmp_path, capsys):
     assert cli.main(["convert", str(archive), "-o", str(tmp_path / "o2"), "--quiet", "--tags", "PatientID",
                      "--metadata", "m.csv"]) == cli.EXIT_USAGE
     assert "identifier" in capsys.readouterr().err
+
+
+def _test_files():
+    import glob
+
+    import pydicom.data
+
+    folders = [os.path.dirname(get_testdata_file("CT_small.dcm"))]
+    extra = pydicom.data.get_testdata_file("693_UNCR.dcm")
+    if extra:
+        folders.append(os.path.dirname(extra))
+    return sorted(p for folder in folders for p in glob.glob(os.path.join(folder, "*")) if os.path.isfile(p))
+
+
+def test_the_fast_header_values_equal_pydicoms_on_every_test_file():
+    """The metadata values read from the header bytes by the compiled walk are pydicom's values."""
+    import warnings
+
+    from fastdcm.errors import FastDcmError
+    from fastdcm.run.tags import _fast, extract
+
+    specs = parse_tags("+SamplesPerPixel,+EchoTime,+LargestImagePixelValue,+StudyDate,+SeriesDescription,+ImageType,"
+                       "+FrameOfReferenceUID,+ContentTime,+SpacingBetweenSlices,+KVP,+ConvolutionKernel,+Exposure")
+    compared = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in _test_files():
+            try:
+                image = fastdcm.open_image(path)
+                want = extract(image.dataset, specs)
+            except FastDcmError:
+                continue
+            got = _fast(image.header_bytes, specs)
+            if got is not None:
+                compared += 1
+                assert got == want, os.path.basename(path)
+    assert compared >= 40

@@ -38,7 +38,7 @@ from .executors import WorkerInfo
 from .naming import output_name
 from .sinks import Blocked
 from .sinks.files import FilesSink
-from .tags import TagSpec, extract
+from .tags import TagSpec, extract_from
 
 __all__ = ["Job", "Result", "Pipeline", "fault_result"]
 
@@ -233,7 +233,7 @@ class Pipeline:
             encoder = self.encoder
             if job.tags is not None:
                 try:
-                    result.metadata = extract(image.dataset, job.tags)
+                    result.metadata = extract_from(image, job.tags)
                 except FastDcmError:  # pydicom cannot read this header: the row has no attribute values
                     result.metadata = None
             t1 = time.perf_counter()

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 
 from ..errors import InvalidOptionError
 
-__all__ = ["TagSpec", "DEFAULT_TAGS", "IDENTIFIERS", "parse_tags", "extract"]
+__all__ = ["TagSpec", "DEFAULT_TAGS", "IDENTIFIERS", "parse_tags", "extract", "extract_from"]
 
 #: What ``--metadata`` exports without ``--tags`` (issue 10's list; no identifier, no date).
 DEFAULT_TAGS = (
@@ -74,6 +74,7 @@ class TagSpec:
     path: tuple[tuple[int, int], ...]  # (tag, item index in that sequence; 0 for the leaf)
     kind: str  # "float", "int", "str"
     multi: bool  # a list column
+    vr: str = "UN"  # the leaf's VR in the data dictionary (implicit VR files)
 
     @property
     def leaf(self) -> int:
@@ -126,7 +127,7 @@ def _spec(item: str) -> TagSpec:
     vr, vm = _vr_vm(path[-1][0])
     private = bool((path[-1][0] >> 16) & 1)
     kind = "str" if private else "float" if vr in _FLOAT_VRS else "int" if vr in _INT_VRS else "str"
-    return TagSpec(column="/".join(names), path=tuple(path), kind=kind, multi=vm != "1" and not private)
+    return TagSpec(column="/".join(names), path=tuple(path), kind=kind, multi=vm != "1" and not private, vr=vr)
 
 
 _GROUP_END = re.compile(r"(^|[/(])[0-9A-Fa-f]{4}$")
@@ -198,12 +199,18 @@ def _typed(value: Any, spec: TagSpec) -> Any:
         if v is None or v == "":
             continue
         try:
-            out.append(float(v) if spec.kind == "float" else int(v) if spec.kind == "int" else str(v))
+            # text: surrounding spaces are padding (PS3.5 6.2), pydicom keeps some ("DERIVED ")
+            out.append(float(v) if spec.kind == "float" else int(v) if spec.kind == "int" else _text(v, spec))
         except (TypeError, ValueError):
             return None  # a malformed number: null, never a wrong one
     if spec.multi:
         return out
     return out[0] if out else None
+
+
+def _text(value: Any, spec: TagSpec) -> str:
+    text = str(value)
+    return text.rstrip(" \0") if spec.vr in _SINGLE_TEXT_VRS else text.strip(" \0")
 
 
 def extract(ds: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
@@ -228,3 +235,91 @@ def extract(ds: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError, OverflowError):
             row[spec.column] = None  # pydicom cannot read this damaged element: null, the rest of the row stays
     return row
+
+
+# --------------------------------------------------------------------------- the fast path
+
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UC", "UI"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # one value: a backslash is text
+_BINARY = {"US": "<u2", "SS": "<i2", "UL": "<u4", "SL": "<i4", "FL": "<f4", "FD": "<f8", "UV": "<u8", "SV": "<i8"}
+#: Shared / Per-frame Functional Groups Sequence, as their tags' bytes (little endian): values may live there
+_ENHANCED = (b"\x00\x52\x29\x92", b"\x00\x52\x30\x92")
+_SLOW = object()
+
+
+_WANTED: dict[int, tuple[tuple[TagSpec, ...], Any]] = {}  # id(specs) -> (specs, their tags): a run's one selection
+
+
+def _wanted(specs: tuple[TagSpec, ...]) -> Any:
+    hit = _WANTED.get(id(specs))
+    if hit is None or hit[0] is not specs:
+        import numpy as np
+
+        if len(_WANTED) > 16:
+            _WANTED.clear()
+        hit = _WANTED[id(specs)] = (specs, np.array([s.leaf for s in specs], np.int64))
+    return hit[1]
+
+
+#: Decoded values by their raw bytes (the attributes of a series repeat in every file).
+_VALUES: dict[tuple, Any] = {}
+
+
+def extract_from(image: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
+    """``extract`` for a rendered :class:`~fastdcm.render.Image`: the values are read from the
+    header's bytes by the compiled header walk (about 20 us) when every item is a top-level
+    attribute of a plain little-endian file with ASCII text; else from pydicom's dataset (~1-2 ms).
+    Both give the same values (a test holds them to each other on every test file)."""
+    row = _fast(image.header_bytes, specs)
+    return row if row is not None else extract(image.dataset, specs)
+
+
+def _fast(buffer: bytes | None, specs: tuple[TagSpec, ...]) -> dict[str, Any] | None:
+    from .. import fastheader
+
+    if buffer is None or any(len(s.path) > 1 for s in specs):
+        return None
+    found = fastheader.find_elements(buffer, _wanted(specs))
+    if found is None:
+        return None
+    explicit, pixels, rows = found
+    if any(buffer.find(tag, 0, pixels) >= 0 for tag in _ENHANCED):
+        return None  # (probably) an enhanced multi-frame file: pydicom's path reads the functional groups
+    out: dict[str, Any] = {}
+    for spec, (start, length, code) in zip(specs, rows):
+        if start < 0:
+            out[spec.column] = None
+            continue
+        vr = chr(code & 0xFF) + chr(code >> 8) if explicit else spec.vr
+        data = buffer[start : start + length]
+        key = (data, vr, spec.vr, spec.kind, spec.multi)
+        value = _VALUES.get(key, _SLOW) if length <= 64 else _SLOW
+        if value is _SLOW:
+            value = _raw_value(data, vr, spec)
+            if value is _SLOW:
+                return None
+            if length <= 64:
+                if len(_VALUES) >= 4096:
+                    _VALUES.clear()
+                _VALUES[key] = value
+        out[spec.column] = value[:] if isinstance(value, list) else value
+    return out
+
+
+def _raw_value(data: bytes, vr: str, spec: TagSpec) -> Any:
+    if vr in _BINARY:
+        import numpy as np
+
+        size = np.dtype(_BINARY[vr]).itemsize
+        if len(data) % size:
+            return _SLOW
+        return _typed(np.frombuffer(data, _BINARY[vr]).tolist(), spec)
+    if vr in _TEXT_VRS or vr in _SINGLE_TEXT_VRS:
+        if not data.isascii() or b"\x1b" in data:
+            return _SLOW  # a character set other than ASCII: pydicom decodes it
+        text = data.decode("ascii")
+        items = [text] if vr in _SINGLE_TEXT_VRS else text.split("\\")
+        items = [item.strip(" \0") if vr in ("DS", "IS", "UI", "CS", "AE", "AS", "DA", "DT", "TM") else item.rstrip(" \0")
+                 for item in items]
+        return _typed(items if len(items) > 1 else items[0], spec)
+    return _SLOW

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a file's dataset and what fastdcm will do with it")
     info.add_argument("file", nargs="?", help="a DICOM file")
     info.add_argument("--plugins", action="store_true", help="list decoder plugins and how to install missing ones")
+    info.add_argument("--json", action="store_true", help="the dataset in the DICOM JSON model (PS3.18 F), bulk data left out")
+    info.add_argument("--allow-phi", action="store_true",
+                      help="show identifiers (patient, physician, institution names, IDs, birth dates, private tags); "
+                           "masked by default")
 
     render = sub.add_parser("render", help="render one frame of one file to an image file")
     render.add_argument("file")
@@ -166,10 +170,28 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("info needs a FILE (or --plugins)")
     import pydicom
 
+    from .run.tags import masked
+
     try:
+        if args.json:
+            from .run.discover import OTHER, sniff
+
+            if sniff(args.file) == OTHER:
+                raise ValueError("it does not look like DICOM (no preamble, no plausible first element)")
         ds = pydicom.dcmread(args.file, force=True, stop_before_pixels=True)
-        print(ds)
+        shown = ds if args.allow_phi else masked(ds, bulk_limit=1024 if args.json else None)
+        if args.allow_phi:
+            print("fastdcm: identifiers shown (--allow-phi)", file=sys.stderr)
+        if args.json:
+            import json
+
+            print(json.dumps(shown.to_json_dict(bulk_data_threshold=1 << 30), indent=1))
+            return EXIT_OK
+        print(shown)
     except Exception as exc:  # pydicom raises many types on a damaged file: show it, go on
+        if args.json:
+            print(f"fastdcm: pydicom cannot read the dataset of {args.file}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"(pydicom cannot read the dataset: {type(exc).__name__}: {exc})")
     print()
     try:

@@ -174,3 +174,13 @@ def test_startup_benchmark_times_every_command_and_checks_their_pictures(tmp_pat
 
     result = startup.measure(startup.default_file(), rounds=1)
     assert {"fastdcm", "recipe"} <= set(result["median_s"]) and result["ratio_fastdcm_over_recipe"] > 0
+
+
+def test_metadata_benchmark_measures_cost_and_memory(tmp_path):
+    pytest.importorskip("pyarrow")
+    import metadata
+
+    result = metadata.cost(tmp_path, files=12, rounds=1, workers=1)
+    assert result["ratio_with_over_without"] > 0 and result["files_per_s"]["with"] > 0
+    mem = metadata.memory(tmp_path, rows=[10, 30])
+    assert mem["runs"]["30"]["rows"] == 30 and mem["runs"]["10"]["peak_rss_mib_with"] > 0

@@ -248,3 +248,33 @@ def test_fastdcm_kernels_numba_keeps_the_compiled_kernels(monkeypatch):
     env = dict(os.environ, FASTDCM_KERNELS="numpy")
     code = "from fastdcm import kernels; assert kernels.twins_active()"
     assert subprocess.run([sys.executable, "-c", code], env=env, timeout=60).returncode == 0
+
+
+def test_info_masks_identifiers_unless_allowed(capsys):
+    import json
+
+    import pydicom
+
+    ds = pydicom.dcmread(CT, stop_before_pixels=True)
+    secrets = [str(ds.PatientName), str(ds.PatientID), str(ds.get("InstitutionName", "")), str(ds.PatientBirthDate)]
+    secrets = [s for s in secrets if s]
+    assert cli.main(["info", CT]) == 0
+    text = capsys.readouterr().out
+    assert "<masked>" in text and not [s for s in secrets if s in text]
+    assert str(ds.SOPInstanceUID) in text and "Rows" in text
+    assert cli.main(["info", "--json", CT]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["00100010"]["Value"] == [{"Alphabetic": "<masked>"}] and data["00280010"]["Value"] == [128]
+    assert not [s for s in secrets if s in json.dumps(data)]
+    assert cli.main(["info", "--json", "--allow-phi", CT]) == 0
+    out = capsys.readouterr()
+    assert str(ds.PatientName) in out.out and "--allow-phi" in out.err
+    unchanged = pydicom.dcmread(CT, stop_before_pixels=True)
+    assert str(unchanged.PatientName) == str(ds.PatientName)
+
+
+def test_info_json_of_a_damaged_file_is_an_error_naming_it(tmp_path, capsys):
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 10)
+    assert cli.main(["info", "--json", str(bad)]) == 1
+    assert "bad.dcm" in capsys.readouterr().err

@@ -323,3 +323,37 @@ def _raw_value(data: bytes, vr: str, spec: TagSpec) -> Any:
                  for item in items]
         return _typed(items if len(items) > 1 else items[0], spec)
     return _SLOW
+
+
+# --------------------------------------------------------------------------- masking (fastdcm info)
+
+#: What an identifier's value becomes where a dataset is shown without --allow-phi.
+MASK = "<masked>"
+_BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_MASKABLE_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+
+
+def is_identifier(elem: Any) -> bool:
+    """A Basic Profile identifier (:data:`IDENTIFIERS`, any person name) or a private element."""
+    return elem.keyword in IDENTIFIERS or elem.VR == "PN" or bool(elem.tag.group & 1) and elem.tag.element >= 0x0100
+
+
+def masked(ds: Any, *, bulk_limit: int | None = None) -> Any:
+    """A copy of ``ds`` with every identifier's value replaced by :data:`MASK` (in sequences too;
+    ``ds`` is not changed). ``bulk_limit``: binary values longer than that are left out."""
+    import copy
+
+    from pydicom import config
+    from pydicom.dataelem import DataElement
+
+    out = copy.deepcopy(ds)
+
+    def visit(dataset: Any, elem: Any) -> None:
+        if bulk_limit is not None and elem.VR in _BULK_VRS and len(elem.value or b"") > bulk_limit:
+            del dataset[elem.tag]
+        elif is_identifier(elem):
+            value = [] if elem.VR == "SQ" else MASK if elem.VR in _MASKABLE_TEXT else None
+            dataset[elem.tag] = DataElement(elem.tag, elem.VR, value, validation_mode=config.IGNORE)
+
+    out.walk(visit)
+    return out

@@ -220,7 +220,7 @@ class ConvertOptions:
         default=None,
         metadata=_meta(
             "output name template with {Keyword}, {stem}, {rel}, {frame} fields, e.g. "
-            "'{PatientID}/{SeriesInstanceUID}/{InstanceNumber:04}'; default: mirror the input paths",
+            "'{SeriesInstanceUID}/{InstanceNumber:04}' (identifiers need --pseudonymize or --allow-phi); default: mirror the input paths",
             metavar="TEMPLATE",
         ),
     )
@@ -267,6 +267,18 @@ class ConvertOptions:
             "the DICOM attributes of the metadata table: keywords, tags (0018,0050) or paths "
             "(Sequence/Keyword), comma-separated; +TAG adds to the default set",
             metavar="LIST",
+        ),
+    )
+    allow_phi: bool = field(
+        default=False,
+        metadata=_meta("allow identifiers (patient names and IDs, birth dates, ...) in output names and the metadata table"),
+    )
+    pseudonymize: str | None = field(
+        default=None,
+        metadata=_meta(
+            "replace Patient ID and UIDs in names and the table by keyed hashes (HMAC-SHA256); the key: "
+            "env (FASTDCM_PSEUDONYM_KEY), @FILE, or the text itself (16+ characters)",
+            metavar="KEY",
         ),
     )
     null: bool = field(

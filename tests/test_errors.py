@@ -261,7 +261,7 @@ def test_what_pydicom_raises_on_a_damaged_file_is_that_files_status(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "x.dcm").write_bytes(path.read_bytes())
-    report = fastdcm.convert([str(src)], str(tmp_path / "out"), workers=0, quiet=True, name="{PatientID}/{stem}")
+    report = fastdcm.convert([str(src)], str(tmp_path / "out"), workers=0, quiet=True, name="{PatientID}/{stem}", allow_phi=True)
     assert report.counts.get(fastdcm.Status.ERROR, 0) == 0 and report.counts[fastdcm.Status.NOT_DICOM] == 1
 
 

@@ -37,6 +37,7 @@ from .naming import NameConflictError, NameRegistry, compile_template, owner_key
 from .pipeline import Job, Pipeline, Result, fault_result
 from .progress import Progress, Report
 from .sinks import Sink, SinkFailed
+from .privacy import Pseudonymizer, check_fields, load_key
 from .tags import parse_tags
 from .sinks.manifest import DONE_STATUSES, MANIFEST_NAME, ManifestSink, ManifestWriter, Previous, resume_index
 from .write import OutputRoot
@@ -109,8 +110,10 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     sources = [os.fspath(s) for s in sources]
+    pseudonymizer = Pseudonymizer(load_key(copts.pseudonymize)) if copts.pseudonymize else None
     if copts.name is not None:
-        compile_template(copts.name)  # ValueError with a clear message, before any work
+        template = compile_template(copts.name)  # ValueError with a clear message, before any work
+        check_fields(list(template.keywords), "--name", allow_phi=copts.allow_phi, pseudonymize=pseudonymizer is not None)
     from ..encoders import check_depth, get_encoder
 
     check_inputs(sources)  # a missing path, an empty glob: usage errors naming them
@@ -125,7 +128,8 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         from .sinks.table import _pa, check_table_name
 
         table_name = check_table_name(out, copts.metadata)
-        tags = parse_tags(copts.tags)  # InvalidOptionError naming a bad or identifying item
+        # InvalidOptionError naming a bad or identifying item
+        tags = parse_tags(copts.tags, allow_phi=copts.allow_phi, pseudonymize=pseudonymizer is not None)
         _pa()  # MissingDependencyError naming pyarrow's pip install, before any work
     elif copts.tags is not None:
         raise InvalidOptionError("--tags chooses the columns of the metadata table: add --metadata FILE")
@@ -138,8 +142,13 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     manifest_path = os.path.abspath(copts.manifest) if copts.manifest else os.path.join(out, MANIFEST_NAME)
     report = Report(out=out, manifest=manifest_path)
     given.pop("stdin", None)
+    report.phi_allowed = copts.allow_phi
+    if copts.pseudonymize and copts.pseudonymize != "env" and not copts.pseudonymize.startswith("@"):
+        given["pseudonymize"] = "YOUR-KEY"  # the key itself is never printed
     report.resume_command = _resume_command(sources, out, given)
     fingerprint = output_fingerprint(copts, ropts)
+    if pseudonymizer is not None:  # other keys give other names: another fingerprint
+        fingerprint = f"{fingerprint}-{pseudonymizer.fingerprint()}"
     previous = resume_index(manifest_path) if copts.resume else {}
     job = Job(
         out=out,
@@ -153,6 +162,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         run_start_ns=root.start_time(),
         tmp_name=root.tmp_name,
         tags=tags,
+        pseudonymizer=pseudonymizer,
     )
     if copts.resume and copts.on_exists is OnExists.OVERWRITE:
         # A resumed run replaces names one by one, never another input's (see _Resume).

@@ -38,6 +38,7 @@ from .executors import WorkerInfo
 from .naming import output_name
 from .sinks import Blocked
 from .sinks.files import FilesSink
+from .privacy import Pseudonymizer, pseudonymized
 from .tags import TagSpec, extract_from
 
 __all__ = ["Job", "Result", "Pipeline", "fault_result"]
@@ -62,6 +63,7 @@ class Job:
     run_start_ns: int = 0  # outputs newer than this were written by this run
     tmp_name: str | None = None  # this run's temporary folder in ``out`` (write.OutputRoot.create)
     tags: tuple[TagSpec, ...] | None = None  # the metadata table's attributes (None: no table)
+    pseudonymizer: Pseudonymizer | None = None  # --pseudonymize: keyed hashes of Patient ID and UIDs
 
 
 @dataclass
@@ -124,15 +126,20 @@ def _inject(path: str, faults: list[tuple[str, str]]) -> None:
 
 
 class _LazyFields:
-    """``{Keyword}`` values for name templates, from pydicom's dataset parsed on first use."""
+    """``{Keyword}`` values for name templates, from pydicom's dataset parsed on first use
+    (Patient ID and UIDs as keyed hashes with ``--pseudonymize``)."""
 
-    __slots__ = ("_image",)
+    __slots__ = ("_image", "_pseudonymizer")
 
-    def __init__(self, image: Any) -> None:
+    def __init__(self, image: Any, pseudonymizer: Pseudonymizer | None = None) -> None:
         self._image = image
+        self._pseudonymizer = pseudonymizer
 
     def __call__(self, keyword: str, default: Any = None) -> Any:
-        return self._image.dataset.get(keyword, default)
+        value = self._image.dataset.get(keyword, default)
+        if self._pseudonymizer is not None and value is not default and pseudonymized(keyword):
+            value = self._pseudonymizer(value)
+        return value
 
     get = __call__
 
@@ -236,12 +243,16 @@ class Pipeline:
                     result.metadata = extract_from(image, job.tags)
                 except FastDcmError:  # pydicom cannot read this header: the row has no attribute values
                     result.metadata = None
+                if result.metadata and job.pseudonymizer is not None:
+                    for spec in job.tags:
+                        if spec.pseudonymized:
+                            result.metadata[spec.column] = job.pseudonymizer(result.metadata[spec.column])
             t1 = time.perf_counter()
             timings["read"] = t1 - t0
             n = image.n_frames
             indexes = range(n) if job.frames is Frames.ALL else range(min(n, 1))
             multi = n > 1 and job.frames is Frames.ALL
-            fields = _LazyFields(image)  # the full header is parsed only if the template asks for a keyword
+            fields = _LazyFields(image, job.pseudonymizer)  # the full header is parsed only if the template asks
             names = [
                 output_name(
                     job.name,

@@ -44,6 +44,7 @@ class Report:
     manifest_error: str = ""  # the run stopped because a sink (the manifest) could not be written
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # the first (source, status, reason)
     ignored_non_dicom: int = 0
+    phi_allowed: bool = False  # --allow-phi: names and the table may carry identifiers
 
     def add(self, path: str, status: Status, reason: str = "", frames: int | None = None) -> None:
         """Count one input's final status."""
@@ -85,6 +86,8 @@ class Report:
         text += f"\n{self.discovered} inputs, {self.frames} images written in {self.elapsed:.1f} s ({rate:.1f} inputs/s)"
         if self.ignored_non_dicom:
             text += f"; ignored {self.ignored_non_dicom} non-DICOM files met in folders"
+        if self.phi_allowed:
+            text += "\nidentifiers allowed (--allow-phi): output names and the metadata table may carry them"
         return text
 
 

@@ -15,9 +15,10 @@ top-level attribute that an enhanced multi-frame file keeps in its functional gr
 (``PixelSpacing``, ``SliceThickness``, ``WindowCenter``, ...) is read from the shared group, then from the
 first frame's.
 
-Privacy: identifiers of the PS3.15 Basic Application Level Confidentiality Profile (names, IDs,
-birth dates, accession numbers, physicians, institutions, addresses, ...: :data:`IDENTIFIERS`, and
-every person-name VR) cannot be selected: a selection naming one is an ``InvalidOptionError``.
+Privacy (:mod:`.privacy`): identifiers of the PS3.15 Basic Application Level Confidentiality Profile
+(names, IDs, birth dates, accession numbers, physicians, institutions, addresses, ...: ``IDENTIFIERS``,
+and every person-name VR) are refused (``InvalidOptionError``) unless ``--allow-phi``; with
+``--pseudonymize`` Patient ID and UIDs may be chosen and are written as keyed hashes.
 Dates and times are exported only when named (none is in the default set). Private tags (odd
 groups) are exported only when named by tag, and as text.
 """
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..errors import InvalidOptionError
+from .privacy import IDENTIFIERS, check_fields
 
-__all__ = ["TagSpec", "DEFAULT_TAGS", "IDENTIFIERS", "parse_tags", "extract", "extract_from"]
+__all__ = ["TagSpec", "DEFAULT_TAGS", "parse_tags", "extract", "extract_from", "masked"]
 
 #: What ``--metadata`` exports without ``--tags`` (issue 10's list; no identifier, no date).
 DEFAULT_TAGS = (
@@ -39,25 +41,6 @@ DEFAULT_TAGS = (
     "ImagePositionPatient", "ImageOrientationPatient", "PhotometricInterpretation", "BitsStored", "RescaleSlope",
     "RescaleIntercept", "WindowCenter", "WindowWidth",
 )
-
-#: Identifiers of the Basic Profile (PS3.15 Table E.1-1) that a table never carries.
-IDENTIFIERS = frozenset({
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientBirthTime", "PatientBirthName",
-    "PatientMotherBirthName", "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientAddress",
-    "PatientTelephoneNumbers", "PatientAge", "PatientSex", "PatientSize", "PatientWeight", "MilitaryRank",
-    "BranchOfService", "MedicalRecordLocator", "EthnicGroup", "Occupation", "PatientReligiousPreference",
-    "AdditionalPatientHistory", "PatientComments", "PatientInsurancePlanCodeSequence", "CountryOfResidence",
-    "RegionOfResidence", "AccessionNumber", "StudyID", "ReferringPhysicianName", "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers", "ReferringPhysicianIdentificationSequence", "PerformingPhysicianName",
-    "PerformingPhysicianIdentificationSequence", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
-    "PhysiciansReadingStudyIdentificationSequence", "OperatorsName", "RequestingPhysician", "InstitutionName",
-    "InstitutionAddress", "InstitutionalDepartmentName", "InstitutionCodeSequence", "StationName",
-    "DeviceSerialNumber", "RequestAttributesSequence", "ResponsiblePerson", "ResponsibleOrganization",
-    "PersonName", "ContentCreatorName", "ScheduledPerformingPhysicianName", "RequestedProcedureID",
-    "PerformedProcedureStepID", "ScheduledProcedureStepID", "FillerOrderNumberImagingServiceRequest",
-    "PlacerOrderNumberImagingServiceRequest", "AdmissionID", "ServiceEpisodeID", "PatientState",
-    "ImageComments", "StudyComments", "DerivationDescription", "VerifyingObserverName",
-})
 
 _FLOAT_VRS = frozenset({"DS", "FL", "FD", "OF", "OD"})
 _INT_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "UV", "SV"})
@@ -79,6 +62,15 @@ class TagSpec:
     @property
     def leaf(self) -> int:
         return self.path[-1][0]
+
+    @property
+    def pseudonymized(self) -> bool:
+        """Whether --pseudonymize replaces this column's values (Patient ID, UIDs)."""
+        from pydicom.datadict import keyword_for_tag
+
+        from .privacy import pseudonymized
+
+        return pseudonymized(keyword_for_tag(self.leaf) or "")
 
 
 def _tag_of(text: str, item: str) -> tuple[int, str]:
@@ -103,7 +95,7 @@ def _vr_vm(tag: int) -> tuple[str, str]:
         return "UN", "1"
 
 
-def _spec(item: str) -> TagSpec:
+def _spec(item: str, allow_phi: bool, pseudonymize: bool) -> TagSpec:
     steps = [s for s in item.strip().split("/")]
     if not steps or any(not s.strip() for s in steps):
         raise InvalidOptionError(f"--tags: {item!r} is not a keyword, a tag or a path like Sequence/Keyword")
@@ -113,10 +105,7 @@ def _spec(item: str) -> TagSpec:
         text, index = match.group(1), int(match.group(2) or 0)
         tag, name = _tag_of(text, item)
         vr, vm = _vr_vm(tag)
-        if name in IDENTIFIERS or vr == "PN":
-            raise InvalidOptionError(
-                f"--tags: {name} is an identifier (PS3.15 Basic Profile); fastdcm does not export identifiers"
-            )
+        check_fields([name], "--tags", allow_phi=allow_phi, pseudonymize=pseudonymize)
         last = i == len(steps) - 1
         if not last and vr != "SQ":
             raise InvalidOptionError(f"--tags: {name} in {item!r} is not a sequence, so nothing can be below it")
@@ -145,8 +134,11 @@ def _split(text: str) -> list[str]:
     return out
 
 
-def parse_tags(items: str | Iterable[str] | None) -> tuple[TagSpec, ...]:
-    """The columns of a selection (comma-separated text or a list; None: the default set)."""
+def parse_tags(
+    items: str | Iterable[str] | None, *, allow_phi: bool = False, pseudonymize: bool = False
+) -> tuple[TagSpec, ...]:
+    """The columns of a selection (comma-separated text or a list; None: the default set).
+    Identifiers are refused unless ``allow_phi`` (or ``pseudonymize`` for Patient ID and UIDs)."""
     if items is None:
         items = []
     elif isinstance(items, str):
@@ -161,7 +153,7 @@ def parse_tags(items: str | Iterable[str] | None) -> tuple[TagSpec, ...]:
     specs: list[TagSpec] = []
     seen: set[str] = set()
     for item in items:
-        spec = _spec(item)
+        spec = _spec(item, allow_phi, pseudonymize)
         if spec.column not in seen:
             seen.add(spec.column)
             specs.append(spec)

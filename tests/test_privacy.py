@@ -1,0 +1,153 @@
+"""Privacy by default (issue 10, requirement 2, part): no identifier in names, the table, the manifest
+or what the command prints, unless asked; keyed pseudonyms for Patient ID and UIDs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+import fastdcm
+from fastdcm.errors import InvalidOptionError
+from fastdcm.run.sinks.manifest import read_manifest
+
+KEY = "a-long-enough-secret-key"
+FILES = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb.dcm", "emri_small.dcm", "US1_J2KR.dcm"]
+IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
+               "ReferringPhysicianName", "OperatorsName", "InstitutionAddress")
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, name in enumerate(FILES):
+        shutil.copy(get_testdata_file(name), src / f"im{i}.dcm")
+    return src
+
+
+def identifiers() -> set[bytes]:
+    """Every identifying value of the test files, as bytes (long enough not to match by chance)."""
+    found, public = set(), ""
+    for name in FILES:
+        ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
+        public += f"{ds.get('Manufacturer', '')} {ds.get('ManufacturerModelName', '')} "
+        for keyword in IDENTIFYING:
+            value = str(ds.get(keyword) or "").strip()
+            if len(value) >= 6:
+                found.add(value)
+    # an institution named like the scanner's manufacturer ("TOSHIBA"): the manufacturer is not an identifier
+    found = {v.encode() for v in found if v not in public}
+    assert len(found) >= 4
+    return found
+
+
+def every_byte(folder: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def expected_hash(value: str) -> str:
+    return hmac.new(KEY.encode(), value.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_nothing_a_default_run_writes_or_prints_carries_an_identifier(archive, tmp_path, fmt):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastdcm", "convert", str(archive), "-o", str(out), "--format", fmt,
+         "--metadata", "m.parquet", "--workers", "2"],
+        capture_output=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    produced = every_byte(out) + proc.stdout + proc.stderr
+    for value in identifiers():
+        assert value not in produced, value
+    images = [p for p in out.rglob(f"*.{'jpg' if fmt == 'jpeg' else 'png'}")]
+    assert len(images) >= len(FILES)
+    for image in images:  # no text chunks in the images (tEXt, zTXt, iTXt, COM)
+        data = image.read_bytes()
+        assert b"tEXt" not in data and b"zTXt" not in data and b"iTXt" not in data
+        if fmt == "jpeg":
+            assert b"\xff\xfe" not in data[: data.find(b"\xff\xda")]  # no COM segment before the scan
+
+
+def test_identifiers_in_names_need_a_flag(archive, tmp_path):
+    for template in ("{PatientID}/{stem}", "{PatientName}/{stem}", "{AccessionNumber}_{stem}", "{OperatorsName}"):
+        with pytest.raises(InvalidOptionError, match="identifier"):
+            fastdcm.convert([str(archive)], str(tmp_path / "no"), workers=0, quiet=True, name=template)
+    assert not (tmp_path / "no").exists()
+    report = fastdcm.convert([str(archive)], str(tmp_path / "phi"), workers=0, quiet=True,
+                             name="{PatientID}/{stem}", allow_phi=True)
+    assert report.ok and "--allow-phi" in report.summary()
+    assert (tmp_path / "phi" / str(pydicom.dcmread(archive / "im0.dcm").PatientID)).is_dir()
+
+
+def test_pseudonyms_replace_patient_ids_and_uids_in_names_and_the_table(archive, tmp_path):
+    out = tmp_path / "out"
+    report = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, pseudonymize=KEY,
+                             name="{PatientID}/{SeriesInstanceUID}/{stem}", metadata="m.parquet", tags="+PatientID")
+    assert report.ok
+    rows = fastdcm.read_metadata(out / "m.parquet").to_pylist()
+    for row in rows:
+        ds = pydicom.dcmread(row["source"], stop_before_pixels=True)
+        pid, series = expected_hash(str(ds.PatientID)) if ds.PatientID else None, expected_hash(str(ds.SeriesInstanceUID))
+        assert row["output"].startswith(f"{pid or '_'}/{series}/")  # an empty Patient ID stays empty: "_"
+        assert row["PatientID"] == pid and row["SOPInstanceUID"] == expected_hash(str(ds.SOPInstanceUID))
+        assert row["Modality"] == ds.Modality  # what is not identifying stays
+    produced = every_byte(out)
+    for value in identifiers():
+        assert value not in produced
+    assert KEY.encode() not in produced and KEY not in report.resume_command
+    assert "YOUR-KEY" in report.resume_command
+
+
+def test_pseudonyms_are_stable_for_a_key_and_differ_between_keys(archive, tmp_path, monkeypatch):
+    names = {}
+    monkeypatch.setenv("FASTDCM_PSEUDONYM_KEY", "another-key-of-16-chars")
+    keyfile = tmp_path / "key.txt"
+    keyfile.write_text(KEY + "\n")
+    for label, key in (("a", KEY), ("b", f"@{keyfile}"), ("c", "env")):
+        out = tmp_path / label
+        fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, pseudonymize=key, name="{PatientID}/{stem}")
+        names[label] = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert names["a"] == names["b"] != names["c"]
+
+
+def test_a_new_key_is_a_new_fingerprint_for_resume(archive, tmp_path):
+    out = tmp_path / "out"
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, pseudonymize=KEY, name="{PatientID}/{stem}")
+    again = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, pseudonymize=KEY,
+                            name="{PatientID}/{stem}", resume=True)
+    assert again.converted == 0
+    other = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, pseudonymize="x" * 20,
+                            name="{PatientID}/{stem}", resume=True)
+    assert other.converted == len(FILES)
+    assert KEY not in (out / "manifest.jsonl").read_text()
+    assert all(r.fingerprint for r in read_manifest(out / "manifest.jsonl") if r.status.value == "converted")
+
+
+@pytest.mark.parametrize("key, says", [("short", "at least 16"), ("env", "FASTDCM_PSEUDONYM_KEY"), ("@/nope/key", "cannot be read")])
+def test_bad_keys_are_usage_errors(key, says, tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTDCM_PSEUDONYM_KEY", raising=False)
+    with pytest.raises(InvalidOptionError, match=says):
+        fastdcm.convert([get_testdata_file("CT_small.dcm")], str(tmp_path / "o"), workers=0, quiet=True, pseudonymize=key)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_key_is_not_in_what_the_command_prints(archive, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastdcm", "convert", str(archive), "-o", str(out), "--pseudonymize", KEY,
+         "--name", "{PatientID}/{stem}", "--workers", "0", "-v"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert KEY not in proc.stdout + proc.stderr

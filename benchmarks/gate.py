@@ -246,13 +246,14 @@ def collected(targets: list[str]) -> set[str]:
     return {line.strip() for line in proc.stdout.splitlines() if "::" in line}
 
 
-def make_confirmer(baseline: dict, json_dir: Path, rounds: int = 3) -> Callable[[list[str]], dict[str, float] | None]:
+def make_confirmer(baseline: dict, json_dir: Path, rounds: int = 5) -> Callable[[list[str]], dict[str, float] | None]:
     """``confirm(names)``: each benchmark's time with this checkout's code over its time with
-    the baseline's commit (a git worktree), both normalised by the reference of their own run,
-    timed alternately ``rounds`` times, the order swapped each round. The time is the fastest
-    round of a run (``min``), the best of the runs of each side: the two codes run on the
-    same machine minutes apart, and interference only ever adds time. None when that commit cannot be
-    checked out (a shallow clone): the regressions then stand."""
+    the baseline's commit (a git worktree), timed alternately ``rounds`` times, the order swapped
+    each round. The time is the fastest round of a run (``min``), the best of the runs of each
+    side, not normalised: the two codes run on the same machine seconds apart, and interference
+    only ever adds time (dividing by the yardstick of each run, as the comparison with the stored
+    baseline must, adds the yardstick's own noise: identical code measured +26 % that way on this
+    VM). None when that commit cannot be checked out (a shallow clone): the regressions then stand."""
     commit = (baseline.get("commit_info") or {}).get("id")
 
     def confirm(names: list[str]) -> dict[str, float] | None:
@@ -274,8 +275,8 @@ def make_confirmer(baseline: dict, json_dir: Path, rounds: int = 3) -> Callable[
                 order = (("old", tree), ("new", ROOT))
                 for side, where in order if i % 2 == 0 else order[::-1]:  # a drifting machine favours neither
                     _, data = run_pytest(targets, json_dir / f"side-{side}-{i}.json", tree=where)
-                    memory = has_memory_reference(data) and has_memory_reference(baseline)
-                    for n, v in normalised_medians(data, memory, stat="min").items():
+                    for b in data.get("benchmarks", []):
+                        n, v = _key(b), float(b["stats"]["min"])
                         best[side][n] = min(v, best[side].get(n, float("inf")))
             return {n: best["new"][n] / best["old"][n] for n in names if n in best["new"] and n in best["old"]}
         finally:

@@ -178,6 +178,14 @@ class Frames(str, Enum):
     FIRST = "first"
 
 
+class BurnedIn(str, Enum):
+    """Images whose Burned In Annotation is YES (text, often identifying, in the pixels)."""
+
+    KEEP = "keep"  # convert them (the metadata table has the BurnedInAnnotation column)
+    SKIP = "skip"  # do not convert them: recorded as skipped, with the reason
+    LIST = "list"  # convert them and name them in the summary, to be looked at
+
+
 def _default_workers() -> int:
     import os
 
@@ -269,6 +277,10 @@ class ConvertOptions:
             metavar="LIST",
         ),
     )
+    burned_in: BurnedIn = field(
+        default=BurnedIn.KEEP,
+        metadata=_meta("images with Burned In Annotation YES: keep, skip (not converted) or list (converted, named in the summary)"),
+    )
     allow_phi: bool = field(
         default=False,
         metadata=_meta("allow identifiers (patient names and IDs, birth dates, ...) in output names and the metadata table"),
@@ -289,6 +301,7 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_exists", OnExists(self.on_exists))
         object.__setattr__(self, "frames", Frames(self.frames))
+        object.__setattr__(self, "burned_in", BurnedIn(self.burned_in))
         object.__setattr__(self, "format", str(self.format).lower())
         if not 1 <= int(self.quality) <= 100:
             raise ValueError(f"quality must be 1-100, not {self.quality!r}")

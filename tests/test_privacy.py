@@ -151,3 +151,21 @@ def test_the_key_is_not_in_what_the_command_prints(archive, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert KEY not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("policy", ["keep", "skip", "list"])
+def test_burned_in_annotation_keep_skip_or_list(archive, tmp_path, policy):
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.BurnedInAnnotation = "YES"
+    ds.save_as(archive / "burned.dcm")
+    out = tmp_path / "out"
+    report = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, burned_in=policy, metadata="m.parquet")
+    rows = {Path(r["source"]).name: r for r in fastdcm.read_metadata(out / "m.parquet").to_pylist()}
+    assert rows["burned.dcm"]["BurnedInAnnotation"] == "YES"  # listed in the table whatever the policy
+    assert report.ok
+    converted = rows["burned.dcm"]["status"] == "converted"
+    assert converted is (policy != "skip")
+    if policy == "skip":
+        assert "burned-in" in rows["burned.dcm"]["reason"] and not list(out.glob("burned*"))
+    assert ("burned-in annotation" in report.summary()) is (policy != "keep")
+    assert ("burned.dcm" in report.summary()) is (policy != "keep")

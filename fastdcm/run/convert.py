@@ -163,6 +163,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         tmp_name=root.tmp_name,
         tags=tags,
         pseudonymizer=pseudonymizer,
+        burned_in=copts.burned_in,
     )
     if copts.resume and copts.on_exists is OnExists.OVERWRITE:
         # A resumed run replaces names one by one, never another input's (see _Resume).
@@ -181,6 +182,8 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     def finish(source: Any, result: Result) -> None:
         """One input's final result: to the report and to every sink."""
         report.add(source.path, result.status, result.reason, result.frames)
+        if result.burned_in:
+            report.add_burned_in(source.path)
         for sink in sinks:
             sink.accept(source, result)
 

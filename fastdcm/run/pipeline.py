@@ -32,14 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, Status, from_dependency
-from ..options import Frames, OnExists, RenderOptions
+from ..options import BurnedIn, Frames, OnExists, RenderOptions
 from ..render import open_image
 from .executors import WorkerInfo
 from .naming import output_name
 from .sinks import Blocked
 from .sinks.files import FilesSink
 from .privacy import Pseudonymizer, pseudonymized
-from .tags import TagSpec, extract_from
+from .tags import TagSpec, burned_in, extract_from
 
 __all__ = ["Job", "Result", "Pipeline", "fault_result"]
 
@@ -64,6 +64,7 @@ class Job:
     tmp_name: str | None = None  # this run's temporary folder in ``out`` (write.OutputRoot.create)
     tags: tuple[TagSpec, ...] | None = None  # the metadata table's attributes (None: no table)
     pseudonymizer: Pseudonymizer | None = None  # --pseudonymize: keyed hashes of Patient ID and UIDs
+    burned_in: BurnedIn = BurnedIn.KEEP
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None  # the chosen attributes' values (Job.tags), never the dataset
     windows: list[tuple[float, float] | None] | None = None  # per output: (center, width) of the VOI used
+    burned_in: bool = False  # Burned In Annotation YES (looked at with --burned-in skip or list)
 
 
 def fault_result(source: Any, fault: Any) -> Result:
@@ -247,6 +249,12 @@ class Pipeline:
                     for spec in job.tags:
                         if spec.pseudonymized:
                             result.metadata[spec.column] = job.pseudonymizer(result.metadata[spec.column])
+            if job.burned_in is not BurnedIn.KEEP and burned_in(image):
+                result.burned_in = True
+                if job.burned_in is BurnedIn.SKIP:
+                    result.status = Status.SKIPPED
+                    result.reason = "burned-in annotation (--burned-in skip)"
+                    return result
             t1 = time.perf_counter()
             timings["read"] = t1 - t0
             n = image.n_frames

@@ -45,6 +45,8 @@ class Report:
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # the first (source, status, reason)
     ignored_non_dicom: int = 0
     phi_allowed: bool = False  # --allow-phi: names and the table may carry identifiers
+    burned_in: int = 0  # inputs whose Burned In Annotation is YES (--burned-in skip or list)
+    burned_in_shown: list[str] = field(default_factory=list)
 
     def add(self, path: str, status: Status, reason: str = "", frames: int | None = None) -> None:
         """Count one input's final status."""
@@ -53,6 +55,11 @@ class Report:
             self.failures.append((path, status.value, reason))
         if status is Status.CONVERTED:
             self.frames += frames or 0
+
+    def add_burned_in(self, path: str) -> None:
+        self.burned_in += 1
+        if len(self.burned_in_shown) < MAX_SHOWN_FAILURES:
+            self.burned_in_shown.append(path)
 
     @property
     def done(self) -> int:
@@ -86,6 +93,9 @@ class Report:
         text += f"\n{self.discovered} inputs, {self.frames} images written in {self.elapsed:.1f} s ({rate:.1f} inputs/s)"
         if self.ignored_non_dicom:
             text += f"; ignored {self.ignored_non_dicom} non-DICOM files met in folders"
+        if self.burned_in:
+            more = "" if self.burned_in <= len(self.burned_in_shown) else f" (first {len(self.burned_in_shown)})"
+            text += f"\n{self.burned_in} with burned-in annotation{more}:" + "".join(f"\n  {p}" for p in self.burned_in_shown)
         if self.phi_allowed:
             text += "\nidentifiers allowed (--allow-phi): output names and the metadata table may carry them"
         return text

@@ -39,7 +39,7 @@ DEFAULT_TAGS = (
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "BodyPartExamined", "Manufacturer",
     "ManufacturerModelName", "Rows", "Columns", "PixelSpacing", "SliceThickness", "InstanceNumber",
     "ImagePositionPatient", "ImageOrientationPatient", "PhotometricInterpretation", "BitsStored", "RescaleSlope",
-    "RescaleIntercept", "WindowCenter", "WindowWidth",
+    "RescaleIntercept", "WindowCenter", "WindowWidth", "BurnedInAnnotation",
 )
 
 _FLOAT_VRS = frozenset({"DS", "FL", "FD", "OF", "OD"})
@@ -255,6 +255,18 @@ def _wanted(specs: tuple[TagSpec, ...]) -> Any:
 
 #: Decoded values by their raw bytes (the attributes of a series repeat in every file).
 _VALUES: dict[tuple, Any] = {}
+
+
+def burned_in(image: Any) -> bool:
+    """Whether the image says Burned In Annotation YES (read from the header bytes when it can)."""
+    global _BURNED_IN
+    if _BURNED_IN is None:
+        _BURNED_IN = parse_tags("BurnedInAnnotation")
+    value = extract_from(image, _BURNED_IN).get("BurnedInAnnotation")
+    return str(value or "").strip().upper() == "YES"
+
+
+_BURNED_IN: tuple[TagSpec, ...] | None = None
 
 
 def extract_from(image: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:

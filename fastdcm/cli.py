@@ -170,7 +170,29 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("info needs a FILE (or --plugins)")
     import pydicom
 
+    from .run.discover import DICOMDIR, sniff
     from .run.tags import masked
+
+    try:
+        is_fileset = sniff(args.file) == DICOMDIR
+    except OSError as exc:
+        print(f"fastdcm: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if is_fileset:
+        from .fileset import fileset_tree, format_tree
+
+        try:
+            tree = fileset_tree(args.file, allow_phi=args.allow_phi)
+        except Exception as exc:  # pydicom raises many types on a damaged DICOMDIR: name it, fail
+            print(f"fastdcm: {args.file}: the DICOMDIR cannot be read: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.json:
+            import json
+
+            print(json.dumps(tree, indent=1))
+        else:
+            print(format_tree(tree))
+        return EXIT_OK
 
     try:
         if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from pathlib import Path
 import subprocess
 import sys
 
@@ -278,3 +279,24 @@ def test_info_json_of_a_damaged_file_is_an_error_naming_it(tmp_path, capsys):
     bad.write_bytes(b"\0" * 10)
     assert cli.main(["info", "--json", str(bad)]) == 1
     assert "bad.dcm" in capsys.readouterr().err
+
+
+def test_info_on_a_dicomdir_prints_the_file_set_tree(tmp_path, capsys):
+    import json
+
+    fileset = Path(get_testdata_file("DICOMDIR")).parent
+    copy = tmp_path / "fs"
+    shutil.copytree(fileset, copy)
+    (copy / "77654033" / "CR1" / "6154").unlink()  # a record whose file is gone
+    assert cli.main(["info", str(copy / "DICOMDIR")]) == 0
+    text = capsys.readouterr().out
+    assert "31 image(s), 1 missing" in text and "77654033/CR1/6154 [missing]" in text
+    assert "series" in text and "77654033" not in text.split("(ID ")[1].split(")")[0]  # the ID is masked
+    assert cli.main(["info", "--json", str(copy / "DICOMDIR")]) == 0
+    tree = json.loads(capsys.readouterr().out)
+    assert tree["counts"]["images"] == 31 and tree["counts"]["missing"] == 1
+    assert all(p["PatientID"] == "<masked>" and p["PatientName"] == "<masked>" for p in tree["patients"])
+    series = [se for p in tree["patients"] for st in p["studies"] for se in st["series"]]
+    assert sum(len(se["images"]) for se in series) == 31 and all(se["Modality"] for se in series)
+    assert cli.main(["info", "--json", "--allow-phi", str(copy / "DICOMDIR")]) == 0
+    assert "77654033" in {p["PatientID"] for p in json.loads(capsys.readouterr().out)["patients"]}

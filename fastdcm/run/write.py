@@ -209,11 +209,7 @@ class OutputRoot:
                 except FileNotFoundError:
                     if not create:
                         raise
-                    try:
-                        os.mkdir(part, 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass  # made by another worker meanwhile (or a symlink planted: refused below)
-                    nxt = self._open_dir(part, fd, parts, i)
+                    nxt = self._make_dir(part, fd, parts, i)
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
@@ -224,6 +220,22 @@ class OutputRoot:
         except BaseException:
             os.close(fd)
             raise
+
+    def _make_dir(self, part: str, fd: int, parts: list[str], i: int) -> int:
+        """Make folder ``part`` in ``fd`` and open it. A folder that is gone again before it can be
+        opened (removed or renamed by someone else, three times in a row) is refused: the output
+        folder is being changed under the run."""
+        for _ in range(3):
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass  # made by another worker meanwhile (or a symlink planted: refused below)
+            try:
+                return self._open_dir(part, fd, parts, i)
+            except FileNotFoundError:
+                continue
+        where = "/".join(parts[: i + 1])
+        raise UnsafePathError(f"{where} under the output folder was removed or replaced while being written: refused")
 
     def _open_dir(self, part: str, fd: int, parts: list[str], i: int) -> int:
         try:

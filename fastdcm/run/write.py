@@ -367,12 +367,15 @@ class OutputRoot:
 
     def remove(self, name: str) -> None:
         """Remove output ``name`` (what this run wrote); a missing file or refused folder is ignored."""
+        self._remove_at(name, os.unlink)
+
+    def _remove_at(self, name: str, how: Any) -> None:
         try:
             fd, leaf = self.folder(name, create=False)
         except (OSError, UnsafePathError):
             return
         try:
-            os.unlink(leaf, dir_fd=fd)
+            how(leaf, dir_fd=fd)
         except OSError:
             pass
         finally:
@@ -428,16 +431,7 @@ class OutputRoot:
 
     def remove_empty_folder(self, folder: str) -> None:
         """Remove ``folder`` under the root if it is empty (else, or if missing, nothing)."""
-        try:
-            fd, leaf = self.folder(folder, create=False)
-        except (OSError, UnsafePathError):
-            return
-        try:
-            os.rmdir(leaf, dir_fd=fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        self._remove_at(folder, os.rmdir)
 
     def open_append(self, name: str) -> Any:
         """A binary file object appending to ``name`` in the root (the manifest), opened

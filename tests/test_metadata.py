@@ -265,3 +265,12 @@ def test_the_fast_header_values_equal_pydicoms_on_every_test_file():
                 compared += 1
                 assert got == want, os.path.basename(path)
     assert compared >= 40
+
+
+def test_a_csv_table_written_with_allow_phi_reads_back(archive, tmp_path):
+    out = tmp_path / "out"
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.csv", tags="+PatientID",
+                    allow_phi=True)
+    table = fastdcm.read_metadata(out / "m.csv")
+    ids = {r["PatientID"] for r in table.to_pylist() if r["output"]}
+    assert str(pydicom.dcmread(get_testdata_file("CT_small.dcm")).PatientID) in ids

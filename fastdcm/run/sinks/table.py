@@ -336,4 +336,4 @@ def _specs_of(columns: list[str]) -> tuple[TagSpec, ...]:
 
     base = {name for name, _ in base_schema()}
     tags = [c for c in columns if c not in base]
-    return parse_tags(tags) if tags else ()
+    return parse_tags(tags, allow_phi=True) if tags else ()  # reading back what a run (maybe with --allow-phi) wrote

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..errors import InvalidOptionError
-from .privacy import IDENTIFIERS, check_fields
+from .privacy import IDENTIFIERS, check_fields, pseudonymized
 
 __all__ = ["TagSpec", "DEFAULT_TAGS", "parse_tags", "extract", "extract_from", "masked"]
 
@@ -58,19 +58,12 @@ class TagSpec:
     kind: str  # "float", "int", "str"
     multi: bool  # a list column
     vr: str = "UN"  # the leaf's VR in the data dictionary (implicit VR files)
+    pseudonymized: bool = False  # --pseudonymize replaces its values (Patient ID, UIDs)
 
     @property
     def leaf(self) -> int:
         return self.path[-1][0]
 
-    @property
-    def pseudonymized(self) -> bool:
-        """Whether --pseudonymize replaces this column's values (Patient ID, UIDs)."""
-        from pydicom.datadict import keyword_for_tag
-
-        from .privacy import pseudonymized
-
-        return pseudonymized(keyword_for_tag(self.leaf) or "")
 
 
 def _tag_of(text: str, item: str) -> tuple[int, str]:
@@ -116,7 +109,8 @@ def _spec(item: str, allow_phi: bool, pseudonymize: bool) -> TagSpec:
     vr, vm = _vr_vm(path[-1][0])
     private = bool((path[-1][0] >> 16) & 1)
     kind = "str" if private else "float" if vr in _FLOAT_VRS else "int" if vr in _INT_VRS else "str"
-    return TagSpec(column="/".join(names), path=tuple(path), kind=kind, multi=vm != "1" and not private, vr=vr)
+    return TagSpec(column="/".join(names), path=tuple(path), kind=kind, multi=vm != "1" and not private, vr=vr,
+                   pseudonymized=pseudonymized(names[-1].split("[")[0]))
 
 
 _GROUP_END = re.compile(r"(^|[/(])[0-9A-Fa-f]{4}$")

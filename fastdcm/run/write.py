@@ -405,17 +405,7 @@ class OutputRoot:
 
     def open_read(self, name: str) -> Any:
         """A binary file object reading output ``name``, no symlink followed at any step."""
-        fd, leaf = self.folder(name, create=False)
-        try:
-            try:
-                f = os.open(leaf, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise UnsafePathError(f"{name} in the output folder is a symlink: refused") from None
-                raise
-        finally:
-            os.close(fd)
-        return os.fdopen(f, "rb")
+        return self._open_file(name, os.O_RDONLY, "rb", create=False)
 
     def listdir(self, folder: str) -> list[str]:
         """The names in ``folder`` under the root ([] when it does not exist or is refused)."""
@@ -436,17 +426,20 @@ class OutputRoot:
     def open_append(self, name: str) -> Any:
         """A binary file object appending to ``name`` in the root (the manifest), opened
         without following a symlink at any step."""
-        fd, leaf = self.folder(name)
+        return self._open_file(name, os.O_RDWR | os.O_APPEND | os.O_CREAT, "a+b", create=True)
+
+    def _open_file(self, name: str, flags: int, mode: str, *, create: bool) -> Any:
+        fd, leaf = self.folder(name, create=create)
         try:
             try:
-                f = os.open(leaf, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=fd)
+                f = os.open(leaf, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=fd)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise UnsafePathError(f"{name} in the output folder is a symlink: refused") from None
                 raise
         finally:
             os.close(fd)
-        return os.fdopen(f, "a+b")
+        return os.fdopen(f, mode)
 
 
 def _write_all(fd: int, data: bytes, fsync: bool) -> None:

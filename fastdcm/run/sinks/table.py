@@ -99,7 +99,6 @@ class MetadataSink:
         self.cols: dict[str, list[Any]] = {name: [] for name in self.columns}  # the buffer, by column
         self.buffered = 0
         self.seq = 0
-        self.written_parts: list[str] = []
         self.known: set[str] | None = None  # sources with rows, read on first use (has_rows)
 
     # ------------------------------------------------------------------ what is there
@@ -165,7 +164,6 @@ class MetadataSink:
             self._publish(name, lambda f: self._parquet(table, f))
         except OSError as exc:
             raise SinkFailed(f"the metadata table {self.root.path}/{self.name} cannot be written: {exc.strerror or exc}") from None
-        self.written_parts.append(name)
 
     def _parquet(self, table: Any, f: Any) -> None:
         import pyarrow.parquet as pq

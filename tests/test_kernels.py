@@ -242,3 +242,24 @@ def test_numba_is_imported_by_one_module_only():
         if re.search(r"^\s*(import numba|from numba)", p.read_text(), re.M)
     )
     assert importers == ["kernels/jitted.py"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 40), st.integers(1, 40), st.sampled_from([1, 3]), st.integers(1, 9),
+    st.sampled_from([(np.uint8, 0), (np.uint16, 8)]), st.integers(0, 2**32 - 1),
+)
+def test_box_shrink_matches_twin(rows, cols, samples, k, kind, seed):
+    from fastdcm.kernels import twins
+
+    dtype, shift = kind
+    img = np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, (rows, cols, samples)).astype(dtype)
+    shape = (-(-rows // k), -(-cols // k), samples)
+    out, want = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    kernels.box_shrink(img, k, shift, np.empty(cols * samples, np.uint32), out)
+    twins.box_shrink(img, k, shift, None, want)
+    np.testing.assert_array_equal(out, want)
+    # the block means by hand, for the first block
+    block = img[:k, :k].astype(np.int64)
+    n = block.shape[0] * block.shape[1]
+    assert want[0, 0, 0] == ((2 * block[..., 0].sum() + n) // (2 * n)) >> shift

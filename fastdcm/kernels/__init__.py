@@ -30,6 +30,8 @@ takes about 0.8 s in a fresh process, rendering one CT slice with the twins abou
 file up to its pixel data (native or encapsulated); its twin is ``fastheader``'s plain-Python
 walk. Every read of the buffer is preceded by a check that the bytes are there (fuzzed files
 reach it).
+
+``box_shrink`` makes the gallery's thumbnails in the worker, from the rendered image (block means).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}
 #: The kernels, by name, in ``jitted`` (and, but for ``walk_header``, in ``twins``).
 KERNEL_NAMES = (
     "lut_gather", "lut_gather_rgb", "lut_affine", "stored_presence", "int_minmax", "float_minmax",
-    "voi_int", "voi_float", "walk_header",
+    "voi_int", "voi_float", "walk_header", "box_shrink",
 )
 
 _ENV = "FASTDCM_KERNELS"

@@ -28,6 +28,7 @@ __all__ = [
     "voi_int",
     "voi_float",
     "walk_header",
+    "box_shrink",
 ]
 
 
@@ -202,6 +203,50 @@ def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first,
             out[i] = _quantize(_voi(x, mode, p1, p2, ymax), ymax, invert)
 
 
+# --------------------------------------------------------------------------- thumbnails
+
+
+@jit
+def box_shrink(img, k, shift, acc, out):
+    """``out[r, c, s]`` = the mean of the k x k block of ``img`` (rows, columns, samples) at
+    (r*k, c*k), rounded half up, shifted right by ``shift`` bits (8 for 16-bit images), as uint8.
+    Edge blocks average the pixels they have; ``out`` is (ceil(rows/k), ceil(columns/k), samples).
+    ``acc`` (uint32, columns * samples) is scratch: a block row's column sums, added row by row in
+    one contiguous loop (SIMD), then summed k at a time (unsigned indices: no wraparound code).
+    floor(mean + 1/2) in float64 equals the twin's (2 total + n) // 2n: an exact half is
+    representable, and any other mean is farther from one than an ulp."""
+    rows, cols, samples = img.shape
+    width = cols * samples
+    ocols = out.shape[1]
+    whole = cols // k  # output columns whose block is whole
+    uk = np.uint64(k)
+    us = np.uint64(samples)
+    for r in range(out.shape[0]):
+        r0 = r * k
+        r1 = min(r0 + k, rows)
+        for q in range(width):
+            acc[q] = 0
+        for i in range(r0, r1):
+            row = img[i].reshape(width)
+            for q in range(width):
+                acc[q] += row[q]
+        orow = out[r].reshape(ocols * samples)
+        inv = 1.0 / ((r1 - r0) * k)
+        for q in range(np.uint64(whole) * us):
+            base = (q // us) * uk * us + q % us
+            total = np.int64(0)
+            for j in range(uk):
+                total += acc[base + j * us]
+            orow[q] = min(np.int64(total * inv + 0.5) >> shift, 255)
+        if whole < ocols:
+            inv = 1.0 / ((r1 - r0) * (cols - whole * k))
+            for s in range(samples):
+                total = np.int64(0)
+                for j in range(whole * k, cols):
+                    total += acc[j * samples + s]
+                orow[whole * samples + s] = min(np.int64(total * inv + 0.5) >> shift, 255)
+
+
 # --------------------------------------------------------------------------- header walk
 
 # walk_header's ``vr_class`` table is elements.VR_CLASS (one set of VR rules for every reader).
@@ -319,4 +364,7 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
             stack[depth] = _IN_ITEM
 
 
-KERNELS = (lut_gather, lut_gather_rgb, lut_affine, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header)
+KERNELS = (
+    lut_gather, lut_gather_rgb, lut_affine, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header,
+    box_shrink,
+)

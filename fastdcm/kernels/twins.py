@@ -63,6 +63,15 @@ def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first,
     out[...] = _apply(x, mode, p1, p2, ymax, invert, lut, lut_first)
 
 
+def box_shrink(img, k, shift, acc, out):
+    rows, cols = img.shape[:2]
+    starts_r = np.arange(0, rows, k)
+    starts_c = np.arange(0, cols, k)
+    sums = np.add.reduceat(np.add.reduceat(img.astype(np.int64), starts_r, axis=0), starts_c, axis=1)
+    counts = np.multiply.outer(np.minimum(k, rows - starts_r), np.minimum(k, cols - starts_c))[:, :, None]
+    out[...] = np.minimum(((2 * sums + counts) // (2 * counts)) >> shift, 255).astype(np.uint8)
+
+
 def warmup_arrays():
     """(kernel, args) pairs covering the signatures the renderer compiles."""
     from .jitted import (
@@ -75,6 +84,7 @@ def warmup_arrays():
         voi_float as k_voi_float,
         voi_int as k_voi_int,
         walk_header as k_walk_header,
+        box_shrink as k_box_shrink,
     )
 
     calls = []
@@ -106,4 +116,6 @@ def warmup_arrays():
             (k_walk_header, (np.zeros(16, np.uint8), 0, explicit, np.zeros(1 << 16, np.uint8), i64, i64,
                              np.zeros((1, 3), np.int64), np.zeros(4, np.int64)))
         )
+    for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
+        calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, np.uint32), np.zeros((1, 1, 1), np.uint8))))
     return calls

@@ -4,6 +4,7 @@
     fastdcm info FILE                         the dataset as pydicom prints it, then fastdcm.inspect
     fastdcm info --plugins                    decoder plugins and how to install a missing one
     fastdcm render FILE -o out.png            one frame, the format chosen by the extension
+    fastdcm gallery OUT                       OUT/gallery/index.html from a run's manifest (calls build_gallery)
 
 Every option flag is generated from a field of ``ConvertOptions`` or ``RenderOptions``
 (name, type, choices, help), so flags and keyword arguments cannot drift apart. Results go
@@ -90,7 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--out", required=True, help="output file; its extension picks the format")
     render.add_argument("--frame", type=int, default=1, help="frame number, 1-based as in output names and fastdcm info (default: 1)")
     add_option_flags(render, RenderOptions, "rendering")
-    for command in (conv, info, render):  # -v after the subcommand works too
+    gallery = sub.add_parser("gallery", help="write OUT/gallery/index.html, a page of a run's thumbnails and failures")
+    gallery.add_argument("out", metavar="OUT", help="a run's output folder")
+    gallery.add_argument("--manifest", metavar="PATH", help="the run's manifest (default: OUT/manifest.jsonl)")
+    for command in (conv, info, render, gallery):  # -v after the subcommand works too
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging on stderr")
     return parser
 
@@ -125,6 +129,8 @@ def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         return EXIT_FAILED
     print(report.summary())
     print(f"manifest: {report.manifest}")
+    if report.gallery:
+        print(report.gallery)
     if report.manifest_error:
         print(f"fastdcm: {report.manifest_error}; the run stopped. To resume: {report.resume_command}", file=sys.stderr)
         return EXIT_MANIFEST
@@ -275,11 +281,26 @@ def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_OK
 
 
+def _cmd_gallery(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .gallery import build_gallery
+
+    try:
+        report = build_gallery(args.out, manifest=args.manifest)
+    except FastDcmError as exc:  # no manifest, an unusable output folder
+        print(f"fastdcm: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # the disk is full, the folder is read-only
+        print(f"fastdcm: the gallery in {args.out} cannot be written: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.summary())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, getattr(args, "quiet", False))
-    commands = {"convert": _cmd_convert, "info": _cmd_info, "render": _cmd_render}
+    commands = {"convert": _cmd_convert, "info": _cmd_info, "render": _cmd_render, "gallery": _cmd_gallery}
     try:
         return commands[args.command](args, parser)
     except BrokenPipeError:

@@ -28,6 +28,7 @@ class Status(str, Enum):
     WRITE_ERROR = "write_error"
     NAME_CONFLICT = "name_conflict"
     REFUSED = "refused"
+    IDENTIFIER_IN_NAME = "identifier_in_name"  # an output name would carry the file's patient name, ID, ...
     WORKER_CRASH = "worker_crash"
     TIMEOUT = "timeout"
     OUT_OF_MEMORY = "out_of_memory"
@@ -121,6 +122,12 @@ class UnsafePathError(FastDcmError):
     """A path that would resolve outside the place it must stay in (output folder, file-set root)."""
 
     status = Status.REFUSED
+
+
+class IdentifierInNameError(FastDcmError):
+    """An output name would carry an identifier of the file (a folder named after the patient)."""
+
+    status = Status.IDENTIFIER_IN_NAME
 
 
 class MissingDependencyError(FastDcmError, ImportError):

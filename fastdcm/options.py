@@ -293,6 +293,13 @@ class ConvertOptions:
             metavar="KEY",
         ),
     )
+    gallery: bool = field(
+        default=False,
+        metadata=_meta(
+            "also write OUT/gallery/index.html: thumbnails made in the same pass, grouped by study and series, "
+            "with each image's window and status and the failed inputs' reasons (fastdcm gallery OUT rebuilds it)"
+        ),
+    )
     null: bool = field(
         default=False,
         metadata=_meta("paths in @list files and on stdin are separated by NUL bytes (find -print0)", short="-0"),

@@ -176,11 +176,12 @@ def test_startup_benchmark_times_every_command_and_checks_their_pictures(tmp_pat
     assert {"fastdcm", "recipe"} <= set(result["median_s"]) and result["ratio_fastdcm_over_recipe"] > 0
 
 
-def test_metadata_benchmark_measures_cost_and_memory(tmp_path):
+def test_dataset_benchmark_measures_table_and_gallery_cost_and_memory(tmp_path):
     pytest.importorskip("pyarrow")
-    import metadata
+    import dataset
 
-    result = metadata.cost(tmp_path, files=12, rounds=1, workers=1)
-    assert result["ratio_with_over_without"] > 0 and result["files_per_s"]["with"] > 0
-    mem = metadata.memory(tmp_path, rows=[10, 30])
+    result = dataset.cost(tmp_path, files=12, rounds=1, workers=1)
+    assert set(result["ratio_over_plain"]) == {"metadata", "gallery", "both"}
+    assert all(r > 0 for r in result["ratio_over_plain"].values()) and result["files_per_s"]["gallery"] > 0
+    mem = dataset.memory(tmp_path, rows=[10, 30])
     assert mem["runs"]["30"]["rows"] == 30 and mem["runs"]["10"]["peak_rss_mib_with"] > 0

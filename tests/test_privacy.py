@@ -63,14 +63,15 @@ def test_nothing_a_default_run_writes_or_prints_carries_an_identifier(archive, t
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "fastdcm", "convert", str(archive), "-o", str(out), "--format", fmt,
-         "--metadata", "m.parquet", "--workers", "2"],
+         "--metadata", "m.parquet", "--gallery", "--workers", "2"],
         capture_output=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     produced = every_byte(out) + proc.stdout + proc.stderr
     for value in identifiers():
         assert value not in produced, value
-    images = [p for p in out.rglob(f"*.{'jpg' if fmt == 'jpeg' else 'png'}")]
+    assert (out / "gallery" / "index.html").is_file() and list((out / "gallery" / "sheets").iterdir())
+    images = [p for p in out.rglob(f"*.{'jpg' if fmt == 'jpeg' else 'png'}") if "gallery" not in p.parts]
     assert len(images) >= len(FILES)
     for image in images:  # no text chunks in the images (tEXt, zTXt, iTXt, COM)
         data = image.read_bytes()
@@ -93,7 +94,8 @@ def test_identifiers_in_names_need_a_flag(archive, tmp_path):
 def test_pseudonyms_replace_patient_ids_and_uids_in_names_and_the_table(archive, tmp_path):
     out = tmp_path / "out"
     report = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, pseudonymize=KEY,
-                             name="{PatientID}/{SeriesInstanceUID}/{stem}", metadata="m.parquet", tags="+PatientID")
+                             name="{PatientID}/{SeriesInstanceUID}/{stem}", metadata="m.parquet", tags="+PatientID",
+                             gallery=True)
     assert report.ok
     rows = fastdcm.read_metadata(out / "m.parquet").to_pylist()
     for row in rows:
@@ -105,6 +107,11 @@ def test_pseudonyms_replace_patient_ids_and_uids_in_names_and_the_table(archive,
     produced = every_byte(out)
     for value in identifiers():
         assert value not in produced
+    for row in rows:  # the gallery groups by the pseudonyms, never the UIDs
+        ds = pydicom.dcmread(row["source"], stop_before_pixels=True)
+        assert str(ds.StudyInstanceUID).encode() not in produced and str(ds.SeriesInstanceUID).encode() not in produced
+    summary = (out / "gallery" / "data" / "summary.js").read_text()
+    assert expected_hash(str(pydicom.dcmread(archive / "im0.dcm").StudyInstanceUID)) in summary
     assert KEY.encode() not in produced and KEY not in report.resume_command
     assert "YOUR-KEY" in report.resume_command
 
@@ -169,3 +176,32 @@ def test_burned_in_annotation_keep_skip_or_list(archive, tmp_path, policy):
         assert "burned-in" in rows["burned.dcm"]["reason"] and not list(out.glob("burned*"))
     assert ("burned-in annotation" in report.summary()) is (policy != "keep")
     assert ("burned.dcm" in report.summary()) is (policy != "keep")
+
+
+def test_a_folder_named_after_the_patient_is_not_mirrored_into_the_names(tmp_path):
+    from fastdcm.errors import Status
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = "DOE^JOHN", "MRN12345", "ACC987654"
+    src = tmp_path / "src"
+    for folder in ("Doe_John", "mrn12345-ct", "x/acc987654", "clean"):
+        (src / folder).mkdir(parents=True)
+        ds.save_as(src / folder / "im.dcm")
+    (src / "clean" / "john.dcm").write_bytes((src / "clean" / "im.dcm").read_bytes())  # a given name alone: kept
+    out = tmp_path / "out"
+    report = fastdcm.convert([str(src)], str(out), workers=0, quiet=True)
+    assert report.counts[Status.IDENTIFIER_IN_NAME] == 3 and report.counts[Status.CONVERTED] == 2
+    records = {Path(r.source).parent.name: r for r in read_manifest(out / "manifest.jsonl")}
+    assert "PatientName" in records["Doe_John"].reason and "--pseudonymize" in records["Doe_John"].reason
+    assert "PatientID" in records["mrn12345-ct"].reason and "AccessionNumber" in records["acc987654"].reason
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["clean/im.png", "clean/john.png"]
+    # with a key: the folder is its keyed hash (the same folder, the same hash: a patient stays grouped)
+    keyed = tmp_path / "keyed"
+    report = fastdcm.convert([str(src)], str(keyed), workers=0, quiet=True, pseudonymize=KEY)
+    assert report.ok
+    names = sorted(p.relative_to(keyed).as_posix() for p in keyed.rglob("*.png"))
+    assert f"{expected_hash('Doe_John')}/im.png" in names and f"x/{expected_hash('acc987654')}/im.png" in names
+    assert not any("doe" in n.lower() or "12345" in n for n in names)
+    # asked for: as they are
+    report = fastdcm.convert([str(src)], str(tmp_path / "phi"), workers=0, quiet=True, allow_phi=True)
+    assert report.ok and (tmp_path / "phi" / "Doe_John" / "im.png").is_file()

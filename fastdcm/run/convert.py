@@ -21,7 +21,7 @@ import time
 from itertools import islice
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..errors import InvalidOptionError, Status, UnsafePathError
+from ..errors import FastDcmError, InvalidOptionError, Status, UnsafePathError
 from ..options import (
     ConvertOptions,
     OnExists,
@@ -37,7 +37,7 @@ from .naming import NameConflictError, NameRegistry, compile_template, owner_key
 from .pipeline import Job, Pipeline, Result, fault_result
 from .progress import Progress, Report
 from .sinks import Sink, SinkFailed
-from .privacy import Pseudonymizer, check_fields, load_key
+from .privacy import NAME_GUARD, Pseudonymizer, check_fields, load_key
 from .tags import parse_tags
 from .sinks.manifest import DONE_STATUSES, MANIFEST_NAME, ManifestSink, ManifestWriter, Previous, resume_index
 from .write import OutputRoot
@@ -133,6 +133,11 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         _pa()  # MissingDependencyError naming pyarrow's pip install, before any work
     elif copts.tags is not None:
         raise InvalidOptionError("--tags chooses the columns of the metadata table: add --metadata FILE")
+    gallery_tags = None
+    if copts.gallery:
+        from ..gallery import GALLERY_TAGS
+
+        gallery_tags = parse_tags(list(GALLERY_TAGS), pseudonymize=pseudonymizer is not None)
 
     try:
         root = OutputRoot.create(out)  # the output folder and this run's own temporary folder
@@ -164,6 +169,8 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         tags=tags,
         pseudonymizer=pseudonymizer,
         burned_in=copts.burned_in,
+        gallery_tags=gallery_tags,
+        name_guard=None if copts.allow_phi else parse_tags(list(NAME_GUARD), allow_phi=True),
     )
     if copts.resume and copts.on_exists is OnExists.OVERWRITE:
         # A resumed run replaces names one by one, never another input's (see _Resume).
@@ -232,6 +239,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         root.close()
         raise
     interrupted = False
+    ran = False  # the run went to its end or was stopped cleanly (not an unexpected exception)
     stop = _StopRequest(pool=copts.workers > 0)
 
     def record_batch(batch: Sequence[Source], results: list[Result], again: list[Source] | None) -> None:
@@ -289,10 +297,15 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                     report.manifest_error = exc.reason
             finally:
                 executor.close(abort=True)
+        ran = True
     finally:
         _close_sinks(sinks, report)
-        root.remove_tmp()
-        root.close()
+        try:
+            if copts.gallery and ran:
+                report.gallery = _gallery(out, manifest_path, root)
+        finally:
+            root.remove_tmp()
+            root.close()
     report.elapsed = time.monotonic() - start
     report.interrupted = interrupted
     report.ignored_non_dicom = stats.non_dicom
@@ -303,6 +316,19 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     elif interrupted:
         log.info("interrupted; the manifest is complete up to here. To resume: %s", report.resume_command)
     return report
+
+
+def _gallery(out: str, manifest: str, root: OutputRoot) -> str:
+    """``--gallery``: the page built from the manifest just written; what it shows, or why not.
+    A gallery that cannot be written costs no input its status (``fastdcm gallery OUT`` again)."""
+    from ..gallery import build_gallery
+
+    try:
+        return build_gallery(out, manifest=manifest, root=root).summary()
+    except (OSError, FastDcmError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        log.warning("the gallery cannot be written: %s (fastdcm gallery %s tries again)", reason, out)
+        return f"gallery: not written: {reason}"
 
 
 def _close_sinks(sinks: list[Sink], report: Report) -> None:

@@ -38,8 +38,9 @@ from .executors import WorkerInfo
 from .naming import output_name
 from .sinks import Blocked
 from .sinks.files import FilesSink
-from .privacy import Pseudonymizer, pseudonymized
+from .privacy import Pseudonymizer, guard_names, pseudonymized
 from .tags import TagSpec, burned_in, extract_from
+from .thumbs import Sheet, sheet_name, thumbnail
 
 __all__ = ["Job", "Result", "Pipeline", "fault_result"]
 
@@ -65,6 +66,8 @@ class Job:
     tags: tuple[TagSpec, ...] | None = None  # the metadata table's attributes (None: no table)
     pseudonymizer: Pseudonymizer | None = None  # --pseudonymize: keyed hashes of Patient ID and UIDs
     burned_in: BurnedIn = BurnedIn.KEEP
+    gallery_tags: tuple[TagSpec, ...] | None = None  # --gallery: thumbnails and these attributes (grouping)
+    name_guard: tuple[TagSpec, ...] | None = None  # identifiers no output name may show (None: --allow-phi)
 
 
 @dataclass
@@ -85,6 +88,9 @@ class Result:
     metadata: dict[str, Any] | None = None  # the chosen attributes' values (Job.tags), never the dataset
     windows: list[tuple[float, float] | None] | None = None  # per output: (center, width) of the VOI used
     burned_in: bool = False  # Burned In Annotation YES (looked at with --burned-in skip or list)
+    gallery: dict[str, Any] | None = None  # --gallery: the grouping attributes' values (Job.gallery_tags)
+    thumbs: list[list[int]] | None = None  # --gallery: per output, [x, y, width, height] on ``sheet``
+    sheet: str | None = None  # the batch's thumbnail sheet (thumbs.py), written before the result is sent
 
 
 def fault_result(source: Any, fault: Any) -> Result:
@@ -146,6 +152,20 @@ class _LazyFields:
     get = __call__
 
 
+def _values(image: Any, specs: tuple[TagSpec, ...], pseudonymizer: Pseudonymizer | None) -> dict[str, Any] | None:
+    """The chosen attributes' values (Patient ID and UIDs keyed hashes with ``--pseudonymize``);
+    None when pydicom cannot read the header (the row has no attribute values)."""
+    try:
+        values = extract_from(image, specs)
+    except FastDcmError:
+        return None
+    if values and pseudonymizer is not None:
+        for spec in specs:
+            if spec.pseudonymized:
+                values[spec.column] = pseudonymizer(values[spec.column])
+    return values
+
+
 class Pipeline:
     """One worker's pipeline (the executors' runner): ``Pipeline(job, worker)``.
 
@@ -168,9 +188,15 @@ class Pipeline:
         self.encoder = get_encoder(job.format)
         self.images = FilesSink.for_job(job)
         self.faults = _faults()
+        self.sheet = Sheet() if job.gallery_tags is not None else None
+        self.tiles: list[Any] = []  # the input in progress' thumbnails
+        self.sheets_written = 0
+        self.sheet_root: Any = None
 
     def close(self) -> None:
         self.images.close()
+        if self.sheet_root is not None:
+            self.sheet_root.close()
 
     def __enter__(self) -> "Pipeline":
         return self
@@ -205,6 +231,7 @@ class Pipeline:
 
     def _run_batch(self, sources: Sequence[Any], progress: Callable[[int], None] | None, retry: bool) -> list[Result]:
         results: list[Result] = []
+        sheet = None
         try:
             for i, source in enumerate(sources):
                 if progress is not None:
@@ -214,6 +241,11 @@ class Pipeline:
                     results.append(result)
                     if result.status is Status.CONVERTED:
                         self.images.accept(source, result)
+                        if self.sheet is not None:
+                            result.thumbs = self.sheet.add(self.tiles)
+            if self.sheet:
+                with self._committing():
+                    sheet = self._write_sheet(results)
         except BaseException:
             # Stopped part-way: the parent never sees these results and records the batch as
             # interrupted, so the outputs its finished inputs stored must go too.
@@ -221,8 +253,39 @@ class Pipeline:
             for result in results:
                 if result.status is Status.CONVERTED:
                     self.images.withdraw(result.outputs)
+            if sheet is not None:
+                self.sheet_root.remove(sheet)
             raise
+        finally:
+            if self.sheet is not None:
+                self.sheet.clear()
         return results
+
+    def _write_sheet(self, results: list[Result]) -> str | None:
+        """The batch's thumbnails as one sheet; its name in each result that has a tile there.
+        A sheet that cannot be written costs the gallery those thumbnails (``fastdcm gallery``
+        makes them again from the outputs), never an input its status."""
+        from .write import OutputRoot
+
+        t0 = time.perf_counter()
+        name = sheet_name(self.job.run_start_ns, self.sheets_written)
+        self.sheets_written += 1
+        try:
+            if self.sheet_root is None:
+                self.sheet_root = OutputRoot(self.job.out, self.job.tmp_name)
+            self.sheet_root.write(name, self.sheet.encode(), replace=False, fsync=self.job.fsync)
+        except (OSError, FastDcmError) as exc:
+            log.debug("thumbnail sheet %s not written: %s", name, exc)
+            name = None
+        spent = time.perf_counter() - t0
+        with_tiles = [r for r in results if r.thumbs]
+        for result in with_tiles:
+            if name is None:
+                result.thumbs = None
+            else:
+                result.sheet = name
+            result.timings["thumbs"] = result.timings.get("thumbs", 0.0) + spent / len(with_tiles)
+        return name
 
     def convert_one(self, source: Any, retry: bool = False) -> Result:
         """Convert one source; every failure becomes a Result (MemoryError included). On
@@ -232,6 +295,8 @@ class Pipeline:
         result = Result(status=Status.ERROR, timings=timings)
         images = self.images
         names: list[str] = []
+        tiles = self.tiles
+        tiles.clear()
         try:
             if self.faults:
                 _inject(source.path, self.faults)
@@ -241,14 +306,9 @@ class Pipeline:
             result.transfer_syntax = spec.transfer_syntax_uid
             encoder = self.encoder
             if job.tags is not None:
-                try:
-                    result.metadata = extract_from(image, job.tags)
-                except FastDcmError:  # pydicom cannot read this header: the row has no attribute values
-                    result.metadata = None
-                if result.metadata and job.pseudonymizer is not None:
-                    for spec in job.tags:
-                        if spec.pseudonymized:
-                            result.metadata[spec.column] = job.pseudonymizer(result.metadata[spec.column])
+                result.metadata = _values(image, job.tags, job.pseudonymizer)
+            if job.gallery_tags is not None:
+                result.gallery = _values(image, job.gallery_tags, job.pseudonymizer)
             if job.burned_in is not BurnedIn.KEEP and burned_in(image):
                 result.burned_in = True
                 if job.burned_in is BurnedIn.SKIP:
@@ -272,6 +332,8 @@ class Pipeline:
                 )
                 for i in indexes
             ]
+            if job.name_guard is not None:
+                names = guard_names(names, _values(image, job.name_guard, None) or {}, job.pseudonymizer)
             images.begin(source, names, retry)
             vois, decoders, windows = [], [], []
             for i, name in zip(indexes, names):
@@ -291,6 +353,9 @@ class Pipeline:
                 timings["render"] += t1 - t0
                 timings["encode"] += t2 - t1
                 timings["write"] += t3 - t2
+                if self.sheet is not None:
+                    tiles.append(thumbnail(rendered.array))
+                    timings["thumbs"] = timings.get("thumbs", 0.0) + time.perf_counter() - t3
                 vois.append(rendered.voi)
                 windows.append(rendered.window)
                 if rendered.decoder not in decoders:
@@ -302,7 +367,7 @@ class Pipeline:
             result.decoder = ",".join(decoders) or None
             result.shape = list(rendered.array.shape[:2]) if names else None
             result.reduce = job.render.reduce or None
-            result.windows = windows if job.tags is not None else None
+            result.windows = windows if job.tags is not None or job.gallery_tags is not None else None
             return result
         except Blocked as exc:
             result.status, result.reason = exc.status, exc.reason

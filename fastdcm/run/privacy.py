@@ -11,18 +11,30 @@ naming one (:data:`IDENTIFIERS`, or any person-name attribute) is a usage error.
   (read from ``FASTDCM_PSEUDONYM_KEY``), ``@FILE`` (the file's first line) or the text itself, and must
   be at least 16 characters; it never appears in the manifest, the resume command or a log line.
 - ``--allow-phi``: identifiers are written as they are (the summary says so).
+
+Output names are also checked file by file (:func:`guard_names`): names mirror the input paths, and
+archives are often foldered by patient name, ID or accession number; a folder or file name showing
+one of the file's identifying values (:data:`NAME_GUARD`) makes the input ``identifier_in_name``
+(nothing written), or, with ``--pseudonymize``, is replaced by its keyed hash. The manifest, the
+table and the gallery record each input's own path as it was given (the run's inputs, not its
+dataset).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
+import re
 from typing import Any
 
-from ..errors import InvalidOptionError
+from ..errors import IdentifierInNameError, InvalidOptionError
 
-__all__ = ["IDENTIFIERS", "is_identifier", "pseudonymized", "Pseudonymizer", "load_key", "KEY_VAR", "check_fields"]
+__all__ = [
+    "IDENTIFIERS", "is_identifier", "pseudonymized", "Pseudonymizer", "load_key", "KEY_VAR", "check_fields",
+    "NAME_GUARD", "guard_names",
+]
 
 KEY_VAR = "FASTDCM_PSEUDONYM_KEY"
 MIN_KEY_CHARS = 16
@@ -46,6 +58,88 @@ IDENTIFIERS = frozenset({
     "PlacerOrderNumberImagingServiceRequest", "AdmissionID", "ServiceEpisodeID", "PatientState",
     "ImageComments", "StudyComments", "DerivationDescription", "VerifyingObserverName",
 })
+
+
+#: The identifiers an output name is checked against, file by file (default names mirror the input
+#: paths, and archives are often foldered by patient name, ID or accession number).
+NAME_GUARD = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+    "PatientBirthDate", "AccessionNumber", "MedicalRecordLocator",
+)
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
+
+
+def _needles(keyword: str, value: Any) -> tuple[set[str], set[str]]:
+    """What of an identifying value must not be in a name: words (a token of a name equal to one
+    is a hit: "doe" in "doe_john") and runs of 6 or more letters and digits (a hit anywhere in a
+    name: "doejohn" in "DOE^JOHN-ct"). IDs of 4 or more characters are words; shorter ones, and
+    a person's given names alone, would match names by chance."""
+    words: set[str] = set()
+    runs: set[str] = set()
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        text = str(v or "").lower()
+        whole = _NOT_ALNUM.sub("", text)
+        if len(whole) >= 6:
+            runs.add(whole)
+        if keyword.endswith("Name"):  # Person Name DOE^JOHN: the family name's words (a given name alone is not)
+            words.update(w for w in _NOT_ALNUM.split(text.split("^")[0]) if len(w) >= 3)
+        elif len(whole) >= 4:
+            words.add(whole)
+    return words, runs
+
+
+@functools.lru_cache(maxsize=1024)
+def _needles_of(items: tuple) -> tuple[tuple[str, frozenset, tuple], ...]:
+    """(keyword, words, runs) per identifying value (cached: a patient's files repeat them)."""
+    out = []
+    for keyword, value in items:
+        words, runs = _needles(keyword, list(value) if isinstance(value, tuple) else value)
+        if words or runs:
+            out.append((keyword, frozenset(words), tuple(runs)))
+    return tuple(out)
+
+
+def guard_names(names: list[str], values: dict[str, Any], pseudonymizer: "Pseudonymizer | None" = None) -> list[str]:
+    """``names`` unchanged when no identifying value of the file (``values``: :data:`NAME_GUARD`'s)
+    shows in them; with a pseudonymizer, each folder or file name that shows one replaced by its
+    keyed hash (the file name keeps its extension); else IdentifierInNameError naming the attribute."""
+    items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v not in (None, "", []))
+    needles = _needles_of(items) if items else ()
+    if not needles:
+        return names
+    out = []
+    for name in names:
+        parts = name.split("/")
+        for i, part in enumerate(parts):
+            hit = _hit(part, needles)
+            if hit is None:
+                continue
+            if pseudonymizer is None:
+                what = "folder" if i < len(parts) - 1 else "file name"
+                raise IdentifierInNameError(
+                    f"the output name would carry the file's {hit} (in a {what} of the input path): use "
+                    "--pseudonymize KEY to replace it by a keyed hash, --name TEMPLATE to name outputs otherwise, "
+                    "or --allow-phi if it is a pseudonym already"
+                )
+            stem, dot, ext = part.rpartition(".") if i == len(parts) - 1 and "." in part else (part, "", "")
+            parts[i] = pseudonymizer(stem) + dot + ext
+        out.append("/".join(parts))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _parts_of(part: str) -> tuple[frozenset, str]:
+    low = part.lower()
+    return frozenset(_NOT_ALNUM.split(low)), _NOT_ALNUM.sub("", low)
+
+
+def _hit(part: str, needles: tuple) -> str | None:
+    tokens, joined = _parts_of(part)
+    for keyword, words, runs in needles:
+        if not tokens.isdisjoint(words) or any(r in joined for r in runs):
+            return keyword
+    return None
 
 
 def _vr(keyword: str) -> str:

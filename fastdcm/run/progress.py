@@ -47,6 +47,7 @@ class Report:
     phi_allowed: bool = False  # --allow-phi: names and the table may carry identifiers
     burned_in: int = 0  # inputs whose Burned In Annotation is YES (--burned-in skip or list)
     burned_in_shown: list[str] = field(default_factory=list)
+    gallery: str = ""  # --gallery: where it is and what it shows, or why it could not be written
 
     def add(self, path: str, status: Status, reason: str = "", frames: int | None = None) -> None:
         """Count one input's final status."""

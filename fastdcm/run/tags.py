@@ -225,7 +225,7 @@ def extract(ds: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the fast path
 
-_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UC", "UI"})
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC", "UI"})
 _SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT", "UR"})  # one value: a backslash is text
 _BINARY = {"US": "<u2", "SS": "<i2", "UL": "<u4", "SL": "<i4", "FL": "<f4", "FD": "<f8", "UV": "<u8", "SV": "<i8"}
 #: Shared / Per-frame Functional Groups Sequence, as their tags' bytes (little endian): values may live there

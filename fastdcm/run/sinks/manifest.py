@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -50,7 +51,9 @@ class Record:
     ``window``, ``voi_lut``, ``minmax``); ``decoder`` what decoded the pixel data (a
     backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``shape`` the rows and
     columns of the output images; ``reduce`` the ``--reduce`` level they were made at (absent: full
-    size); ``fingerprint`` a digest of the options that shape the outputs (format, quality,
+    size); ``gallery`` (``--gallery``) what the gallery shows of the outputs: the grouping
+    attributes' values (``study``, ``series``, ``modality``, ...), the thumbnail ``sheet`` with
+    each output's rectangle there (``thumbs``) and the ``windows`` used (:mod:`fastdcm.gallery`); ``fingerprint`` a digest of the options that shape the outputs (format, quality,
     depth, window, naming, ...: ``--resume`` redoes an input made with other options); ``timings`` maps stage -> seconds; ``time`` is
     when the record was made (Unix seconds). Unknown keys read from a newer manifest are
     kept in ``extra``."""
@@ -68,6 +71,7 @@ class Record:
     decoder: str | None = None
     shape: list[int] | None = None
     reduce: int | None = None
+    gallery: dict[str, Any] | None = None
     fingerprint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     time: float | None = None
@@ -105,6 +109,7 @@ class Record:
             decoder=result.decoder,
             shape=result.shape,
             reduce=result.reduce,
+            gallery=_gallery_fields(result),
             fingerprint=fingerprint if status in DONE_STATUSES else None,
             timings={k: round(v, 6) for k, v in result.timings.items() if v},
         )
@@ -136,6 +141,27 @@ class Record:
     @property
     def ok(self) -> bool:
         return self.status in DONE_STATUSES
+
+
+def _gallery_fields(result: Any) -> dict[str, Any] | None:
+    """A result's ``gallery`` entry: its grouping values, thumbnails and windows (--gallery)."""
+    values = getattr(result, "gallery", None)
+    if values is None and not getattr(result, "thumbs", None):
+        return None
+    entry = {k: v for k, v in (values or {}).items() if v is not None}
+    if result.thumbs:
+        entry["sheet"] = result.sheet
+        entry["thumbs"] = result.thumbs
+    windows = [_window(w) for w in result.windows or ()]
+    if any(w is not None for w in windows):
+        entry["windows"] = windows
+    return entry
+
+
+def _window(window: Any) -> list[float] | None:
+    if window is None or not all(math.isfinite(float(v)) for v in window):
+        return None  # (a JSON line holds no NaN)
+    return [round(float(window[0]), 4), round(float(window[1]), 4)]
 
 
 _FIELDS = tuple(f.name for f in fields(Record) if f.name != "extra")

@@ -212,15 +212,14 @@ def box_shrink(img, k, shift, acc, out):
     (r*k, c*k), rounded half up, shifted right by ``shift`` bits (8 for 16-bit images), as uint8.
     Edge blocks average the pixels they have; ``out`` is (ceil(rows/k), ceil(columns/k), samples).
     ``acc`` (uint32, columns * samples) is scratch: a block row's column sums, added row by row in
-    one contiguous loop (SIMD), then summed k at a time (unsigned indices: no wraparound code).
+    one contiguous loop (SIMD), then summed k at a time.
     floor(mean + 1/2) in float64 equals the twin's (2 total + n) // 2n: an exact half is
     representable, and any other mean is farther from one than an ulp."""
     rows, cols, samples = img.shape
     width = cols * samples
     ocols = out.shape[1]
     whole = cols // k  # output columns whose block is whole
-    uk = np.uint64(k)
-    us = np.uint64(samples)
+    step = k * samples
     for r in range(out.shape[0]):
         r0 = r * k
         r1 = min(r0 + k, rows)
@@ -232,12 +231,14 @@ def box_shrink(img, k, shift, acc, out):
                 acc[q] += row[q]
         orow = out[r].reshape(ocols * samples)
         inv = 1.0 / ((r1 - r0) * k)
-        for q in range(np.uint64(whole) * us):
-            base = (q // us) * uk * us + q % us
-            total = np.int64(0)
-            for j in range(uk):
-                total += acc[base + j * us]
-            orow[q] = min(np.int64(total * inv + 0.5) >> shift, 255)
+        for s in range(samples):
+            q = s  # acc index of the block's first column (no division per output)
+            for c in range(whole):
+                total = np.int64(0)
+                for j in range(k):
+                    total += acc[q + j * samples]
+                orow[c * samples + s] = min(np.int64(total * inv + 0.5) >> shift, 255)
+                q += step
         if whole < ocols:
             inv = 1.0 / ((r1 - r0) * (cols - whole * k))
             for s in range(samples):

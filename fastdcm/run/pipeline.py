@@ -152,18 +152,37 @@ class _LazyFields:
     get = __call__
 
 
-def _values(image: Any, specs: tuple[TagSpec, ...], pseudonymizer: Pseudonymizer | None) -> dict[str, Any] | None:
-    """The chosen attributes' values (Patient ID and UIDs keyed hashes with ``--pseudonymize``);
-    None when pydicom cannot read the header (the row has no attribute values)."""
-    try:
-        values = extract_from(image, specs)
-    except FastDcmError:
-        return None
-    if values and pseudonymizer is not None:
-        for spec in specs:
-            if spec.pseudonymized:
-                values[spec.column] = pseudonymizer(values[spec.column])
-    return values
+class _Attributes:
+    """The header values one input needs (the table's, the gallery's, the name guard's), read in one
+    walk of its header; each selection's values are then its own copy, Patient ID and UIDs as keyed
+    hashes with ``--pseudonymize`` for the table and the gallery (the guard compares the values)."""
+
+    def __init__(self, job: Job) -> None:
+        self.pseudonymizer = job.pseudonymizer
+        merged: dict[str, TagSpec] = {}
+        for selection in (job.tags, job.gallery_tags, job.name_guard):
+            for spec in selection or ():
+                merged.setdefault(spec.column, spec)
+        self.specs = tuple(merged.values())
+
+    def read(self, image: Any) -> dict[str, Any] | None:
+        """Every wanted value; None when pydicom cannot read the header (rows get no values)."""
+        if not self.specs:
+            return None
+        try:
+            return extract_from(image, self.specs)
+        except FastDcmError:
+            return None
+
+    def of(self, values: dict[str, Any] | None, specs: tuple[TagSpec, ...], pseudonymize: bool = True) -> dict[str, Any] | None:
+        if values is None:
+            return None
+        out = {spec.column: values.get(spec.column) for spec in specs}
+        if pseudonymize and self.pseudonymizer is not None:
+            for spec in specs:
+                if spec.pseudonymized:
+                    out[spec.column] = self.pseudonymizer(out[spec.column])
+        return out
 
 
 class Pipeline:
@@ -188,6 +207,7 @@ class Pipeline:
         self.encoder = get_encoder(job.format)
         self.images = FilesSink.for_job(job)
         self.faults = _faults()
+        self.attributes = _Attributes(job)
         self.sheet = Sheet() if job.gallery_tags is not None else None
         self.tiles: list[Any] = []  # the input in progress' thumbnails
         self.sheets_written = 0
@@ -305,10 +325,12 @@ class Pipeline:
             spec = image.spec
             result.transfer_syntax = spec.transfer_syntax_uid
             encoder = self.encoder
+            attributes = self.attributes
+            values = attributes.read(image)
             if job.tags is not None:
-                result.metadata = _values(image, job.tags, job.pseudonymizer)
+                result.metadata = attributes.of(values, job.tags)
             if job.gallery_tags is not None:
-                result.gallery = _values(image, job.gallery_tags, job.pseudonymizer)
+                result.gallery = attributes.of(values, job.gallery_tags)
             if job.burned_in is not BurnedIn.KEEP and burned_in(image):
                 result.burned_in = True
                 if job.burned_in is BurnedIn.SKIP:
@@ -333,7 +355,7 @@ class Pipeline:
                 for i in indexes
             ]
             if job.name_guard is not None:
-                names = guard_names(names, _values(image, job.name_guard, None) or {}, job.pseudonymizer)
+                names = guard_names(names, attributes.of(values, job.name_guard, False) or {}, job.pseudonymizer)
             images.begin(source, names, retry)
             vois, decoders, windows = [], [], []
             for i, name in zip(indexes, names):

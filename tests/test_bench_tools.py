@@ -181,7 +181,9 @@ def test_dataset_benchmark_measures_table_and_gallery_cost_and_memory(tmp_path):
     import dataset
 
     result = dataset.cost(tmp_path, files=12, rounds=1, workers=1)
-    assert set(result["ratio_over_plain"]) == {"metadata", "gallery", "both"}
+    assert set(result["ratio_over_plain"]) == set(result["cpu_ratio_over_plain"]) == {"metadata", "gallery", "both"}
     assert all(r > 0 for r in result["ratio_over_plain"].values()) and result["files_per_s"]["gallery"] > 0
+    scale = dataset.gallery_scale(tmp_path, 300)
+    assert scale["pages"] == 2 and scale["index_html_bytes"] > 1000 and scale["build_s"] >= 0
     mem = dataset.memory(tmp_path, rows=[10, 30])
     assert mem["runs"]["30"]["rows"] == 30 and mem["runs"]["10"]["peak_rss_mib_with"] > 0

@@ -18,7 +18,8 @@ What is written under ``OUT/gallery/`` (each file atomically, through the output
 - ``data/p-N.js``: page N, :data:`PER_PAGE` images in study / series / instance order, loaded
   when shown; ``data/f-N.js``: the inputs not converted (status and reason),
   :data:`FAILURES_PER_PAGE` a file;
-- ``sheets/``: the thumbnail sheets (sheets no record names any more are removed).
+- ``sheets/``: the thumbnail sheets (sheets no record names any more are removed: by a run's own
+  build, only its own; by ``fastdcm gallery``, all).
 
 Privacy: the page shows output names (which carry no identifier unless ``--allow-phi``), source
 paths and reasons of failed inputs (as the manifest does), UIDs as the records hold them (keyed
@@ -177,10 +178,14 @@ class _Thumbnailer:
             self.sheet.clear()
 
 
-def build_gallery(out: str | os.PathLike, *, manifest: str | os.PathLike | None = None, root: Any = None) -> GalleryReport:
+def build_gallery(
+    out: str | os.PathLike, *, manifest: str | os.PathLike | None = None, root: Any = None, run_prefix: str | None = None
+) -> GalleryReport:
     """Write ``OUT/gallery/`` from the manifest (default ``OUT/manifest.jsonl``); return what was
     shown. ``root``: the run's open :class:`~fastdcm.run.write.OutputRoot` (else one is opened).
-    Raises :class:`~fastdcm.errors.InvalidOptionError` when there is no manifest to read."""
+    Sheets no record names any more are removed: all of them, or with ``run_prefix`` (a run's own
+    build) only that run's and the ones builds made, never a sheet of another run that may still be
+    going on. Raises :class:`~fastdcm.errors.InvalidOptionError` when there is no manifest to read."""
     from .errors import InvalidOptionError, UnsafePathError
     from .run.sinks.manifest import MANIFEST_NAME, read_manifest
     from .run.thumbs import SHEETS
@@ -225,7 +230,9 @@ def build_gallery(out: str | os.PathLike, *, manifest: str | os.PathLike | None 
         _write(root, _ordered(images), failures, report)
         used = {image.thumb[0] for image in images if image.thumb}
         for name in sheets_there - used:  # sheets of inputs converted again since
-            if name.endswith(".jpg"):
+            leaf = posixpath.basename(name)
+            mine = run_prefix is None or leaf.startswith((run_prefix, _REBUILT_PREFIX))
+            if leaf.endswith(".jpg") and mine:
                 root.remove(name)
     finally:
         if own:

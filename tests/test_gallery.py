@@ -248,3 +248,18 @@ def test_read_thumbnail_of_png_jpeg_and_npy():
     assert np.abs(read_thumbnail(buf.getvalue(), "a.npy").astype(int) - thumbnail(image)).max() <= 1
     with pytest.raises(Exception):
         read_thumbnail(b"not an image", "a.png")
+
+
+def test_a_runs_build_removes_only_its_own_unused_sheets(archive, tmp_path):
+    out = tmp_path / "out"
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, gallery=True)
+    sheets = out / "gallery" / "sheets"
+    other = sheets / "1-99999-0.jpg"  # a sheet of another run into OUT, whose records are not in yet
+    rebuilt = sheets / "rebuilt-1.jpg"  # one an earlier build made
+    for planted in (other, rebuilt):
+        planted.write_bytes((next(sheets.glob("*.jpg"))).read_bytes())
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, gallery=True, resume=True)
+    assert other.exists() and not rebuilt.exists()
+    assert main(["gallery", str(out)]) == 0  # asked for: every sheet no record names goes
+    assert not other.exists() and len(list(sheets.iterdir())) >= 1
+    assert all(item[2] >= 0 for item, _ in page_items(out))

@@ -302,7 +302,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         _close_sinks(sinks, report)
         try:
             if copts.gallery and ran:
-                report.gallery = _gallery(out, manifest_path, root)
+                report.gallery = _gallery(out, manifest_path, root, job.run_start_ns)
         finally:
             root.remove_tmp()
             root.close()
@@ -318,13 +318,15 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     return report
 
 
-def _gallery(out: str, manifest: str, root: OutputRoot) -> str:
+def _gallery(out: str, manifest: str, root: OutputRoot, run_start_ns: int) -> str:
     """``--gallery``: the page built from the manifest just written; what it shows, or why not.
     A gallery that cannot be written costs no input its status (``fastdcm gallery OUT`` again)."""
     from ..gallery import build_gallery
 
     try:
-        return build_gallery(out, manifest=manifest, root=root).summary()
+        from .thumbs import sheet_prefix
+
+        return build_gallery(out, manifest=manifest, root=root, run_prefix=sheet_prefix(run_start_ns)).summary()
     except (OSError, FastDcmError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         log.warning("the gallery cannot be written: %s (fastdcm gallery %s tries again)", reason, out)

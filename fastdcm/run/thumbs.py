@@ -81,9 +81,14 @@ class Sheet:
         self.tiles.clear()
 
 
+def sheet_prefix(run_start_ns: int) -> str:
+    """What the names of one run's sheets start with."""
+    return f"{run_start_ns:x}-"
+
+
 def sheet_name(run_start_ns: int, seq: int) -> str:
     """A sheet's name: unique per run (its start), worker (pid) and batch (``seq``)."""
-    return f"{SHEETS}/{run_start_ns:x}-{os.getpid()}-{seq}.jpg"
+    return f"{SHEETS}/{sheet_prefix(run_start_ns)}{os.getpid()}-{seq}.jpg"
 
 
 def read_thumbnail(data: bytes, name: str) -> np.ndarray:

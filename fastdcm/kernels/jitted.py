@@ -211,8 +211,8 @@ def box_shrink(img, k, shift, acc, out):
     """``out[r, c, s]`` = the mean of the k x k block of ``img`` (rows, columns, samples) at
     (r*k, c*k), rounded half up, shifted right by ``shift`` bits (8 for 16-bit images), as uint8.
     Edge blocks average the pixels they have; ``out`` is (ceil(rows/k), ceil(columns/k), samples).
-    ``acc`` (uint32, columns * samples) is scratch: a block row's column sums, added row by row in
-    one contiguous loop (SIMD), then summed k at a time.
+    ``acc`` (columns * samples; uint16 for 8-bit images with k <= 257, else uint32) is scratch: a
+    block row's column sums, added row by row in one contiguous loop (SIMD), then summed k at a time.
     floor(mean + 1/2) in float64 equals the twin's (2 total + n) // 2n: an exact half is
     representable, and any other mean is farther from one than an ulp."""
     rows, cols, samples = img.shape

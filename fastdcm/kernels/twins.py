@@ -117,5 +117,6 @@ def warmup_arrays():
                              np.zeros((1, 3), np.int64), np.zeros(4, np.int64)))
         )
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
-        calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, np.uint32), np.zeros((1, 1, 1), np.uint8))))
+        for acc_dtype in (np.uint16, np.uint32) if raw_dtype is np.uint8 else (np.uint32,):
+            calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, acc_dtype), np.zeros((1, 1, 1), np.uint8))))
     return calls

@@ -34,7 +34,7 @@ import math
 import os
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .errors import Status
@@ -70,7 +70,6 @@ class GalleryReport:
     rebuilt: int = 0
     missing: int = 0
     elapsed: float = 0.0
-    problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         def n(count: int, word: str) -> str:
@@ -284,6 +283,8 @@ def _write(root: Any, studies: list[list[list[_Image]]], failures: list[list[str
     data = f"{GALLERY}/data"
     statuses = list(_IMAGE_STATUSES)
     modalities = sorted({im.modality for groups in studies for g in groups for im in g})
+    status_index = {v: i for i, v in enumerate(statuses)}
+    modality_index = {v: i for i, v in enumerate(modalities)}
     study_rows, series_rows, pages = [], [], []
     page: list[list] = []
     page_sheets: dict[str, int] = {}
@@ -312,14 +313,15 @@ def _write(root: Any, studies: list[list[list[_Image]]], failures: list[list[str
                 if not page:
                     page_info = [s, s, set(), set()]
                 page_info[1] = s
-                page_info[2].add(statuses.index(im.status))
-                page_info[3].add(modalities.index(im.modality))
+                status = status_index[im.status]
+                page_info[2].add(status)
+                page_info[3].add(modality_index[im.modality])
                 if im.thumb:
                     sheet = page_sheets.setdefault(im.thumb[0], len(page_sheets))
                     x, y, w, h = im.thumb[1]
                 else:
                     sheet, x, y, w, h = -1, 0, 0, 0, 0
-                page.append([s, im.output, sheet, x, y, w, h, im.window, statuses.index(im.status)])
+                page.append([s, im.output, sheet, x, y, w, h, im.window, status])
                 if len(page) >= PER_PAGE:
                     close_page()
     if page:

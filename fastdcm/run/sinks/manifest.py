@@ -52,7 +52,7 @@ class Record:
     backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``shape`` the rows and
     columns of the output images; ``reduce`` the ``--reduce`` level they were made at (absent: full
     size); ``gallery`` (``--gallery``) what the gallery shows of the outputs: the grouping
-    attributes' values (``study``, ``series``, ``modality``, ...), the thumbnail ``sheet`` with
+    attributes' values by keyword (``StudyInstanceUID``, ``Modality``, ...), the thumbnail ``sheet`` with
     each output's rectangle there (``thumbs``) and the ``windows`` used (:mod:`fastdcm.gallery`); ``fingerprint`` a digest of the options that shape the outputs (format, quality,
     depth, window, naming, ...: ``--resume`` redoes an input made with other options); ``timings`` maps stage -> seconds; ``time`` is
     when the record was made (Unix seconds). Unknown keys read from a newer manifest are

@@ -17,6 +17,7 @@ from typing import Any
 from .decoders import parse_choice
 from .errors import InvalidOptionError
 from .resample import MAX_REDUCE
+from .resize import Fit, parse_geometry
 
 
 class VoiPolicy(str, Enum):
@@ -37,6 +38,24 @@ class VoiFunction(str, Enum):
     SIGMOID = "SIGMOID"
 
 
+#: Named windows for ``windows`` (center, width in the modality's units: Hounsfield units for CT):
+#: the RSNA intracranial haemorrhage solutions' brain, subdural and bone windows and the usual
+#: chest and abdomen ones (as Radiopaedia lists them).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "brain": (40.0, 80.0),
+    "subdural": (80.0, 200.0),
+    "bone": (600.0, 2800.0),
+    "stroke": (40.0, 40.0),
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (50.0, 400.0),
+    "liver": (30.0, 150.0),
+}
+
+#: The most windows one image may stack.
+MAX_WINDOWS = 64
+
+
 def _meta(help_text: str, **extra: Any) -> dict[str, Any]:
     return {"help": help_text, **extra}
 
@@ -50,6 +69,15 @@ class RenderOptions:
         metadata=_meta(
             "explicit VOI window as (center, width); wins over everything in the file",
             metavar="CENTER,WIDTH",
+        ),
+    )
+    windows: tuple[tuple[float, float], ...] | str | None = field(
+        default=None,
+        metadata=_meta(
+            "a window stack: one channel per window, each CENTER/WIDTH or a preset ("
+            + ", ".join(f"{k} {c:g}/{w:g}" for k, (c, w) in WINDOW_PRESETS.items())
+            + "), comma-separated, e.g. brain,subdural,bone; 3 windows make an RGB image",
+            metavar="LIST",
         ),
     )
     voi_function: VoiFunction | None = field(
@@ -77,6 +105,25 @@ class RenderOptions:
             metavar="K",
         ),
     )
+    size: int | tuple[int, int] | str | None = field(
+        default=None,
+        metadata=_meta(
+            "resize: N (the longest side becomes N, aspect kept) or WIDTHxHEIGHT (filled as --fit says); "
+            "area-averaged when shrinking, bilinear when enlarging",
+            metavar="N|WxH",
+        ),
+    )
+    fit: Fit = field(
+        default=Fit.PAD,
+        metadata=_meta(
+            "how --size WIDTHxHEIGHT is filled: pad (aspect kept, centred on black), crop (aspect kept, "
+            "the centre cut out) or stretch (each axis scaled on its own)"
+        ),
+    )
+    max_size: int | None = field(
+        default=None,
+        metadata=_meta("shrink images whose longest side is above N to N (aspect kept; never enlarges)", metavar="N"),
+    )
     decoder: str | tuple | None = field(
         default=None,
         metadata=_meta(
@@ -97,6 +144,16 @@ class RenderOptions:
             raise InvalidOptionError(str(exc)) from None
         if self.window is not None:
             object.__setattr__(self, "window", _window(self.window, self.voi_function))
+        if self.windows is not None:
+            object.__setattr__(self, "windows", _windows(self.windows))
+            if self.window is not None:
+                raise InvalidOptionError("give window or windows (a stack), not both")
+            if self.voi is not VoiPolicy.AUTO:
+                raise InvalidOptionError(f"windows sets the VOI of every channel: voi must stay auto, not {self.voi.value}")
+            for center, width in self.windows:
+                problem = window_problem(center, width, self.voi_function)
+                if problem:
+                    raise InvalidOptionError(f"windows: {center:g}/{width:g}: {problem}")
         if self.depth not in (8, 16):
             raise InvalidOptionError(f"depth must be 8 or 16, not {self.depth!r}")
         if isinstance(self.voi_index, bool) or not isinstance(self.voi_index, (int, float)) \
@@ -108,6 +165,17 @@ class RenderOptions:
             raise InvalidOptionError(f"reduce must be an integer from 0 to {MAX_REDUCE}, not {self.reduce!r}")
         object.__setattr__(self, "reduce", int(self.reduce))
         try:
+            object.__setattr__(self, "fit", Fit(getattr(self.fit, "value", self.fit)))
+        except ValueError:
+            raise InvalidOptionError(f"fit must be pad, crop or stretch, not {self.fit!r}") from None
+        object.__setattr__(self, "size", parse_geometry(self.size, "size"))
+        max_size = parse_geometry(self.max_size, "max_size")
+        if isinstance(max_size, tuple):
+            raise InvalidOptionError(f"max_size is one number of pixels (the longest side), not {self.max_size!r}")
+        object.__setattr__(self, "max_size", max_size)
+        if self.size is not None and self.max_size is not None:
+            raise InvalidOptionError("give size or max_size, not both (max_size is size that never enlarges)")
+        try:
             object.__setattr__(self, "decoder", parse_choice(self.decoder))
         except ValueError as exc:
             raise InvalidOptionError(str(exc)) from None
@@ -115,6 +183,10 @@ class RenderOptions:
     @property
     def y_max(self) -> int:
         return (1 << self.depth) - 1
+
+    @property
+    def resizes(self) -> bool:
+        return self.size is not None or self.max_size is not None
 
 
 def _window(value: Any, function: VoiFunction | None) -> tuple[float, float]:
@@ -132,14 +204,44 @@ def _window(value: Any, function: VoiFunction | None) -> tuple[float, float]:
     return window  # type: ignore[return-value]
 
 
-def explicit_window_problem(options: RenderOptions) -> str | None:
-    """Why the explicit window cannot be used with its function (RENDERING.md 2.2: width at least
-    1 for LINEAR, above 0 for the others), or None. ``render`` skips such a window with a warning,
-    as the contract says; a batch refuses it before any work (it would be skipped for every file)."""
-    if options.window is None:
-        return None
-    width = options.window[1]
-    function = options.voi_function or VoiFunction.LINEAR
+def _windows(value: Any) -> tuple[tuple[float, float], ...]:
+    """The stack's (center, width) pairs from ``"brain,40/80"`` or a list of names and pairs."""
+    items = [v for v in value.split(",")] if isinstance(value, str) else list(value)
+    windows = []
+    for item in items:
+        if isinstance(item, str):
+            text = item.strip()
+            if text.lower() in WINDOW_PRESETS:
+                windows.append(WINDOW_PRESETS[text.lower()])
+                continue
+            parts = text.split("/")
+        else:
+            parts = list(item) if isinstance(item, (tuple, list)) else [item]
+        try:
+            pair = tuple(float(v) for v in parts)
+        except (TypeError, ValueError):
+            pair = ()
+        if len(pair) != 2 or not all(math.isfinite(v) for v in pair):
+            raise InvalidOptionError(
+                f"windows: {item!r} is neither CENTER/WIDTH (e.g. 40/80) nor a preset ({', '.join(WINDOW_PRESETS)})"
+            )
+        windows.append(pair)
+    if not 1 <= len(windows) <= MAX_WINDOWS:
+        raise InvalidOptionError(f"windows: give 1 to {MAX_WINDOWS} windows, not {len(windows)}")
+    return tuple(windows)  # type: ignore[return-value]
+
+
+def window_label(window: tuple[float, float]) -> str:
+    """A window's name in output names: its preset's, else ``w<center>_<width>``."""
+    for name, preset in WINDOW_PRESETS.items():
+        if preset == tuple(window):
+            return name
+    return f"w{window[0]:g}_{window[1]:g}"
+
+
+def window_problem(center: float, width: float, function: VoiFunction | None) -> str | None:
+    """Why a window cannot be used with its function (RENDERING.md 2.2), or None."""
+    function = function or VoiFunction.LINEAR
     if width <= 0:
         return f"window width must be positive, not {width:g}"
     if width < 1 and function is VoiFunction.LINEAR:
@@ -148,6 +250,15 @@ def explicit_window_problem(options: RenderOptions) -> str | None:
             "use --voi-function LINEAR_EXACT or SIGMOID for narrower windows"
         )
     return None
+
+
+def explicit_window_problem(options: RenderOptions) -> str | None:
+    """Why the explicit window cannot be used with its function (RENDERING.md 2.2: width at least
+    1 for LINEAR, above 0 for the others), or None. ``render`` skips such a window with a warning,
+    as the contract says; a batch refuses it before any work (it would be skipped for every file)."""
+    if options.window is None:
+        return None
+    return window_problem(options.window[0], options.window[1], options.voi_function)
 
 
 def option_fields(cls: type) -> list[dataclasses.Field]:
@@ -171,11 +282,84 @@ class OnExists(str, Enum):
     ERROR = "error"  # leave it; the input is recorded as write_error
 
 
-class Frames(str, Enum):
-    """Which frames of a multi-frame object to write."""
+class Frames:
+    """Which frames of a multi-frame object to write (``--frames``), by frame number (1-based,
+    as in output names): ``all``, ``first``, ``middle`` (frame (n + 1) // 2: the lower of two
+    middles), ``last``, ``N``, ``A:B`` (A to B inclusive; either may be left out: ``:5``, ``10:``)
+    or ``every:K`` (frames 1, 1 + K, 1 + 2K, ...). Numbers past an object's last frame select
+    nothing of it (such an input is recorded as skipped, with the reason)."""
 
-    ALL = "all"
-    FIRST = "first"
+    __slots__ = ("text", "_kind", "_a", "_b")
+    ALL: "Frames"
+    FIRST: "Frames"
+
+    def __init__(self, value: "Frames | str | int") -> None:
+        if isinstance(value, Frames):
+            value = value.text
+        text = str(getattr(value, "value", value)).strip().lower().replace(" ", "")
+        kind, a, b = text, 0, 0
+        try:
+            if text in ("all", "first", "middle", "last"):
+                pass
+            elif text.startswith("every:"):
+                kind, a = "every", int(text[6:])
+                if a < 1:
+                    raise ValueError
+            elif ":" in text:
+                left, _, right = text.partition(":")
+                kind, a, b = "range", int(left) if left else 1, int(right) if right else 0
+                if a < 1 or (b and b < a) or right.startswith("-"):
+                    raise ValueError
+            else:
+                kind, a = "number", int(text)
+                if a < 1:
+                    raise ValueError
+        except ValueError:
+            raise InvalidOptionError(
+                f"frames must be all, first, middle, last, N, A:B or every:K (frame numbers from 1), not {value!r}"
+            ) from None
+        self.text, self._kind, self._a, self._b = text, kind, a, b
+
+    @property
+    def value(self) -> str:
+        return self.text
+
+    @property
+    def all(self) -> bool:
+        return self._kind == "all"
+
+    def indexes(self, n: int) -> range:
+        """The selected frames of an object of ``n`` frames, 0-based, in order (may be empty)."""
+        kind, a, b = self._kind, self._a, self._b
+        if kind == "all":
+            return range(n)
+        if kind == "first":
+            return range(min(n, 1))
+        if kind == "middle":
+            return range((n - 1) // 2, (n - 1) // 2 + 1) if n else range(0)
+        if kind == "last":
+            return range(n - 1, n) if n else range(0)
+        if kind == "number":
+            return range(a - 1, a) if a <= n else range(0)
+        if kind == "every":
+            return range(0, n, a)
+        return range(a - 1, min(b, n) if b else n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Frames) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Frames({self.text!r})"
+
+
+Frames.ALL = Frames("all")
+Frames.FIRST = Frames("first")
 
 
 class BurnedIn(str, Enum):
@@ -236,7 +420,13 @@ class ConvertOptions:
         default=OnExists.ERROR,
         metadata=_meta("when an output exists from before this run: skip, overwrite or error"),
     )
-    frames: Frames = field(default=Frames.ALL, metadata=_meta("which frames to write: all or first"))
+    frames: Frames | str = field(
+        default=Frames.ALL,
+        metadata=_meta(
+            "which frames to write, by number from 1: all, first, middle, last, N, A:B (inclusive) or every:K",
+            metavar="WHICH",
+        ),
+    )
     workers: int = field(
         default_factory=_default_workers,
         metadata=_meta("worker processes (0: run in this process, no fault isolation); default: CPUs"),
@@ -307,7 +497,7 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_exists", OnExists(self.on_exists))
-        object.__setattr__(self, "frames", Frames(self.frames))
+        object.__setattr__(self, "frames", Frames(self.frames))  # InvalidOptionError is a ValueError
         object.__setattr__(self, "burned_in", BurnedIn(self.burned_in))
         object.__setattr__(self, "format", str(self.format).lower())
         if not 1 <= int(self.quality) <= 100:

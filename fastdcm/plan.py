@@ -17,6 +17,7 @@ import contextvars
 import functools
 import logging
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from .kernels.voi import (
     voi_values,
     window_is_valid,
 )
-from .options import RenderOptions, VoiFunction, VoiPolicy
+from .options import RenderOptions, VoiFunction, VoiPolicy, window_label
 
 log = logging.getLogger(__name__)
 
@@ -572,3 +573,72 @@ def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: flo
     scale = ymax / float((1 << (8 if bits == 8 else 16)) - 1)
     table = quantize(rgb.astype(np.float64) * scale, ymax, False).astype(out_dtype)
     return RenderPlan("palette", "palette", out_dtype, ymax, mask, flip, np.ascontiguousarray(table))
+
+
+# ---------------------------------------------------------------------------------------
+# Window stacks: one channel per window, from one read of the stored values.
+
+
+@dataclass
+class StackPlan:
+    """How one frame becomes a window stack (``options.windows``): channel c is the image the
+    single window c gives (``plans[c]``), computed for every channel in one pass over the stored
+    values: ``lut_affine_stack`` when every channel's table is a proven line, else
+    ``lut_gather_channels`` over the tables side by side; float and 32-bit data (the arithmetic
+    path) take one pass per channel."""
+
+    kind: str  # "affine", "table" or "channels"
+    voi: str
+    out_dtype: np.dtype
+    plans: list[RenderPlan]
+    table: np.ndarray | None = None  # (mask + 1, channels)
+    lines: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # float32 j0, a, b per channel
+    window: None = None  # (a stack has no single window)
+
+    @property
+    def mask(self) -> int:
+        return self.plans[0].mask
+
+    @property
+    def flip(self) -> int:
+        return self.plans[0].flip
+
+    @property
+    def ymax(self) -> float:
+        return self.plans[0].ymax
+
+
+@functools.lru_cache(maxsize=32)
+def channel_options(options: RenderOptions) -> tuple[RenderOptions, ...]:
+    """The single-window options of each channel of ``options.windows``."""
+    assert options.windows is not None
+    return tuple(dataclasses.replace(options, windows=None, window=w) for w in options.windows)
+
+
+def build_stack(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions) -> StackPlan:
+    """The stack plan for frame ``frame`` (kept on a fast-parsed header like single plans)."""
+    if spec.is_palette or not spec.is_grayscale:
+        raise InvalidOptionError(
+            f"a window stack needs a grayscale image; this one is {spec.photometric_interpretation}"
+        )
+    key = ("stack", options)
+    cached = ds.plans.get(key) if isinstance(ds, Attributes) else None
+    if cached is not None:
+        return cached
+    plans = [build_plan(ds, spec, frame, o) for o in channel_options(options)]
+    assert all(p is not None for p in plans)  # explicit windows never need the frame's values
+    voi = "windows " + "+".join(window_label(w) for w in options.windows)  # (no comma: outputs join VOIs with one)
+    stack = StackPlan("channels", voi, plans[0].out_dtype, plans)  # type: ignore[arg-type]
+    if all(p.kind == "table" for p in plans):
+        if all(p.affine is not None for p in plans):
+            stack.kind = "affine"
+            stack.lines = tuple(np.array([p.affine[i] for p in plans], np.float32) for i in range(3))  # type: ignore[assignment]
+        else:
+            stack.kind = "table"
+            stack.table = np.ascontiguousarray(np.stack([p.table for p in plans], axis=1))
+    if isinstance(ds, Attributes):
+        if len(ds.plans) >= 64:
+            ds.plans.clear()
+        ds.plans[key] = stack
+    return stack
+

@@ -17,8 +17,10 @@ from . import kernels
 from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError, InvalidPixelModuleError, from_dependency
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
-from .options import RenderOptions
-from .plan import CURRENT_SOURCE, RenderPlan, build_plan, minmax_by_range, stored_range
+from .options import Frames, RenderOptions
+from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, stored_range
+from .resample import reduced_size
+from .resize import apply as resize_apply, resize_plan
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class Rendered:
     voi: str
     decoder: str  # what decoded the frame: a backend's name, "native" or "pydicom"
     window: tuple[float, float] | None = None  # (center, width) of the linear VOI used (min-max too); None: a LUT, colour
+    mapping: dict[str, list[float]] | None = None  # resized: output = frame * scale + offset (resize.py); None: not resized
 
 
 class Image:
@@ -80,9 +83,15 @@ class Image:
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
         token = CURRENT_SOURCE.set(self.path or "<input>")
+        mapping = None
         try:
             stored, decoder = decode_frame(self._header, int(frame), options.decoder, options.reduce)
-            array, plan = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
+            if options.windows is not None:
+                array, plan = _render_stack(stored, self._header.attrs, self.spec, int(frame), options)
+            else:
+                array, plan = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
+            if options.resizes:
+                array, mapping = self._resized(array, options)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError, OverflowError) as exc:
@@ -93,7 +102,18 @@ class Image:
             raise typed.with_path(self.path) from None
         finally:
             CURRENT_SOURCE.reset(token)
-        return Rendered(array=array, frame=int(frame), voi=plan.voi, decoder=decoder, window=plan.window)
+        return Rendered(array=array, frame=int(frame), voi=plan.voi, decoder=decoder, window=plan.window, mapping=mapping)
+
+    def _levels(self, options: RenderOptions) -> tuple[int, int]:
+        """Rows and columns after ``options.reduce`` (what ``size`` is applied to)."""
+        return reduced_size(self.spec.rows, options.reduce), reduced_size(self.spec.columns, options.reduce)
+
+    def _resized(self, array: np.ndarray, options: RenderOptions) -> tuple[np.ndarray, dict[str, list[float]] | None]:
+        rows, cols = self._levels(options)
+        plan = resize_plan(rows, cols, options.size, options.fit, options.max_size)
+        if plan is None:
+            return array, None
+        return resize_apply(array, plan, options.y_max), plan.mapping(self.spec.rows, self.spec.columns)
 
 
 def open_image(src: SourceLike) -> Image:
@@ -140,7 +160,7 @@ def _render_stored(
     assert plan.table is not None and plan.table.shape[0] == plan.mask + 1
     if plan.kind == "palette":
         out = np.empty((raw.shape[0], 3), dtype=plan.out_dtype)
-        k.lut_gather_rgb(raw, plan.mask, plan.flip, plan.table, out)
+        k.lut_gather_channels(raw, plan.mask, plan.flip, plan.table, out)
         return out.reshape(shape + (3,)), plan
     out = np.empty(raw.shape[0], dtype=plan.out_dtype)
     if plan.affine is not None:  # the table is this line at every index (plan.fit_affine)
@@ -150,6 +170,27 @@ def _render_stored(
     else:
         k.lut_gather(raw, plan.mask, plan.flip, plan.table, out)
     return out.reshape(shape), plan
+
+
+def _render_stack(
+    stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
+) -> tuple[np.ndarray, StackPlan]:
+    """(rows, columns, windows): one channel per window of ``options.windows`` (plan.StackPlan)."""
+    stack = build_stack(ds, spec, frame, options)
+    shape = stored.shape + (len(stack.plans),)
+    if stack.kind == "channels":
+        channels = [_render_stored(stored, ds, spec, frame, o)[0] for o in channel_options(options)]
+        return np.stack(channels, axis=-1), stack
+    k = kernels.impl()
+    raw = _as_unsigned(stored)
+    out = np.empty((raw.shape[0], shape[-1]), dtype=stack.out_dtype)
+    if stack.kind == "affine":
+        narrow = raw.dtype.type
+        j0, a, b = stack.lines
+        k.lut_affine_stack(raw, narrow(stack.mask), narrow(stack.flip), j0, a, b, np.float32(stack.ymax), out)
+    else:
+        k.lut_gather_channels(raw, stack.mask, stack.flip, stack.table, out)
+    return out.reshape(shape), stack
 
 
 def _plan_with_range(
@@ -195,18 +236,22 @@ def render(src: SourceLike, *, frame: int = 0, **options: Any) -> np.ndarray:
 
     ``src`` is a path, bytes, a binary file object or a pydicom Dataset. Keyword options are
     the fields of :class:`fastdcm.options.RenderOptions` (window, voi_function, voi_index,
-    voi, invert, depth, reduce, decoder). Shape (Rows, Columns) for grayscale, (Rows, Columns, 3)
-    for colour; with ``reduce=k``, ceil(Rows / 2^k) x ceil(Columns / 2^k).
+    voi, invert, depth, reduce, size, fit, max_size, decoder). Shape (Rows, Columns) for grayscale,
+    (Rows, Columns, 3) for colour; with ``reduce=k``, ceil(Rows / 2^k) x ceil(Columns / 2^k); with
+    ``size=512`` the longest side 512, with ``size=(width, height)`` that size (``fastdcm.resize``).
     """
     opts = _options(options)
     return open_image(src).render_frame(frame, opts).array
 
 
-def iter_frames(src: SourceLike, **options: Any) -> Iterator[np.ndarray]:
-    """Every frame of ``src``, rendered, in order; the header is parsed once."""
+def iter_frames(src: SourceLike, *, frames: Any = "all", **options: Any) -> Iterator[np.ndarray]:
+    """The frames of ``src`` that ``frames`` selects (all, first, middle, last, N, A:B or every:K,
+    numbered from 1 as ``--frames`` takes them; :class:`fastdcm.options.Frames`), rendered, in
+    order; the header is parsed once."""
     opts = _options(options)
+    selection = Frames(frames)
     image = open_image(src)
-    for i in range(image.n_frames):
+    for i in selection.indexes(image.n_frames):
         yield image.render_frame(i, opts).array
 
 

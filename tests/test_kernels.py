@@ -62,12 +62,12 @@ def test_lut_gather_matches_twin(data, out_dtype, seed):
 
 @settings(max_examples=60, deadline=None)
 @given(stored_data(max_allocated=16), st.integers(0, 2**32 - 1))
-def test_lut_gather_rgb_matches_twin(data, seed):
+def test_lut_gather_channels_matches_twin(data, seed):
     raw, bits, mask, flip = data
     table = np.random.default_rng(seed).integers(0, 256, (mask + 1, 3)).astype(np.uint8)
     got, want = np.empty((raw.shape[0], 3), np.uint8), np.empty((raw.shape[0], 3), np.uint8)
-    kernels.lut_gather_rgb(raw, mask, flip, table, got)
-    twins.lut_gather_rgb(raw, mask, flip, table, want)
+    kernels.lut_gather_channels(raw, mask, flip, table, got)
+    twins.lut_gather_channels(raw, mask, flip, table, want)
     np.testing.assert_array_equal(got, want)
 
 
@@ -267,3 +267,35 @@ def test_box_shrink_matches_twin(rows, cols, samples, k, kind, seed):
     block = img[:k, :k].astype(np.int64)
     n = block.shape[0] * block.shape[1]
     assert want[0, 0, 0] == ((2 * block[..., 0].sum() + n) // (2 * n)) >> shift
+
+
+@settings(max_examples=100, deadline=None)
+@given(stored_data(max_allocated=16), st.sampled_from([np.uint8, np.uint16]), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_lut_affine_stack_matches_lut_affine_per_channel(data, out_dtype, channels, seed):
+    raw, bits, mask, flip = data
+    rng = np.random.default_rng(seed)
+    ymax = np.float32(np.iinfo(out_dtype).max)
+    narrow = raw.dtype.type
+    j0 = np.round(rng.uniform(0, 4095, channels)).astype(np.float32)
+    a = rng.uniform(-300, 300, channels).astype(np.float32)
+    b = rng.uniform(-70000, 70000, channels).astype(np.float32)
+    got = np.empty((raw.shape[0], channels), out_dtype)
+    kernels.lut_affine_stack(raw, narrow(mask), narrow(flip), j0, a, b, ymax, got)
+    want = np.empty_like(got)
+    twins.lut_affine_stack(raw, narrow(mask), narrow(flip), j0, a, b, ymax, want)
+    np.testing.assert_array_equal(got, want)
+    for c in range(channels):
+        one = np.empty(raw.shape[0], out_dtype)
+        kernels.lut_affine(raw, narrow(mask), narrow(flip), j0[c], a[c], b[c], ymax, one)
+        np.testing.assert_array_equal(got[:, c], one)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored_data(max_allocated=16), st.sampled_from([1, 2, 4, 7]), st.integers(0, 2**32 - 1))
+def test_lut_gather_channels_any_count_matches_twin(data, channels, seed):
+    raw, bits, mask, flip = data
+    table = np.random.default_rng(seed).integers(0, 65536, (mask + 1, channels)).astype(np.uint16)
+    got, want = np.empty((raw.shape[0], channels), np.uint16), np.empty((raw.shape[0], channels), np.uint16)
+    kernels.lut_gather_channels(raw, mask, flip, table, got)
+    twins.lut_gather_channels(raw, mask, flip, table, want)
+    np.testing.assert_array_equal(got, want)

@@ -65,14 +65,18 @@ class Encoder:
         for module, pip_name in self.requires:
             require(module, pip_name, self.name)
 
+    #: keyword options ``encode`` passes on to ``_encode`` (JPEG: ``subsampling``)
+    options: tuple[str, ...] = ()
+
     def encode(self, array: np.ndarray, *, quality: int = 90, **opts: Any) -> bytes:
         """Return the encoded file's bytes. ``quality`` is used by lossy formats only."""
-        if opts:
+        unknown = sorted(set(opts) - set(self.options))
+        if unknown:
             raise InvalidOptionError(
-                f"the {self.name!r} encoder takes no option(s) {', '.join(sorted(opts))}"
+                f"the {self.name!r} encoder takes no option(s) {', '.join(unknown)}"
             )
         self.check(array)
-        return self._encode(array, quality)
+        return self._encode(array, quality, **opts)
 
     def check(self, array: Any) -> None:
         """Raise EncodeError unless `array` is an image this encoder can write."""
@@ -82,7 +86,7 @@ class Encoder:
             allowed = " or ".join(str(d) for d in self.dtypes)
             raise EncodeError(f"{self.name}: samples must be {allowed}, got {array.dtype}")
         shape = array.shape
-        if not (array.ndim == 2 or (array.ndim == 3 and shape[2] == 3)):
+        if not (array.ndim == 2 or (array.ndim == 3 and self.channels_ok(shape[2]))):
             raise EncodeError(
                 f"{self.name}: expected shape (rows, columns) or (rows, columns, 3), got {shape}"
             )
@@ -93,6 +97,10 @@ class Encoder:
                 f"{self.name}: {shape[0]} x {shape[1]} exceeds the format's limit of "
                 f"{self.max_side} per side"
             )
+
+    def channels_ok(self, channels: int) -> bool:
+        """Whether a (rows, columns, channels) image can be written (image formats: RGB only)."""
+        return channels == 3
 
     def _encode(self, array: np.ndarray, quality: int) -> bytes:
         raise NotImplementedError

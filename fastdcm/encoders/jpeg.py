@@ -16,13 +16,15 @@ from fastdcm.errors import EncodeError
 
 
 class JpegEncoder(Encoder):
-    """JPEG, lossy, 8-bit only; ``quality`` 1-100. RGB is subsampled 4:2:0 (as Pillow does)."""
+    """JPEG, lossy, 8-bit only; ``quality`` 1-100. RGB is subsampled 4:2:0 (as Pillow does)
+    unless ``subsampling="444"`` (a window stack's channels are windows, not colours)."""
 
     name = "jpeg"
     extension = ".jpg"
     requires = (("simplejpeg", "simplejpeg"),)
     dtypes = (_UINT8,)
     max_side = 65500  # libjpeg-turbo's JPEG_MAX_DIMENSION
+    options = ("subsampling",)
 
     def check(self, array: np.ndarray) -> None:
         if isinstance(array, np.ndarray) and array.dtype == np.uint16:
@@ -32,7 +34,9 @@ class JpegEncoder(Encoder):
             )
         super().check(array)
 
-    def _encode(self, array: np.ndarray, quality: int) -> bytes:
+    def _encode(self, array: np.ndarray, quality: int, subsampling: str = "420") -> bytes:
+        if subsampling not in ("420", "422", "444"):
+            raise EncodeError(f"jpeg: subsampling must be 420, 422 or 444, not {subsampling!r}")
         if (
             isinstance(quality, bool)
             or not isinstance(quality, (int, np.integer))
@@ -47,7 +51,7 @@ class JpegEncoder(Encoder):
                     array.reshape(*array.shape, 1), quality=int(quality), colorspace="GRAY"
                 )
             return simplejpeg.encode_jpeg(
-                array, quality=int(quality), colorspace="RGB", colorsubsampling="420"
+                array, quality=int(quality), colorspace="RGB", colorsubsampling=subsampling
             )
         except (ValueError, RuntimeError) as exc:
             raise EncodeError(f"jpeg: libjpeg-turbo refused the image: {exc}") from exc

@@ -15,6 +15,9 @@ class NpyEncoder(Encoder):
     name = "npy"
     extension = ".npy"
 
+    def channels_ok(self, channels: int) -> bool:
+        return channels >= 1  # a window stack of any size
+
     def _encode(self, array: np.ndarray, quality: int) -> bytes:
         buffer = io.BytesIO()
         np.save(buffer, array, allow_pickle=False)

@@ -31,7 +31,9 @@ file up to its pixel data (native or encapsulated); its twin is ``fastheader``'s
 walk. Every read of the buffer is preceded by a check that the bytes are there (fuzzed files
 reach it).
 
-``box_shrink`` makes the gallery's thumbnails in the worker, from the rendered image (block means).
+``box_shrink`` makes the gallery's thumbnails in the worker, from the rendered image (block means);
+``resample`` resizes the rendered image (``--size``: area weights when shrinking, bilinear when
+enlarging; ``fastdcm.resize``), one input row of float32 scratch at a time.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}
 
 #: The kernels, by name, in ``jitted`` (and, but for ``walk_header``, in ``twins``).
 KERNEL_NAMES = (
-    "lut_gather", "lut_gather_rgb", "lut_affine", "stored_presence", "int_minmax", "float_minmax",
-    "voi_int", "voi_float", "walk_header", "box_shrink",
+    "lut_gather", "lut_gather_channels", "lut_affine", "lut_affine_stack", "stored_presence", "int_minmax", "float_minmax",
+    "voi_int", "voi_float", "walk_header", "box_shrink", "resample",
 )
 
 _ENV = "FASTDCM_KERNELS"

@@ -20,7 +20,8 @@ __all__ = [
     "jit",
     "KERNELS",
     "lut_gather",
-    "lut_gather_rgb",
+    "lut_gather_channels",
+    "lut_affine_stack",
     "lut_affine",
     "stored_presence",
     "int_minmax",
@@ -29,6 +30,7 @@ __all__ = [
     "voi_float",
     "walk_header",
     "box_shrink",
+    "resample",
 ]
 
 
@@ -40,13 +42,39 @@ def lut_gather(raw, mask, flip, table, out):
 
 
 @jit
-def lut_gather_rgb(raw, mask, flip, table, out):
-    """out[i, c] = table[(raw[i] & mask) ^ flip, c]   (palette: table is (mask + 1, 3))."""
+def lut_gather_channels(raw, mask, flip, table, out):
+    """out[i, c] = table[(raw[i] & mask) ^ flip, c]   (table: (mask + 1, channels); a palette's
+    red, green, blue, or a window stack's windows, each gathered in the same pass)."""
+    channels = table.shape[1]
+    if channels == 3:  # unrolled: 2.4x faster than the loop over channels (palette RGB, 3 windows)
+        for i in range(raw.shape[0]):
+            j = (raw[i] & mask) ^ flip
+            out[i, 0] = table[j, 0]
+            out[i, 1] = table[j, 1]
+            out[i, 2] = table[j, 2]
+        return
     for i in range(raw.shape[0]):
         j = (raw[i] & mask) ^ flip
-        out[i, 0] = table[j, 0]
-        out[i, 1] = table[j, 1]
-        out[i, 2] = table[j, 2]
+        for c in range(channels):
+            out[i, c] = table[j, c]
+
+
+@jit
+def lut_affine_stack(raw, mask, flip, j0, a, b, ymax, out):
+    """out[i, c] = lut_affine's value for line c (j0[c], a[c], b[c], float32): every window of a
+    window stack from one read of each stored value, with the same float32 steps as ``lut_affine``
+    (so each channel equals the single window's image bit for bit)."""
+    zero = np.float32(0.0)
+    channels = out.shape[1]
+    for i in range(raw.shape[0]):
+        x = np.float32((raw[i] & mask) ^ flip)
+        for c in range(channels):
+            v = (x - j0[c]) * a[c] + b[c]
+            if v < zero:
+                v = zero
+            if v > ymax:
+                v = ymax
+            out[i, c] = np.int32(v)
 
 
 @jit
@@ -248,6 +276,52 @@ def box_shrink(img, k, shift, acc, out):
                 orow[whole * samples + s] = min(np.int64(total * inv + 0.5) >> shift, 255)
 
 
+# --------------------------------------------------------------------------- resizing
+
+
+@jit
+def resample(img, ys, yn, wy, tx, wx, ymax, acc, vbuf, out):
+    """Separable resampling of ``img`` (rows, columns, samples; uint8 or uint16) into ``out``.
+
+    Output row r is first ``sum_j wy[r, j] * img[ys[r] + j]`` for j < yn[r], added in float32,
+    in order, into ``acc`` (one input row's worth of scratch: no float copy of the frame); then
+    each of its values q (column and sample, flat) is ``sum_k wx[k, q] * acc[tx[k, q]]`` over
+    every k (taps past a column's own count have weight 0, which adds nothing), into ``vbuf``,
+    rounded half up and clamped to ``ymax``. The taps run over all outputs of a row at a time
+    (gathers the loop vectorises), not output by output. The weights (``resize.py``) are the area
+    each input pixel covers of the output pixel when shrinking (OpenCV's INTER_AREA) and
+    bilinear ones when enlarging. The twin adds the same float32 terms in the same order."""
+    rows, cols, samples = img.shape
+    width = cols * samples
+    m = tx.shape[1]
+    zero = np.float32(0.0)
+    half = np.float32(0.5)
+    for r in range(out.shape[0]):
+        y0 = ys[r]
+        w = wy[r, 0]
+        row = img[y0].reshape(width)
+        for q in range(width):
+            acc[q] = w * np.float32(row[q])
+        for j in range(1, yn[r]):
+            w = wy[r, j]
+            row = img[y0 + j].reshape(width)
+            for q in range(width):
+                acc[q] += w * np.float32(row[q])
+        for q in range(m):
+            vbuf[q] = zero
+        for k in range(tx.shape[0]):
+            taps = tx[k]
+            weights = wx[k]
+            for q in range(m):
+                vbuf[q] += weights[q] * acc[taps[q]]
+        orow = out[r].reshape(m)
+        for q in range(m):
+            v = vbuf[q] + half
+            if v > ymax:
+                v = ymax
+            orow[q] = np.int32(v)
+
+
 # --------------------------------------------------------------------------- header walk
 
 # walk_header's ``vr_class`` table is elements.VR_CLASS (one set of VR rules for every reader).
@@ -366,6 +440,6 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
 
 
 KERNELS = (
-    lut_gather, lut_gather_rgb, lut_affine, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header,
-    box_shrink,
+    lut_gather, lut_gather_channels, lut_affine, lut_affine_stack, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header,
+    box_shrink, resample,
 )

@@ -14,13 +14,20 @@ def lut_gather(raw, mask, flip, table, out):
     out[...] = table[(raw & mask) ^ flip]
 
 
-lut_gather_rgb = lut_gather
+lut_gather_channels = lut_gather
 
 
 def lut_affine(raw, mask, flip, j0, a, b, ymax, out):
     j = ((raw & mask) ^ flip).astype(np.float32)
     v = (j - np.float32(j0)) * np.float32(a) + np.float32(b)  # float32 throughout, one rounding per operation
     out[...] = np.minimum(np.maximum(v, np.float32(0.0)), np.float32(ymax)).astype(np.int32)
+
+
+def lut_affine_stack(raw, mask, flip, j0, a, b, ymax, out):
+    for c in range(out.shape[1]):
+        column = np.empty(raw.shape[0], out.dtype)
+        lut_affine(raw, mask, flip, j0[c], a[c], b[c], ymax, column)
+        out[:, c] = column
 
 
 def stored_presence(raw, mask, flip, present):
@@ -72,6 +79,20 @@ def box_shrink(img, k, shift, acc, out):
     out[...] = np.minimum(((2 * sums + counts) // (2 * counts)) >> shift, 255).astype(np.uint8)
 
 
+def resample(img, ys, yn, wy, tx, wx, ymax, acc, vbuf, out):
+    rows, cols, samples = img.shape
+    flat = img.reshape(rows, cols * samples)
+    m = tx.shape[1]
+    for r in range(out.shape[0]):
+        a = wy[r, 0] * flat[ys[r]].astype(np.float32)
+        for j in range(1, yn[r]):
+            a = a + wy[r, j] * flat[ys[r] + j].astype(np.float32)
+        v = np.zeros(m, np.float32)
+        for k in range(tx.shape[0]):
+            v = v + wx[k] * a[tx[k]]
+        out[r] = np.minimum(v + np.float32(0.5), np.float32(ymax)).astype(np.int32).reshape(out.shape[1:])
+
+
 def warmup_arrays():
     """(kernel, args) pairs covering the signatures the renderer compiles."""
     from .jitted import (
@@ -79,12 +100,14 @@ def warmup_arrays():
         int_minmax as k_int_minmax,
         lut_affine as k_lut_affine,
         lut_gather as k_lut_gather,
-        lut_gather_rgb as k_lut_gather_rgb,
+        lut_gather_channels as k_lut_gather_channels,
+        lut_affine_stack as k_lut_affine_stack,
         stored_presence as k_stored_presence,
         voi_float as k_voi_float,
         voi_int as k_voi_int,
         walk_header as k_walk_header,
         box_shrink as k_box_shrink,
+        resample as k_resample,
     )
 
     calls = []
@@ -93,10 +116,12 @@ def warmup_arrays():
         for out_dtype in (np.uint8, np.uint16):
             calls.append((k_lut_gather, (raw, 255, 0, np.zeros(256, out_dtype), np.zeros(4, out_dtype))))
             calls.append(
-                (k_lut_gather_rgb, (raw, 255, 0, np.zeros((256, 3), out_dtype), np.zeros((4, 3), out_dtype)))
+                (k_lut_gather_channels, (raw, 255, 0, np.zeros((256, 3), out_dtype), np.zeros((4, 3), out_dtype)))
             )
             f32 = np.float32(1.0)
             calls.append((k_lut_affine, (raw, raw_dtype(255), raw_dtype(0), f32, f32, f32, f32, np.zeros(4, out_dtype))))
+            f32s = np.ones(3, np.float32)
+            calls.append((k_lut_affine_stack, (raw, raw_dtype(255), raw_dtype(0), f32s, f32s, f32s, f32, np.zeros((4, 3), out_dtype))))
         calls.append((k_stored_presence, (raw, 255, 0, np.zeros(256, np.bool_))))
         calls.append((k_int_minmax, (raw, 255, 0, np.zeros(2, np.int64))))
     for raw_dtype in (np.float32, np.float64):
@@ -119,4 +144,10 @@ def warmup_arrays():
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
         for acc_dtype in (np.uint16, np.uint32) if raw_dtype is np.uint8 else (np.uint32,):
             calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, acc_dtype), np.zeros((1, 1, 1), np.uint8))))
+    i32, f32s = np.zeros(1, np.int32), np.ones((1, 1), np.float32)
+    for img_dtype in (np.uint8, np.uint16):
+        for samples in (1, 3):
+            calls.append((k_resample, (np.zeros((1, 1, samples), img_dtype), i32, i32 + 1, f32s,
+                                       np.zeros((1, samples), np.int32), np.ones((1, samples), np.float32), np.float32(255.0),
+                                       np.zeros(samples, np.float32), np.zeros(samples, np.float32), np.zeros((1, 1, samples), img_dtype))))
     return calls

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, Status, from_dependency
-from ..options import BurnedIn, Frames, OnExists, RenderOptions
+from ..options import BurnedIn, Frames, OnExists, RenderOptions, window_label
 from ..render import open_image
 from .executors import WorkerInfo
 from .naming import output_name
@@ -84,6 +84,8 @@ class Result:
     shape: list[int] | None = None  # rows, columns of the output images
     blocked: list[str] = field(default_factory=list)  # an output name that exists and was not replaced
     reduce: int | None = None  # the reduce=k level the outputs were made at (None: full size)
+    frame_numbers: list[int] | None = None  # per output, its frame number (1-based); None: output i is frame i + 1
+    resize: dict[str, Any] | None = None  # --size / --max-size: {"scale", "offset"} per axis (resize.py); None: not resized
     timings: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] | None = None  # the chosen attributes' values (Job.tags), never the dataset
     windows: list[tuple[float, float] | None] | None = None  # per output: (center, width) of the VOI used
@@ -185,6 +187,31 @@ class _Attributes:
         return out
 
 
+def _stack_outputs(job: Job, encoder: Any) -> tuple[list[str], dict[str, Any]]:
+    """A window stack's outputs: (labels of one image per window, or [] for one image with a
+    channel per window; the encoder's options). Three windows make one RGB PNG or JPEG (JPEG
+    without chroma subsampling: each channel is a window, not a colour); ``.npy`` takes any
+    number; other counts in PNG or JPEG become one image per window, named ``<name>_<window>``."""
+    windows = job.render.windows
+    if windows is None:
+        return [], {}
+    options = {"subsampling": "444"} if encoder.name == "jpeg" and len(windows) == 3 else {}
+    if len(windows) == 3 or encoder.name == "npy":
+        return [], options
+    labels: list[str] = []
+    for window in windows:
+        label = window_label(window)
+        while label in labels:  # the same window twice: numbered
+            label += f"-{len(labels) + 1}"
+        labels.append(label)
+    return labels, options
+
+
+def _with_label(name: str, label: str, extension: str) -> str:
+    stem = name[: -len(extension)] if extension and name.endswith(extension) else name
+    return f"{stem}_{label}{extension}"
+
+
 class Pipeline:
     """One worker's pipeline (the executors' runner): ``Pipeline(job, worker)``.
 
@@ -212,6 +239,7 @@ class Pipeline:
         self.tiles: list[Any] = []  # the input in progress' thumbnails
         self.sheets_written = 0
         self.sheet_root: Any = None
+        self.channel_labels, self.encode_options = _stack_outputs(job, self.encoder)
 
     def close(self) -> None:
         self.images.close()
@@ -340,8 +368,12 @@ class Pipeline:
             t1 = time.perf_counter()
             timings["read"] = t1 - t0
             n = image.n_frames
-            indexes = range(n) if job.frames is Frames.ALL else range(min(n, 1))
-            multi = n > 1 and job.frames is Frames.ALL
+            indexes = job.frames.indexes(n)
+            if not indexes:
+                result.status = Status.SKIPPED
+                result.reason = f"no frame selected by --frames {job.frames} (the object has {n} frame(s))"
+                return result
+            multi = n > 1 and job.frames != Frames.FIRST
             fields = _LazyFields(image, job.pseudonymizer)  # the full header is parsed only if the template asks
             names = [
                 output_name(
@@ -354,41 +386,52 @@ class Pipeline:
                 )
                 for i in indexes
             ]
+            labels = self.channel_labels
+            if labels:  # a window stack written one image per window
+                names = [_with_label(name, label, encoder.extension) for name in names for label in labels]
             if job.name_guard is not None:
                 names = guard_names(names, attributes.of(values, job.name_guard, False) or {}, job.pseudonymizer)
             images.begin(source, names, retry)
             vois, decoders, windows = [], [], []
-            for i, name in zip(indexes, names):
+            per_frame = max(1, len(labels))
+            for f, i in enumerate(indexes):
                 t0 = time.perf_counter()
                 rendered = image.render_frame(i, job.render)
                 t1 = time.perf_counter()
-                try:
-                    data = encoder.encode(rendered.array, quality=job.quality)
-                except FastDcmError:
-                    raise
-                except (ValueError, TypeError, RuntimeError) as exc:
-                    raise EncodeError(f"{job.format}: {exc}") from exc
-                t2 = time.perf_counter()
-                with self._committing():  # the stop signal waits until the image is listed as put
-                    images.put(source, name, data, retry)
-                t3 = time.perf_counter()
                 timings["render"] += t1 - t0
-                timings["encode"] += t2 - t1
-                timings["write"] += t3 - t2
-                if self.sheet is not None:
-                    tiles.append(thumbnail(rendered.array))
-                    timings["thumbs"] = timings.get("thumbs", 0.0) + time.perf_counter() - t3
-                vois.append(rendered.voi)
-                windows.append(rendered.window)
+                planes = [rendered.array[..., c] for c in range(per_frame)] if labels else [rendered.array]
+                for c, array in enumerate(planes):
+                    name = names[f * per_frame + c]
+                    t1 = time.perf_counter()
+                    try:
+                        data = encoder.encode(array, quality=job.quality, **self.encode_options)
+                    except FastDcmError:
+                        raise
+                    except (ValueError, TypeError, RuntimeError) as exc:
+                        raise EncodeError(f"{job.format}: {exc}") from exc
+                    t2 = time.perf_counter()
+                    with self._committing():  # the stop signal waits until the image is listed as put
+                        images.put(source, name, data, retry)
+                    t3 = time.perf_counter()
+                    timings["encode"] += t2 - t1
+                    timings["write"] += t3 - t2
+                    if self.sheet is not None:
+                        tiles.append(thumbnail(array if array.ndim == 2 or array.shape[2] == 3 else array[..., 0]))
+                        timings["thumbs"] = timings.get("thumbs", 0.0) + time.perf_counter() - t3
+                    vois.append(rendered.voi)
+                    windows.append(job.render.windows[c] if labels else rendered.window)
                 if rendered.decoder not in decoders:
                     decoders.append(rendered.decoder)
             result.status = Status.CONVERTED
             result.outputs = names
-            result.frames = len(names)
+            result.frames = len(indexes)
+            if not job.frames.all or labels:  # which frame each output shows (else output i is frame i + 1)
+                result.frame_numbers = [i + 1 for i in indexes for _ in range(per_frame)]
             result.voi = vois[0] if len(set(vois)) == 1 else ",".join(vois) if vois else None
             result.decoder = ",".join(decoders) or None
             result.shape = list(rendered.array.shape[:2]) if names else None
             result.reduce = job.render.reduce or None
+            result.resize = rendered.mapping if names else None
             result.windows = windows if job.tags is not None or job.gallery_tags is not None else None
             return result
         except Blocked as exc:

@@ -47,11 +47,14 @@ DONE_STATUSES = frozenset({Status.CONVERTED, Status.SKIPPED})
 class Record:
     """The outcome of one input. ``source`` is the input's path (absolute), ``rel`` the
     relative path output names mirror; ``outputs`` are relative to the output folder;
-    ``frames`` is the number of frames written; ``voi`` names the VOI step used (e.g.
+    ``frames`` is the number of frames written (``frame_numbers``, when ``--frames`` selects
+    some or a window stack writes an image per window: each output's frame number, from 1); ``voi`` names the VOI step used (e.g.
     ``window``, ``voi_lut``, ``minmax``); ``decoder`` what decoded the pixel data (a
     backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``shape`` the rows and
     columns of the output images; ``reduce`` the ``--reduce`` level they were made at (absent: full
-    size); ``gallery`` (``--gallery``) what the gallery shows of the outputs: the grouping
+    size); ``resize`` (``--size``, ``--max-size``) how a frame's pixel coordinates map to the
+    output's: ``output = frame * scale + offset``, ``scale`` and ``offset`` each [rows, columns]
+    (absent: not resized); ``gallery`` (``--gallery``) what the gallery shows of the outputs: the grouping
     attributes' values by keyword (``StudyInstanceUID``, ``Modality``, ...), the thumbnail ``sheet`` with
     each output's rectangle there (``thumbs``) and the ``windows`` used (:mod:`fastdcm.gallery`); ``fingerprint`` a digest of the options that shape the outputs (format, quality,
     depth, window, naming, ...: ``--resume`` redoes an input made with other options); ``timings`` maps stage -> seconds; ``time`` is
@@ -66,11 +69,13 @@ class Record:
     rel: str | None = None
     outputs: list[str] = field(default_factory=list)
     frames: int | None = None
+    frame_numbers: list[int] | None = None
     transfer_syntax: str | None = None
     voi: str | None = None
     decoder: str | None = None
     shape: list[int] | None = None
     reduce: int | None = None
+    resize: dict[str, Any] | None = None
     gallery: dict[str, Any] | None = None
     fingerprint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -104,11 +109,13 @@ class Record:
             result.reason,
             outputs=result.outputs,
             frames=result.frames,
+            frame_numbers=getattr(result, "frame_numbers", None),
             transfer_syntax=result.transfer_syntax,
             voi=result.voi,
             decoder=result.decoder,
             shape=result.shape,
             reduce=result.reduce,
+            resize=getattr(result, "resize", None),
             gallery=_gallery_fields(result),
             fingerprint=fingerprint if status in DONE_STATUSES else None,
             timings={k: round(v, 6) for k, v in result.timings.items() if v},

@@ -52,7 +52,8 @@ def base_schema() -> list[tuple[str, str]]:
     return [
         ("output", "str"), ("source", "str"), ("frame", "int"), ("status", "str"), ("reason", "str"),
         ("transfer_syntax", "str"), ("voi", "str"), ("window_center", "float"), ("window_width", "float"),
-        ("decoder", "str"),
+        ("decoder", "str"), ("rows", "int"), ("columns", "int"), ("scale_rows", "float"), ("scale_columns", "float"),
+        ("offset_rows", "float"), ("offset_columns", "float"),
     ]
 
 
@@ -128,12 +129,19 @@ class MetadataSink:
         n = max(1, len(outputs))
         windows = result.windows or []
         vois = result.voi.split(",") if result.voi and "," in result.voi else [result.voi]
+        shape = result.shape if outputs else None
+        numbers = getattr(result, "frame_numbers", None)
+        mapping = getattr(result, "resize", None)
+        if mapping is not None:
+            scale, offset = mapping["scale"], mapping["offset"]
+        else:  # not resized: the frame's own size (halved ``reduce`` times)
+            scale, offset = [0.5 ** (result.reduce or 0)] * 2, [0, 0]
         cols = self.cols
         for i in range(n):
             window = windows[i] if i < len(windows) else None
             cols["output"].append(outputs[i] if outputs else None)
             cols["source"].append(source.path)
-            cols["frame"].append(i + 1 if outputs else None)
+            cols["frame"].append((numbers[i] if numbers else i + 1) if outputs else None)
             cols["status"].append(status)
             cols["reason"].append(result.reason or None)
             cols["transfer_syntax"].append(result.transfer_syntax)
@@ -141,6 +149,12 @@ class MetadataSink:
             cols["window_center"].append(window[0] if window else None)
             cols["window_width"].append(window[1] if window else None)
             cols["decoder"].append(result.decoder)
+            cols["rows"].append(shape[0] if shape else None)
+            cols["columns"].append(shape[1] if shape else None)
+            cols["scale_rows"].append(scale[0] if shape else None)
+            cols["scale_columns"].append(scale[1] if shape else None)
+            cols["offset_rows"].append(offset[0] if shape else None)
+            cols["offset_columns"].append(offset[1] if shape else None)
             for col, spec in zip(self.tag_columns, self.specs):
                 cols[col].append(values.get(spec.column))
         self.buffered += n

@@ -24,9 +24,6 @@ with a plain run, and memory as the table grows.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -36,6 +33,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from results_io import machine, today, write_result  # noqa: E402
 
 
 def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
@@ -195,9 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             "cost": cost(work, args.files, args.rounds, args.workers),
             "memory": memory(work, args.rows),
             "gallery": [gallery_scale(work, n) for n in args.gallery_images],
-            "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                        "python": platform.python_version()},
-            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "date": today(),
         }
     c, m = result["cost"], result["memory"]
     print(f"ct JPEG, {c['files']} files, {c['workers']} workers, median of {c['rounds']} rounds: "
@@ -213,10 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gallery of {g['images']} images: built in {g['build_s']} s; index.html {g['index_html_bytes']} B, "
               f"summary.js {g['summary_js_bytes']} B, a page {g['page_js_bytes']} B; "
               f"chromium shows page 1 in {g.get('chromium_open_s', 'n/a')} s")
-    if args.json:
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(args.json, result)
     return 0
 
 

@@ -19,15 +19,16 @@ The ratio is fastdcm's time over the recipe's (the issue's goal: at most 1.25).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_io import machine, today, write_result  # noqa: E402
 
 RECIPE = r'''
 import sys
@@ -101,8 +102,8 @@ def measure(path: str, rounds: int) -> dict:
         "rounds": rounds,
         "median_s": {k: round(v, 4) for k, v in medians.items()},
         "ratio_fastdcm_over_recipe": round(medians["fastdcm"] / medians["recipe"], 3),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "date": today(),
     }
 
 
@@ -116,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in result["median_s"].items():
         print(f"{name:<9} {t * 1000:7.0f} ms")
     print(f"fastdcm / recipe = {result['ratio_fastdcm_over_recipe']:.2f} (goal: at most 1.25)")
-    if args.json:
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_result(args.json, result)
     return 0
 
 

@@ -152,13 +152,24 @@ class _Thumbnailer:
         self.sheet = Sheet()
         self.name = ""
         self.made = self.missing = 0
+        self.shard: tuple[str, dict[str, bytes]] | None = None  # the last shard read: its members
 
-    def thumb(self, output: str) -> tuple[str, list[int]] | None:
+    def _read(self, output: str, shard: str | None) -> bytes:
+        if shard is None:
+            with self.root.open_read(output) as f:
+                return f.read()
+        if self.shard is None or self.shard[0] != shard:
+            from .run.sinks.shards import read_shard
+
+            with self.root.open_read(shard) as f:
+                self.shard = (shard, read_shard(f, shard))
+        return self.shard[1][output]
+
+    def thumb(self, output: str, shard: str | None = None) -> tuple[str, list[int]] | None:
         from .run.thumbs import SHEETS, read_thumbnail
 
         try:
-            with self.root.open_read(output) as f:
-                tile = read_thumbnail(f.read(), output)
+            tile = read_thumbnail(self._read(output, shard), output)
         except Exception as exc:  # missing or unreadable: no thumbnail for it
             log.debug("no thumbnail for %s: %s", output, exc)
             self.missing += 1
@@ -222,7 +233,7 @@ def build_gallery(
             sheet, thumbs = entry.get("sheet"), entry.get("thumbs") or []
             for i, output in enumerate(record.outputs):
                 box = thumbs[i] if i < len(thumbs) else None
-                thumb = (sheet, box) if box and sheet in sheets_there else thumbnailer.thumb(output)
+                thumb = (sheet, box) if box and sheet in sheets_there else thumbnailer.thumb(output, record.shard)
                 images.append(_image(record, entry, i, output, thumb, shown))
         thumbnailer.flush()
         report.rebuilt, report.missing = thumbnailer.made, thumbnailer.missing

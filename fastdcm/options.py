@@ -362,6 +362,14 @@ Frames.ALL = Frames("all")
 Frames.FIRST = Frames("first")
 
 
+class Container(str, Enum):
+    """How the output images are stored (``--container``)."""
+
+    FILES = "files"  # one file per image under OUT
+    WEBDATASET = "webdataset"  # tar shards of --shard-size inputs, image + JSON per sample
+    PARQUET = "parquet"  # Parquet shards, a row per image with its encoded bytes
+
+
 class BurnedIn(str, Enum):
     """Images whose Burned In Annotation is YES (text, often identifying, in the pixels)."""
 
@@ -426,6 +434,18 @@ class ConvertOptions:
             "which frames to write, by number from 1: all, first, middle, last, N, A:B (inclusive) or every:K",
             metavar="WHICH",
         ),
+    )
+    container: Container = field(
+        default=Container.FILES,
+        metadata=_meta(
+            "files (one per image), webdataset (tar shards: each image with a .json of its record, as the "
+            "webdataset package reads them) or parquet (a row per image with its encoded bytes; needs pyarrow), "
+            "in OUT/shards/"
+        ),
+    )
+    shard_size: int = field(
+        default=1000,
+        metadata=_meta("inputs per shard with --container webdataset or parquet (a multi-frame input's frames stay together)", metavar="N"),
     )
     workers: int = field(
         default_factory=_default_workers,
@@ -497,6 +517,10 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on_exists", OnExists(self.on_exists))
+        object.__setattr__(self, "container", Container(self.container))
+        if int(self.shard_size) < 1:
+            raise ValueError(f"shard_size must be at least 1, not {self.shard_size!r}")
+        object.__setattr__(self, "shard_size", int(self.shard_size))
         object.__setattr__(self, "frames", Frames(self.frames))  # InvalidOptionError is a ValueError
         object.__setattr__(self, "burned_in", BurnedIn(self.burned_in))
         object.__setattr__(self, "format", str(self.format).lower())
@@ -533,7 +557,7 @@ def option_flag(name: str) -> str:
 
 
 #: ConvertOptions fields that decide what the outputs are (the rest say how the run goes).
-_SHAPING = ("format", "quality", "name", "frames")
+_SHAPING = ("format", "quality", "name", "frames", "container")
 
 
 def output_fingerprint(convert_options: ConvertOptions, render_options: RenderOptions) -> str:
@@ -546,6 +570,8 @@ def output_fingerprint(convert_options: ConvertOptions, render_options: RenderOp
     shaping = {name: getattr(convert_options, name) for name in _SHAPING}
     if convert_options.format != "jpeg":
         del shaping["quality"]  # only JPEG has a quality
+    if convert_options.container is Container.FILES:
+        del shaping["container"]  # (fingerprints of runs from before containers stay valid)
     shaping.update({f.name: getattr(render_options, f.name) for f in dataclasses.fields(render_options)})
     text = json.dumps(shaping, sort_keys=True, default=lambda v: getattr(v, "value", str(v)))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import FastDcmError, InvalidOptionError, Status, UnsafePathError
 from ..options import (
+    Container,
     ConvertOptions,
     OnExists,
     RenderOptions,
@@ -76,11 +77,11 @@ def _open_manifest(root: OutputRoot, path: str) -> ManifestWriter:
     return ManifestWriter(path, file=os.fdopen(fd, "a+b"))
 
 
-def _batches(items: Iterator[Source], size: int) -> Iterator[list[Source]]:
+def _batches(items: Iterator[Source], size: int, ramp: bool = True) -> Iterator[list[Source]]:
     """Batches of ``size`` items, after a ramp of 1, 2, 4, ...: a run of a few large files
     (four mammograms) is spread over the workers instead of landing in one batch, and a
-    large run reaches full batches after a handful."""
-    step = 1
+    large run reaches full batches after a handful. Shards (batches too) start full: no ramp."""
+    step = 1 if ramp else size
     while True:
         batch = list(islice(items, min(step, size)))
         if not batch:
@@ -139,11 +140,27 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
 
         gallery_tags = parse_tags(list(GALLERY_TAGS), pseudonymize=pseudonymizer is not None)
 
+    sharded = copts.container is not Container.FILES
+    if copts.container is Container.PARQUET:
+        from .sinks.table import _pa
+
+        _pa()  # MissingDependencyError naming pyarrow's pip install, before any work
     try:
         root = OutputRoot.create(out)  # the output folder and this run's own temporary folder
     except (OSError, UnsafePathError) as exc:
         reason = exc.reason if isinstance(exc, UnsafePathError) else (exc.strerror or str(exc))
         raise InvalidOptionError(f"output folder {out} cannot be used: {reason}") from None
+    if sharded and not copts.resume:
+        from .sinks.shards import SHARDS, existing_shards
+
+        earlier = existing_shards(root)
+        if earlier:
+            root.remove_tmp()
+            root.close()
+            raise InvalidOptionError(
+                f"{os.path.join(out, SHARDS)} holds {len(earlier)} shard(s) of an earlier run: add --resume to "
+                "convert what they do not hold, or choose another output folder"
+            )
     manifest_path = os.path.abspath(copts.manifest) if copts.manifest else os.path.join(out, MANIFEST_NAME)
     report = Report(out=out, manifest=manifest_path)
     given.pop("stdin", None)
@@ -171,6 +188,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         burned_in=copts.burned_in,
         gallery_tags=gallery_tags,
         name_guard=None if copts.allow_phi else parse_tags(list(NAME_GUARD), allow_phi=True),
+        container=copts.container.value,
     )
     if copts.resume and copts.on_exists is OnExists.OVERWRITE:
         # A resumed run replaces names one by one, never another input's (see _Resume).
@@ -259,13 +277,14 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         with stop:
             try:
                 again: list[Source] = []
+                batch_size = copts.shard_size if sharded else copts.batch_size  # a shard is a batch
                 for batch, results in executor.map_batches(
-                    _batches(todo(), copts.batch_size), should_stop=lambda: stop.requested
+                    _batches(todo(), batch_size, ramp=not sharded), should_stop=lambda: stop.requested
                 ):
                     record_batch(batch, results, again)
                 if again and not stop.requested:
                     for batch, results in executor.map_batches(
-                        _batches(iter(again), copts.batch_size), should_stop=lambda: stop.requested
+                        _batches(iter(again), batch_size, ramp=not sharded), should_stop=lambda: stop.requested
                     ):
                         record_batch(batch, results, None)
                 if stop.requested:
@@ -371,7 +390,7 @@ class _Resume:
             return source
         if (
             prev.done(source.size, source.mtime_ns, self.fingerprint)
-            and all(self.root.exists(n) for n in prev.outputs)
+            and all(self.root.exists(n) for n in ((prev.shard,) if prev.shard else prev.outputs))
             and (self.has_rows is None or self.has_rows(source.path))
         ):
             return None

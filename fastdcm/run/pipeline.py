@@ -38,6 +38,7 @@ from .executors import WorkerInfo
 from .naming import output_name
 from .sinks import Blocked
 from .sinks.files import FilesSink
+from .sinks.shards import ShardSink, shard_member
 from .privacy import Pseudonymizer, guard_names, pseudonymized
 from .tags import TagSpec, burned_in, extract_from
 from .thumbs import Sheet, sheet_name, thumbnail
@@ -68,6 +69,7 @@ class Job:
     burned_in: BurnedIn = BurnedIn.KEEP
     gallery_tags: tuple[TagSpec, ...] | None = None  # --gallery: thumbnails and these attributes (grouping)
     name_guard: tuple[TagSpec, ...] | None = None  # identifiers no output name may show (None: --allow-phi)
+    container: str = "files"  # files, or webdataset / parquet shards (sinks/shards.py)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Result:
     gallery: dict[str, Any] | None = None  # --gallery: the grouping attributes' values (Job.gallery_tags)
     thumbs: list[list[int]] | None = None  # --gallery: per output, [x, y, width, height] on ``sheet``
     sheet: str | None = None  # the batch's thumbnail sheet (thumbs.py), written before the result is sent
+    shard: str | None = None  # --container webdataset/parquet: the shard holding the outputs (sinks/shards.py)
 
 
 def fault_result(source: Any, fault: Any) -> Result:
@@ -232,7 +235,7 @@ class Pipeline:
             logging.getLogger("pydicom").setLevel(logging.ERROR)
         kernels.warmup()
         self.encoder = get_encoder(job.format)
-        self.images = FilesSink.for_job(job)
+        self.images = FilesSink.for_job(job) if job.container == "files" else ShardSink.for_job(job)
         self.faults = _faults()
         self.attributes = _Attributes(job)
         self.sheet = Sheet() if job.gallery_tags is not None else None
@@ -291,6 +294,8 @@ class Pipeline:
                         self.images.accept(source, result)
                         if self.sheet is not None:
                             result.thumbs = self.sheet.add(self.tiles)
+            with self._committing():
+                self.images.end_batch(results)  # a shard container's shard: published, or its inputs write_error
             if self.sheet:
                 with self._committing():
                     sheet = self._write_sheet(results)
@@ -301,6 +306,8 @@ class Pipeline:
             for result in results:
                 if result.status is Status.CONVERTED:
                     self.images.withdraw(result.outputs)
+            for shard in {r.shard for r in results if r.shard}:
+                self.images.remove(shard)
             if sheet is not None:
                 self.sheet_root.remove(sheet)
             raise
@@ -391,6 +398,8 @@ class Pipeline:
                 names = [_with_label(name, label, encoder.extension) for name in names for label in labels]
             if job.name_guard is not None:
                 names = guard_names(names, attributes.of(values, job.name_guard, False) or {}, job.pseudonymizer)
+            if job.container != "files":  # sample keys: no dot before the extension
+                names = [shard_member(name, encoder.extension) for name in names]
             images.begin(source, names, retry)
             vois, decoders, windows = [], [], []
             per_frame = max(1, len(labels))

@@ -3,7 +3,7 @@
 Two kinds, one per side of the process boundary (image bytes never cross it, records do):
 
 - an :class:`ImageSink` runs in the worker, inside the pipeline: it stores the encoded images
-  of one input (files under OUT: :mod:`.files`; a shard writer is another module). It is fed
+  of one input (files under OUT: :mod:`.files`; a batch's images in one shard file: :mod:`.shards`). It is fed
   one input at a time: ``begin`` (the names, before any frame is rendered), ``put`` per image,
   then ``accept`` (the input is converted: its images are its outputs) or ``discard`` (it
   failed or was interrupted: what it put is removed). ``withdraw`` removes outputs of accepted
@@ -69,5 +69,13 @@ class ImageSink(Protocol):
 
     def withdraw(self, names: Sequence[str]) -> None:
         """Remove accepted outputs whose results will never be recorded."""
+
+    def end_batch(self, results: Sequence[Any]) -> None:
+        """The batch is done, its results about to be sent: make what it stored final (a shard
+        is published and named in each converted result; if it cannot be, they become
+        ``write_error``)."""
+
+    def remove(self, name: str) -> None:
+        """Remove a file ``end_batch`` published (the batch was stopped before its results went)."""
 
     def close(self) -> None: ...

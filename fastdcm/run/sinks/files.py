@@ -99,5 +99,11 @@ class FilesSink:
         for name in list(names):
             self.root.remove(name)
 
+    def end_batch(self, results: Sequence[Any]) -> None:
+        """Nothing to do: every file appeared when it was put."""
+
+    def remove(self, name: str) -> None:
+        self.root.remove(name)
+
     def close(self) -> None:
         self.root.close()

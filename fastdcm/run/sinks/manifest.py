@@ -52,7 +52,8 @@ class Record:
     ``window``, ``voi_lut``, ``minmax``); ``decoder`` what decoded the pixel data (a
     backend of ``fastdcm info --plugins``, ``native`` or ``pydicom``); ``shape`` the rows and
     columns of the output images; ``reduce`` the ``--reduce`` level they were made at (absent: full
-    size); ``resize`` (``--size``, ``--max-size``) how a frame's pixel coordinates map to the
+    size); ``shard`` (``--container webdataset|parquet``) the shard under OUT that holds the
+    outputs, which are then its members' names; ``resize`` (``--size``, ``--max-size``) how a frame's pixel coordinates map to the
     output's: ``output = frame * scale + offset``, ``scale`` and ``offset`` each [rows, columns]
     (absent: not resized); ``gallery`` (``--gallery``) what the gallery shows of the outputs: the grouping
     attributes' values by keyword (``StudyInstanceUID``, ``Modality``, ...), the thumbnail ``sheet`` with
@@ -77,6 +78,7 @@ class Record:
     reduce: int | None = None
     resize: dict[str, Any] | None = None
     gallery: dict[str, Any] | None = None
+    shard: str | None = None
     fingerprint: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     time: float | None = None
@@ -117,6 +119,7 @@ class Record:
             reduce=result.reduce,
             resize=getattr(result, "resize", None),
             gallery=_gallery_fields(result),
+            shard=getattr(result, "shard", None),
             fingerprint=fingerprint if status in DONE_STATUSES else None,
             timings={k: round(v, 6) for k, v in result.timings.items() if v},
         )
@@ -293,6 +296,7 @@ class Previous:
     size: int | None
     mtime_ns: int | None
     outputs: tuple[str, ...]
+    shard: str | None = None  # the shard holding the outputs (they are its members, not files)
 
     def done(self, size: int, mtime_ns: int, fingerprint: str) -> bool:
         """Converted (or skipped because its outputs existed) from this very file with these options."""
@@ -314,7 +318,7 @@ def resume_index(path: str | os.PathLike) -> dict[bytes, Previous]:
         return index
     for record in read_manifest(path):
         index[owner_key(record.source)] = Previous(
-            record.status, record.fingerprint, record.size, record.mtime_ns, tuple(record.outputs)
+            record.status, record.fingerprint, record.size, record.mtime_ns, tuple(record.outputs), record.shard
         )
     return index
 

@@ -53,7 +53,7 @@ def base_schema() -> list[tuple[str, str]]:
         ("output", "str"), ("source", "str"), ("frame", "int"), ("status", "str"), ("reason", "str"),
         ("transfer_syntax", "str"), ("voi", "str"), ("window_center", "float"), ("window_width", "float"),
         ("decoder", "str"), ("rows", "int"), ("columns", "int"), ("scale_rows", "float"), ("scale_columns", "float"),
-        ("offset_rows", "float"), ("offset_columns", "float"),
+        ("offset_rows", "float"), ("offset_columns", "float"), ("shard", "str"),
     ]
 
 
@@ -131,6 +131,7 @@ class MetadataSink:
         vois = result.voi.split(",") if result.voi and "," in result.voi else [result.voi]
         shape = result.shape if outputs else None
         numbers = getattr(result, "frame_numbers", None)
+        shard = getattr(result, "shard", None) if outputs else None
         mapping = getattr(result, "resize", None)
         if mapping is not None:
             scale, offset = mapping["scale"], mapping["offset"]
@@ -155,6 +156,7 @@ class MetadataSink:
             cols["scale_columns"].append(scale[1] if shape else None)
             cols["offset_rows"].append(offset[0] if shape else None)
             cols["offset_columns"].append(offset[1] if shape else None)
+            cols["shard"].append(shard)
             for col, spec in zip(self.tag_columns, self.specs):
                 cols[col].append(values.get(spec.column))
         self.buffered += n

@@ -1,0 +1,213 @@
+"""What images for training cost: --size, the OpenCV peer, mammograms, window stacks (issue 11).
+
+    python benchmarks/training.py                   # table + benchmarks/results/training.json
+    python benchmarks/training.py --files 1000 --rounds 3
+
+``resize``  the ct workload (``make_corpus.py ct``: nested 512x512 CT slices), ``fastdcm convert``
+            run as a user runs it (the command, its start-up counted, 2 workers, outputs written),
+            without and with ``--size 256``, alternated round by round into fresh folders, PNG and
+            JPEG q90; the median of each, files/s, and the ratio (the issue's goal: ``--size 256``
+            at least 1.1x the throughput of no resize).
+``peer``    on the same rendered images (the ct workload's first 200 slices, rendered once), one
+            process: fastdcm's resize (``resize.apply``, the kernel) + its PNG encoder against
+            OpenCV's ``cv2.resize(INTER_AREA)`` + ``cv2.imencode(".png")``, and each stage alone;
+            per image, the median of ``--repeat`` passes.
+``mammo``   the mammo workload (4096x3328 12-bit JPEG 2000 lossless): ``fastdcm.render(path)``
+            (decode + VOI) against ``fastdcm.render(path, size=1024)`` per file, one process,
+            alternated; the share the resize adds to the decode (goal: at most 5 %); and the two
+            ``fastdcm convert`` runs (``--size 1024``), files/s.
+``stacks``  the ct workload: ``fastdcm convert --window 40,80`` against ``--windows
+            brain,subdural,bone`` (one RGB PNG a slice), PNG, as in ``resize``; and the render alone
+            (decode + VOI, in one process) for one window and for the stack of 3 (goal: a stack of 3
+            costs at most 1.5x one window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from results_io import machine, today, write_result  # noqa: E402
+FASTDCM = [sys.executable, "-m", "fastdcm"]
+
+
+def _corpus(work: Path, name: str, files: int) -> Path:
+    sys.path.insert(0, str(HERE))
+    import make_corpus
+
+    folder = work / name
+    make_corpus.build_corpus(name, folder, files)
+    return folder
+
+
+def _convert_runs(corpus: Path, work: Path, variants: dict[str, list[str]], rounds: int, workers: int, files: int) -> dict:
+    """``fastdcm convert`` per variant, alternated round by round; seconds and files/s (median)."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(-1, rounds):  # round -1: warm the page cache and Numba's disk cache
+        for name, flags in variants.items():
+            out = work / f"out-{name}-{i}"
+            t0 = time.perf_counter()
+            subprocess.run([*FASTDCM, "convert", str(corpus), "-o", str(out), "--workers", str(workers), "--quiet", *flags],
+                           check=True, capture_output=True)
+            if i >= 0:
+                times[name].append(time.perf_counter() - t0)
+            records = [json.loads(line) for line in open(out / "manifest.jsonl")]
+            assert len(records) == files and all(r["status"] == "converted" for r in records), name
+            shutil.rmtree(out)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+            "files_per_s": {k: round(files / v, 1) for k, v in med.items()}}
+
+
+def resize(work: Path, corpus: Path, files: int, rounds: int, workers: int) -> dict:
+    out = {}
+    for fmt in ("png", "jpeg"):
+        runs = _convert_runs(corpus, work, {"full": ["--format", fmt], "size256": ["--format", fmt, "--size", "256"]},
+                             rounds, workers, files)
+        fps = runs["files_per_s"]
+        runs["ratio"] = round(fps["size256"] / fps["full"], 3)
+        out[fmt] = runs
+    return out
+
+
+def _best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peer(corpus: Path, repeat: int) -> dict:
+    import cv2
+    import numpy as np
+
+    import fastdcm
+    from fastdcm.encoders import get_encoder
+    from fastdcm.resize import Fit, apply, resize_plan
+
+    paths = sorted(corpus.rglob("*.dcm"))[:200]
+    images = [fastdcm.render(p) for p in paths]
+    png = get_encoder("png")
+    plans = [resize_plan(*img.shape[:2], 256, Fit.PAD, None) for img in images]
+    ours_small = [apply(img, plan, 255) for img, plan in zip(images, plans)]
+    cv_small = [cv2.resize(img, (plan.scaled[1], plan.scaled[0]), interpolation=cv2.INTER_AREA) for img, plan in zip(images, plans)]
+    assert max(int(np.abs(a.astype(int) - b).max()) for a, b in zip(ours_small, cv_small)) <= 1
+    n = len(images)
+    cases = {
+        "fastdcm_resize": lambda: [apply(img, plan, 255) for img, plan in zip(images, plans)],
+        "opencv_resize": lambda: [cv2.resize(img, (plan.scaled[1], plan.scaled[0]), interpolation=cv2.INTER_AREA)
+                                  for img, plan in zip(images, plans)],
+        "fastdcm_encode": lambda: [png.encode(img) for img in ours_small],
+        "opencv_encode": lambda: [cv2.imencode(".png", img) for img in cv_small],
+        "fastdcm_resize_encode": lambda: [png.encode(apply(img, plan, 255)) for img, plan in zip(images, plans)],
+        "opencv_resize_encode": lambda: [cv2.imencode(".png", cv2.resize(img, (plan.scaled[1], plan.scaled[0]),
+                                                                      interpolation=cv2.INTER_AREA))
+                                         for img, plan in zip(images, plans)],
+    }
+    for fn in cases.values():
+        fn()
+    us = {name: round(_best(fn, repeat) / n * 1e6, 1) for name, fn in cases.items()}
+    sizes = {"fastdcm_png_bytes": int(np.mean([len(png.encode(i)) for i in ours_small])),
+             "opencv_png_bytes": int(np.mean([len(cv2.imencode(".png", i)[1]) for i in cv_small]))}
+    return {"images": n, "from": list(images[0].shape), "to": list(ours_small[0].shape), "us_per_image": us,
+            "ratio_opencv_over_fastdcm": round(us["opencv_resize_encode"] / us["fastdcm_resize_encode"], 3), **sizes}
+
+
+def mammo(work: Path, corpus: Path, repeat: int, workers: int) -> dict:
+    import fastdcm
+
+    paths = sorted(corpus.rglob("*.dcm"))
+    for p in paths:
+        fastdcm.render(p, size=1024)
+    full, small = [], []
+    for _ in range(repeat):
+        for p in paths:
+            t0 = time.perf_counter()
+            fastdcm.render(p)
+            t1 = time.perf_counter()
+            fastdcm.render(p, size=1024)
+            t2 = time.perf_counter()
+            full.append(t1 - t0)
+            small.append(t2 - t1)
+    f, s = statistics.median(full), statistics.median(small)
+    runs = _convert_runs(corpus, work, {"full": [], "size1024": ["--size", "1024"]}, repeat, workers, len(paths))
+    return {"files": len(paths), "render_ms": round(f * 1e3, 1), "render_size1024_ms": round(s * 1e3, 1),
+            "added": round(s / f - 1, 4), "convert": runs}
+
+
+def stacks(work: Path, corpus: Path, files: int, rounds: int, workers: int, repeat: int) -> dict:
+    import fastdcm
+    from fastdcm.render import open_image
+    from fastdcm.options import RenderOptions
+
+    runs = _convert_runs(corpus, work, {"one": ["--window", "40,80"], "three": ["--windows", "brain,subdural,bone"]},
+                         rounds, workers, files)
+    fps = runs["files_per_s"]
+    runs["cost_three_over_one"] = round(fps["one"] / fps["three"], 3)
+    paths = sorted(corpus.rglob("*.dcm"))[:200]
+    images = [open_image(p) for p in paths]
+    one, three = RenderOptions(window=(40, 80)), RenderOptions(windows="brain,subdural,bone")
+    for img in images:
+        img.render_frame(0, one), img.render_frame(0, three)
+    t_one = _best(lambda: [img.render_frame(0, one) for img in images], repeat) / len(images)
+    t_three = _best(lambda: [img.render_frame(0, three) for img in images], repeat) / len(images)
+    assert fastdcm.render(paths[0], windows="brain,subdural,bone").shape[2] == 3
+    return {"convert": runs, "render_us_one": round(t_one * 1e6, 1), "render_us_three": round(t_three * 1e6, 1),
+            "render_three_over_one": round(t_three / t_one, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=2000, help="CT files of the convert runs")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mammo", type=int, default=4, help="mammograms")
+    parser.add_argument("--json", default=str(HERE / "results" / "training.json"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fastdcm-training-") as tmp:
+        work = Path(tmp)
+        ct = _corpus(work, "ct", args.files)
+        result = {
+            "resize": resize(work, ct, args.files, args.rounds, args.workers),
+            "peer": peer(ct, args.repeat),
+            "stacks": stacks(work, ct, args.files, args.rounds, args.workers, args.repeat),
+            "mammo": mammo(work, _corpus(work, "mammo", args.mammo), args.repeat, args.workers),
+            "files": args.files, "workers": args.workers, "rounds": args.rounds,
+            "machine": machine(),
+            "date": today(),
+        }
+    for fmt, r in result["resize"].items():
+        print(f"ct {fmt}, {args.files} files, {args.workers} workers: full size {r['files_per_s']['full']} files/s, "
+              f"--size 256 {r['files_per_s']['size256']} files/s: {r['ratio']:.2f}x (goal >= 1.10)")
+    p = result["peer"]
+    u = p["us_per_image"]
+    print(f"resize + PNG of {p['images']} rendered slices {p['from']} -> {p['to']}, per image: fastdcm "
+          f"{u['fastdcm_resize_encode']} us ({u['fastdcm_resize']} + {u['fastdcm_encode']}), OpenCV "
+          f"{u['opencv_resize_encode']} us ({u['opencv_resize']} + {u['opencv_encode']}): OpenCV / fastdcm "
+          f"{p['ratio_opencv_over_fastdcm']:.2f}; PNG {p['fastdcm_png_bytes']} vs {p['opencv_png_bytes']} bytes")
+    m = result["mammo"]
+    print(f"mammo ({m['files']} x 4096x3328 JPEG 2000): render {m['render_ms']} ms, with --size 1024 "
+          f"{m['render_size1024_ms']} ms: {m['added'] * 100:+.1f} % (goal <= +5 %); convert "
+          f"{m['convert']['files_per_s']['full']} vs {m['convert']['files_per_s']['size1024']} files/s")
+    s = result["stacks"]
+    print(f"window stack of 3 vs one window: convert {s['convert']['files_per_s']['one']} vs "
+          f"{s['convert']['files_per_s']['three']} files/s, {s['convert']['cost_three_over_one']:.2f}x the cost; "
+          f"render {s['render_us_one']} vs {s['render_us_three']} us, {s['render_three_over_one']:.2f}x (goal <= 1.5)")
+    write_result(args.json, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

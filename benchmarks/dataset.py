@@ -68,7 +68,7 @@ def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
                 assert fastdcm.read_metadata(out / "metadata.parquet").num_rows == files
             if "gallery" in extra:
                 assert f"({files} images" in report.gallery and "made from the output" not in report.gallery, report.gallery
-            shutil.rmtree(out)
+            # (outputs stay until the end: deleting thousands of files slows the next run's creations)
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
@@ -188,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery-images", type=int, nargs="+", default=[1000, 100000])
     parser.add_argument("--json", default=str(HERE / "results" / "dataset.json"))
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="fastdcm-metadata-") as tmp:
+    sys.path.insert(0, str(HERE))
+    import make_corpus
+
+    # beside the corpora, not in /tmp: creating a file in /tmp costs ~0.6 ms on this machine (bench_convert.py)
+    make_corpus.DEFAULT_ROOT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dataset-", dir=make_corpus.DEFAULT_ROOT) as tmp:
         work = Path(tmp)
         result = {
             "cost": cost(work, args.files, args.rounds, args.workers),

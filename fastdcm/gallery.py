@@ -35,7 +35,7 @@ import os
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import Status
 
@@ -118,14 +118,26 @@ def _window_text(windows: list | None, i: int, voi: str | None) -> str:
     return steps[min(i, len(steps) - 1)]
 
 
-def _latest(records: Iterable[Any]) -> dict[bytes, Any]:
-    from .run.naming import owner_key
+def _latest(manifest: str) -> dict[str, dict[str, Any]]:
+    """The latest record of every input, as the manifest's JSON objects, in the order of those
+    latest records. Read line by line with ``json.loads`` only (no Record objects: the build at
+    the end of a run is a serial tail of it, and this is most of its time); lines that do not
+    parse are skipped, as ``read_manifest`` skips them."""
+    import json
 
-    latest: dict[bytes, Any] = {}
-    for record in records:
-        key = owner_key(record.source)
-        latest.pop(key, None)  # the order of the latest records
-        latest[key] = record
+    latest: dict[str, dict[str, Any]] = {}
+    with open(manifest, "rb") as stream:
+        for number, raw in enumerate(stream, 1):
+            try:
+                record = json.loads(raw)
+                source = record["source"]
+                record["status"] = str(record["status"])
+            except (ValueError, TypeError, KeyError):
+                if raw.strip():
+                    log.warning("%s:%d: skipping a bad manifest line", manifest, number)
+                continue
+            latest.pop(source, None)  # the order of the latest records
+            latest[source] = record
     return latest
 
 
@@ -197,7 +209,7 @@ def build_gallery(
     build) only that run's and the ones builds made, never a sheet of another run that may still be
     going on. Raises :class:`~fastdcm.errors.InvalidOptionError` when there is no manifest to read."""
     from .errors import InvalidOptionError, UnsafePathError
-    from .run.sinks.manifest import MANIFEST_NAME, read_manifest
+    from .run.sinks.manifest import MANIFEST_NAME
     from .run.thumbs import SHEETS
     from .run.write import OutputRoot
 
@@ -219,21 +231,21 @@ def build_gallery(
         thumbnailer = _Thumbnailer(root)
         images: list[_Image] = []
         failures: list[list[str]] = []
-        for record in _latest(read_manifest(manifest)).values():
-            status = record.status.value
-            if status not in _IMAGE_STATUSES or not record.outputs:
-                failures.append([record.source, status, record.reason])
+        for record in _latest(manifest).values():
+            status, outputs = record["status"], record.get("outputs")
+            if status not in _IMAGE_STATUSES or not outputs:
+                failures.append([record["source"], status, record.get("reason", "")])
                 continue
-            entry = record.gallery or {}
+            entry = record.get("gallery") or {}
             shown = True
             if not any(k in entry for k in GALLERY_TAGS):
                 # Grouped by the source's UIDs, which are not shown: a run made with
                 # --pseudonymize has only keyed hashes in its records, and this build has no key.
-                entry, shown = {**entry, **_grouping_from_source(record.source)}, False
+                entry, shown = {**entry, **_grouping_from_source(record["source"])}, False
             sheet, thumbs = entry.get("sheet"), entry.get("thumbs") or []
-            for i, output in enumerate(record.outputs):
+            for i, output in enumerate(outputs):
                 box = thumbs[i] if i < len(thumbs) else None
-                thumb = (sheet, box) if box and sheet in sheets_there else thumbnailer.thumb(output, record.shard)
+                thumb = (sheet, box) if box and sheet in sheets_there else thumbnailer.thumb(output, record.get("shard"))
                 images.append(_image(record, entry, i, output, thumb, shown))
         thumbnailer.flush()
         report.rebuilt, report.missing = thumbnailer.made, thumbnailer.missing
@@ -252,7 +264,7 @@ def build_gallery(
     return report
 
 
-def _image(record: Any, entry: dict, i: int, output: str, thumb: Any, shown: bool) -> _Image:
+def _image(record: dict[str, Any], entry: dict, i: int, output: str, thumb: Any, shown: bool) -> _Image:
     folder = posixpath.dirname(output) or "."
     study_uid, series_uid = entry.get("StudyInstanceUID"), entry.get("SeriesInstanceUID")
     return _Image(
@@ -266,8 +278,8 @@ def _image(record: Any, entry: dict, i: int, output: str, thumb: Any, shown: boo
         instance=_sort_number(entry.get("InstanceNumber")),
         output=output,
         thumb=thumb,
-        window=_window_text(entry.get("windows"), i, record.voi),
-        status=record.status.value,
+        window=_window_text(entry.get("windows"), i, record.get("voi")),
+        status=record["status"],
     )
 
 

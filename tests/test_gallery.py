@@ -263,3 +263,15 @@ def test_a_runs_build_removes_only_its_own_unused_sheets(archive, tmp_path):
     assert main(["gallery", str(out)]) == 0  # asked for: every sheet no record names goes
     assert not other.exists() and len(list(sheets.iterdir())) >= 1
     assert all(item[2] >= 0 for item, _ in page_items(out))
+
+
+def test_a_manifest_with_damaged_lines_still_gives_the_gallery_of_the_rest(archive, tmp_path):
+    """The build reads the manifest line by line: a damaged line (a crash mid-write, then a
+    resumed run's records) is skipped, the latest record of every input shown."""
+    out = tmp_path / "out"
+    fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, gallery=True)
+    manifest = out / "manifest.jsonl"
+    lines = manifest.read_bytes().splitlines(keepends=True)
+    manifest.write_bytes(lines[0] + b'{"source": "/x", "stat\n' + b"".join(lines[1:]) + lines[0] + b'{"sour')
+    report = gallery_mod.build_gallery(out)
+    assert report.images == summary(out)["images"] == len(page_items(out)) > 0

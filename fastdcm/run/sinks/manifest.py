@@ -143,9 +143,9 @@ class Record:
         data = json.loads(line)
         if not isinstance(data, dict) or "source" not in data or "status" not in data:
             raise ValueError("not a manifest record (needs 'source' and 'status')")
-        known = {f.name for f in fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known}
+        kwargs, extra = {}, {}
+        for k, v in data.items():
+            (kwargs if k in _KNOWN else extra)[k] = v
         return cls(**kwargs, extra=extra)
 
     @property
@@ -175,6 +175,7 @@ def _window(window: Any) -> list[float] | None:
 
 
 _FIELDS = tuple(f.name for f in fields(Record) if f.name != "extra")
+_KNOWN = frozenset(_FIELDS)  # the keys a record line may have as fields (the rest: extra)
 #: One encoder for every line (json.dumps with options builds a new one per call).
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 

@@ -2,7 +2,7 @@
 
     python benchmarks/report.py                                   # ct + mixed + mammo, 2 workers, PNG + JPEG
     python benchmarks/report.py --workloads ct --formats jpeg --count 200 --out /tmp/r
-    python benchmarks/report.py --peers naive fast --repeat 3     # median of 3 runs per entry
+    python benchmarks/report.py --peers naive fast --repeat 3     # median of 3 runs per entry, round by round
 
 For every workload and format, over the same files with the same number of worker
 processes, one after the other in one run:
@@ -257,25 +257,34 @@ def _median_row(rows: list[dict]) -> dict:
     return row
 
 
-def run_entry(name: str, workload: str, folder: Path, files: list[str], root: Path, fmt: str, args) -> dict:
-    rows = []
+def run_once(name: str, workload: str, folder: Path, files: list[str], root: Path, fmt: str, args, i: int) -> dict:
+    out = root / f"{workload}-{name}-{fmt}-{i}"
+    if name == "fastdcm":
+        return run_fastdcm(folder, files, out, fmt, args.workers, args.quality, args.fastdcm_option)
+    if name == "j2k-decode":
+        return run_decoder_alone(files, args.workers, fmt)
+    return peers.run_peer(name, files, out, fmt, args.workers, quality=args.quality,
+                          encoder=args.floor_encoder if name == "floor" else None)
+
+
+def run_entries(names: list[str], workload: str, folder: Path, files: list[str], root: Path, fmt: str, args) -> list[dict]:
+    """Every entry ``args.repeat`` times, round by round (fastdcm, each peer, the floor; then again),
+    so a machine that drifts over minutes (a busy neighbour on this VM moved whole runs by 2x)
+    weighs on every entry alike; the median run of each is reported."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     for i in range(args.repeat):
-        out = root / f"{workload}-{name}-{fmt}-{i}"
-        if name == "fastdcm":
-            row = run_fastdcm(folder, files, out, fmt, args.workers, args.quality, args.fastdcm_option)
-        elif name == "j2k-decode":
-            row = run_decoder_alone(files, args.workers, fmt)
-        else:
-            row = peers.run_peer(name, files, out, fmt, args.workers, quality=args.quality,
-                                 encoder=args.floor_encoder if name == "floor" else None)
-        # no rmtree here: deleting 1,000 files makes the next entry's file creations slower
-        # on some file systems (ext4 with discard here); the whole work dir goes at the end
+        for name in names:
+            if runs[name] and "skipped" in runs[name][-1]:
+                continue
+            # no rmtree here: deleting 1,000 files makes the next entry's file creations slower
+            # on some file systems (ext4 with discard here); the whole work dir goes at the end
+            runs[name].append(run_once(name, workload, folder, files, root, fmt, args, i))
+    rows = []
+    for name in names:
+        row = _median_row(runs[name])
+        row["workload"] = workload
         rows.append(row)
-        if "skipped" in row:
-            break
-    row = _median_row(rows)
-    row["workload"] = workload
-    return row
+    return rows
 
 
 def entries_for(workload: str, args) -> list[str]:
@@ -430,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{workload}: {len(files)} files, {corpora[workload]['bytes'] / 1e6:.0f} MB; "
                   f"{args.workers} workers", file=sys.stderr)
             for fmt in args.formats:
-                for name in entries_for(workload, args):
-                    row = run_entry(name, workload, folder, files, root, fmt, args)
+                for row in run_entries(entries_for(workload, args), workload, folder, files, root, fmt, args):
+                    name = row["peer"]
                     rows.append(row)
                     if "skipped" in row:
                         print(f"  {fmt:5} {name:11} skipped: {row['skipped']}", file=sys.stderr, flush=True)

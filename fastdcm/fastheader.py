@@ -158,7 +158,23 @@ def _decode(raw: tuple) -> Attributes | None:
 
 
 def _file_meta(buffer: bytes) -> tuple[str, int] | None:
-    """(transfer syntax, position after the file meta) of a little-endian file, or None."""
+    """(transfer syntax, position after the file meta) of a little-endian file, or None. The last
+    buffer's answer is kept: a file's header is parsed (``_parse``), then walked again for the
+    metadata table and the name guard (``find_elements``), and its meta read once (~10 us)."""
+    last = _LAST_META
+    if last[0] is buffer:
+        return last[1]
+    meta = _read_file_meta(buffer)
+    if type(buffer) is bytes:  # (immutable: the same object has the same meta)
+        _LAST_META[:] = [buffer, meta]
+    return meta
+
+
+#: [the last buffer whose file meta was read, its answer] (a reference: ``is`` cannot be fooled)
+_LAST_META: list[Any] = [None, None]
+
+
+def _read_file_meta(buffer: bytes) -> tuple[str, int] | None:
     if len(buffer) < 144 or not elements.has_preamble(buffer):
         return None
     values, pos = elements.file_meta(buffer)

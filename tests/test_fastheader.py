@@ -170,3 +170,19 @@ def test_series_share_decoded_values_but_huge_values_are_not_cached(tmp_path):
     assert len(fastheader._DECODED) == before and fastheader.parse(big.read_bytes())[1] is not parsed[1]
     np.testing.assert_array_equal(Image(header.read_header(str(big))).render_frame(0).array,
                                   Image(header.read_header(path)).render_frame(0).array)
+
+
+def test_the_file_meta_kept_is_the_same_objects_only():
+    """_file_meta keeps the last buffer's answer (a header is read twice per input): another
+    buffer, even an equal one, or a mutable one, is read again."""
+    from pydicom.data import get_testdata_file
+
+    explicit = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    implicit = open(get_testdata_file("MR_small_implicit.dcm"), "rb").read()
+    first = fastheader._file_meta(explicit)
+    assert fastheader._file_meta(explicit) is first and first[0] == "1.2.840.10008.1.2.1"
+    assert fastheader._file_meta(implicit)[0] == "1.2.840.10008.1.2"
+    mutable = bytearray(explicit)
+    assert fastheader._file_meta(mutable) == first
+    mutable[128:132] = b"XXXX"  # no longer a DICOM preamble
+    assert fastheader._file_meta(mutable) is None

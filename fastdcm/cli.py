@@ -239,7 +239,7 @@ def _cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import render
-    from .encoders import check_depth, get_encoder
+    from .encoders import check_depth, get_encoder, stack_options
 
     ext = os.path.splitext(args.out)[1].lower().lstrip(".")
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "npy": "npy"}.get(ext)
@@ -254,12 +254,15 @@ def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         problem = explicit_window_problem(options)
         if problem:
             raise InvalidOptionError(problem)
+        stack = len(options.windows or ())
+        if stack and stack != 3 and fmt != "npy":
+            raise InvalidOptionError(f"{stack} windows make a {stack}-channel image: write it as .npy (3 windows: .png or .jpg)")
     except FastDcmError as exc:  # invalid options: usage error, before any work
         print(f"fastdcm: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         array = render(args.file, frame=args.frame - 1, options=options)
-        data = encoder.encode(array)
+        data = encoder.encode(array, **(stack_options(encoder, stack) if stack else {}))
     except FastDcmError as exc:
         print(f"fastdcm: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -205,3 +205,30 @@ def test_a_folder_named_after_the_patient_is_not_mirrored_into_the_names(tmp_pat
     # asked for: as they are
     report = fastdcm.convert([str(src)], str(tmp_path / "phi"), workers=0, quiet=True, allow_phi=True)
     assert report.ok and (tmp_path / "phi" / "Doe_John" / "im.png").is_file()
+
+
+def test_shards_do_not_carry_the_source_path(tmp_path):
+    """Shards are the dataset that gets shared: with --pseudonymize a folder named after the
+    patient is a keyed hash in the keys, and no sample names its source path."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.PatientID = "DOE^JOHN", "MRN12345"
+    src = tmp_path / "src"
+    for folder in ("Doe_John", "mrn12345-ct"):
+        (src / folder).mkdir(parents=True)
+        ds.save_as(src / folder / "im.dcm")
+    out = tmp_path / "out"
+    for container in ("webdataset", "parquet"):
+        report = fastdcm.convert([str(src)], str(out / container), workers=0, quiet=True, pseudonymize=KEY,
+                                 container=container)
+        assert report.ok and report.converted == 2
+        shards = every_byte(out / container / "shards")
+        if container == "parquet":  # (compressed: the decoded text columns are what a reader sees)
+            import pyarrow.parquet as pq
+
+            shards = b"".join(
+                str(pq.read_table(p).drop_columns(["image"]).to_pylist()).encode()
+                for p in sorted((out / container / "shards").iterdir())
+            )
+        shards = shards.lower()
+        assert shards and b"doe" not in shards and b"mrn12345" not in shards and b"im.dcm" not in shards
+        assert expected_hash("Doe_John").encode() in shards

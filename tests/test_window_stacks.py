@@ -145,3 +145,14 @@ def test_other_counts_make_one_image_per_window_or_one_npy(tmp_path):
     stack = np.load(out2 / "CT_small.npy")
     assert stack.shape == (128, 128, 2)
     assert np.array_equal(stack, fastdcm.render(get_testdata_file("CT_small.dcm"), windows="brain,lung"))
+
+
+def test_fastdcm_render_writes_a_stack(tmp_path, capsys):
+    ct = get_testdata_file("CT_small.dcm")
+    assert cli.main(["render", ct, "-o", str(tmp_path / "s.png"), "--windows", STACK]) == 0
+    with PILImage.open(tmp_path / "s.png") as im:
+        assert im.mode == "RGB" and np.array_equal(np.asarray(im), fastdcm.render(ct, windows=STACK))
+    assert cli.main(["render", ct, "-o", str(tmp_path / "two.png"), "--windows", "brain,lung"]) == 2
+    assert ".npy" in capsys.readouterr().err and not (tmp_path / "two.png").exists()
+    assert cli.main(["render", ct, "-o", str(tmp_path / "two.npy"), "--windows", "brain,lung"]) == 0
+    assert np.load(tmp_path / "two.npy").shape == (128, 128, 2)

@@ -62,3 +62,9 @@ def check_depth(encoder: Encoder, depth: int) -> None:
         raise InvalidOptionError(
             f"{encoder.name} holds 8-bit samples only: use --depth 8, or --format png or npy for 16-bit images"
         )
+
+
+def stack_options(encoder: Encoder, windows: int) -> dict:
+    """The encoder's options for a window stack of ``windows`` channels in one image: a JPEG's
+    three channels are windows, not colours, so no chroma subsampling (4:4:4)."""
+    return {"subsampling": "444"} if encoder.name == "jpeg" and windows == 3 else {}

@@ -195,10 +195,12 @@ def _stack_outputs(job: Job, encoder: Any) -> tuple[list[str], dict[str, Any]]:
     channel per window; the encoder's options). Three windows make one RGB PNG or JPEG (JPEG
     without chroma subsampling: each channel is a window, not a colour); ``.npy`` takes any
     number; other counts in PNG or JPEG become one image per window, named ``<name>_<window>``."""
+    from ..encoders import stack_options
+
     windows = job.render.windows
     if windows is None:
         return [], {}
-    options = {"subsampling": "444"} if encoder.name == "jpeg" and len(windows) == 3 else {}
+    options = stack_options(encoder, len(windows))
     if len(windows) == 3 or encoder.name == "npy":
         return [], options
     labels: list[str] = []

@@ -19,12 +19,14 @@ of the last component made underscores (``webdataset`` splits a member name at t
   (``shards/<run>-<pid>-<n>.tar``) as the ``webdataset`` package reads it
   (``wds.WebDataset(sorted(glob("OUT/shards/*.tar")))``);
 - ``parquet``: one row of ``shards/<run>-<pid>-<n>.parquet``, columns ``__key__``, ``image``
-  (the encoded bytes), ``format`` (the extension), ``source``, ``frame``, ``rows``, ``columns`` and
-  ``json``.
+  (the encoded bytes), ``format`` (the extension), ``source`` (null without ``--allow-phi``),
+  ``frame``, ``rows``, ``columns`` and ``json``.
 
-The JSON is the sample's part of the manifest record (the source's relative path, the output name,
-the frame number, transfer syntax, VOI, window, shape, resize mapping, decoder) and, with
-``--metadata``, the chosen attributes' values (``metadata``).
+The JSON is the sample's part of the manifest record (the output name, the frame number, transfer
+syntax, VOI, window, shape, resize mapping, decoder; the source's relative path only with
+``--allow-phi``: folder names of an export often name the patient, and shards are the dataset that
+gets shared, the manifest stays with the run) and, with ``--metadata``, the chosen attributes'
+values (``metadata``: identifiers refused or pseudonymized as in the table).
 """
 
 from __future__ import annotations
@@ -143,13 +145,15 @@ class _Parquet:
 class ShardSink:
     """The image sink of ``--container webdataset|parquet`` (one per worker; see the module docstring)."""
 
-    def __init__(self, out: str, tmp_name: str | None, *, container: str, run_start_ns: int, fsync: bool) -> None:
+    def __init__(self, out: str, tmp_name: str | None, *, container: str, run_start_ns: int, fsync: bool,
+                 allow_phi: bool = False) -> None:
         if container not in CONTAINERS:
             raise ValueError(f"unknown container {container!r}")
         self.root = OutputRoot(out, tmp_name)
         self.container = container
         self.prefix = shard_prefix(run_start_ns)
         self.fsync = fsync
+        self.allow_phi = allow_phi  # the source's path in each sample (it may name the patient)
         self.pending: list[tuple[str, bytes]] = []  # the input in progress' images
         self.file: Any = None  # the batch's open temporary file and its writer
         self.tmp: str | None = None
@@ -159,7 +163,8 @@ class ShardSink:
 
     @classmethod
     def for_job(cls, job: Any) -> "ShardSink":
-        return cls(job.out, job.tmp_name, container=job.container, run_start_ns=job.run_start_ns, fsync=job.fsync)
+        return cls(job.out, job.tmp_name, container=job.container, run_start_ns=job.run_start_ns, fsync=job.fsync,
+                   allow_phi=job.name_guard is None)
 
     # --------------------------------------------------------------- one input
 
@@ -182,7 +187,8 @@ class ShardSink:
             key = name[: len(name) - len(extension)]
             frame = numbers[i] if numbers else i + 1
             record = {
-                "key": key, "source": getattr(source, "rel", None) or source.path, "output": name, "frame": frame,
+                "key": key, "source": (getattr(source, "rel", None) or source.path) if self.allow_phi else None,
+                "output": name, "frame": frame,
                 "transfer_syntax": result.transfer_syntax, "voi": result.voi, "decoder": result.decoder,
                 "shape": result.shape, "window": list(windows[i]) if i < len(windows) and windows[i] else None,
                 "resize": getattr(result, "resize", None), "reduce": result.reduce,

@@ -184,3 +184,16 @@ def test_gallery_rebuilt_from_shards(archive, tmp_path):
     fastdcm.convert([str(archive)], out, container="webdataset", workers=0, quiet=True)
     assert cli.main(["gallery", str(out)]) == 0
     assert (out / "gallery" / "index.html").exists() and list((out / "gallery" / "sheets").glob("rebuilt-*.jpg"))
+
+
+def test_two_inputs_with_one_key_in_a_shard_are_a_name_conflict(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(CT, src / "a.b.dcm")
+    shutil.copy(CT, src / "a_b.dcm")  # the same key once the dot is made _
+    out = tmp_path / "out"
+    report = fastdcm.convert([str(src)], out, container="webdataset", workers=0, quiet=True)
+    statuses = sorted(r.status.value for r in read_manifest(out / "manifest.jsonl"))
+    assert statuses == ["converted", "name_conflict"] and report.converted == 1
+    [shard] = list((out / "shards").iterdir())
+    assert sorted(_tar_members(shard)) == ["a_b.json", "a_b.png"]

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 from ...errors import MissingDependencyError, Status
 from ..write import OutputRoot
+from . import Blocked
 
 __all__ = ["ShardSink", "SHARDS", "CONTAINERS", "shard_member", "shard_prefix"]
 
@@ -160,6 +161,7 @@ class ShardSink:
         self.writer: Any = None
         self.samples = 0
         self.seq = 0
+        self.members: set[str] = set()  # the names already in the batch's shard
 
     @classmethod
     def for_job(cls, job: Any) -> "ShardSink":
@@ -169,7 +171,13 @@ class ShardSink:
     # --------------------------------------------------------------- one input
 
     def begin(self, source: Any, names: Sequence[str], retry: bool) -> None:
-        self.pending.clear()  # names are members of this batch's new shard: nothing can be in the way
+        """Names are members of this batch's new shard: only another input of the same shard can
+        be in the way (a name_conflict; across shards the parent's name registry finds it, after
+        the shard is written: that record says name_conflict, its sample stays in its shard)."""
+        self.pending.clear()
+        taken = [name for name in names if name in self.members]
+        if taken:
+            raise Blocked(Status.NAME_CONFLICT, f"output {taken[0]} is written by another input of this shard", taken)
 
     def put(self, source: Any, name: str, data: bytes, retry: bool) -> None:
         self.pending.append((name, data))
@@ -202,6 +210,7 @@ class ShardSink:
             else:
                 rows, cols = (result.shape or [None, None])[:2]
                 self.writer.add(key, name, data, text, {"source": record["source"], "frame": frame, "rows": rows, "columns": cols})
+            self.members.add(name)
             self.samples += 1
         self.pending.clear()
 
@@ -236,6 +245,7 @@ class ShardSink:
                     result.status, result.reason, result.outputs, result.thumbs = Status.WRITE_ERROR, reason, [], None
             return
         self.file = self.writer = self.tmp = None
+        self.members.clear()
         for result in results:
             if result.status is Status.CONVERTED:
                 result.shard = name
@@ -253,6 +263,7 @@ class ShardSink:
         if self.tmp is not None:
             self.root.discard_temp(self.tmp)
         self.file = self.writer = self.tmp = None
+        self.members.clear()
 
     def close(self) -> None:
         self._abandon()

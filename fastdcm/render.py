@@ -20,7 +20,7 @@ from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import Frames, RenderOptions
 from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, stored_range
 from .resample import reduced_size
-from .resize import apply as resize_apply, resize_plan
+from .resize import apply as resize_apply, apply_line as resize_line, resize_plan
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,14 @@ class Image:
         mapping = None
         try:
             stored, decoder = decode_frame(self._header, int(frame), options.decoder, options.reduce)
+            fused = None
             if options.windows is not None:
                 array, plan = _render_stack(stored, self._header.attrs, self.spec, int(frame), options)
+            elif options.resizes and (fused := self._windowed_and_resized(stored, int(frame), options)) is not None:
+                array, plan, mapping = fused
             else:
                 array, plan = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
-            if options.resizes:
+            if options.resizes and fused is None:
                 array, mapping = self._resized(array, options)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
@@ -107,6 +110,23 @@ class Image:
     def _levels(self, options: RenderOptions) -> tuple[int, int]:
         """Rows and columns after ``options.reduce`` (what ``size`` is applied to)."""
         return reduced_size(self.spec.rows, options.reduce), reduced_size(self.spec.columns, options.reduce)
+
+    def _windowed_and_resized(self, stored: np.ndarray, frame: int, options: RenderOptions) -> tuple | None:
+        """(image, plan, mapping) in one pass where the frame is grey and its plan a proven line
+        (``resize.apply_line``); None: window, then resize."""
+        if stored.ndim != 2 or stored.dtype.kind not in "iu":
+            return None
+        plan = build_plan(self._header.attrs, self.spec, frame, options)
+        if plan is None or plan.kind != "table" or plan.affine is None:
+            return None
+        rows, cols = self._levels(options)
+        resize = resize_plan(rows, cols, options.size, options.fit, options.max_size)
+        if resize is None or resize.identity or stored.shape != (rows, cols):
+            return None
+        raw = _as_unsigned(stored).reshape(stored.shape)
+        narrow = raw.dtype.type
+        array = resize_line(raw, narrow(plan.mask), narrow(plan.flip), plan.affine, resize, options.y_max, plan.out_dtype)
+        return array, plan, resize.mapping(self.spec.rows, self.spec.columns)
 
     def _resized(self, array: np.ndarray, options: RenderOptions) -> tuple[np.ndarray, dict[str, list[float]] | None]:
         rows, cols = self._levels(options)

@@ -26,6 +26,10 @@ plain block mean of Pillow's ``reduce``): antialiased, no pixel skipped. Enlargi
 with pixel centres aligned (OpenCV's ``INTER_LINEAR``, Pillow's ``BILINEAR``). Each axis is
 resampled on its own, in one compiled pass (``kernels.resample``) over the uint8/uint16 image
 right after the VOI kernel, with one input row of float32 scratch: no float copy of the frame.
+Where the VOI is a proven line (CT's rescale + linear window: ``plan.affine``) on a grey frame,
+the window is applied as each input row is read into the sums (``kernels.resample_affine``, the
+same numbers), which measured faster than the two passes (84 against 95 us for a 512x512 slice
+to 256): the full-size image is never written.
 The tests hold it to OpenCV within 1 on every test file.
 
 The resize works on the rendered image, after the VOI, whatever the transfer syntax: a JPEG 2000
@@ -48,7 +52,7 @@ import numpy as np
 
 from .errors import InvalidOptionError
 
-__all__ = ["Fit", "parse_geometry", "ResizePlan", "resize_plan", "apply"]
+__all__ = ["Fit", "parse_geometry", "ResizePlan", "resize_plan", "apply", "apply_line"]
 
 
 class Fit(str, Enum):
@@ -230,9 +234,32 @@ def apply(image: np.ndarray, plan: ResizePlan, ymax: int) -> np.ndarray:
     acc = np.empty(img3.shape[1] * samples, np.float32)
     vbuf = np.empty(tx.shape[1], np.float32)
     kernels.impl().resample(img3, ry.starts, ry.counts, ry.weights, tx, wx, np.float32(ymax), acc, vbuf, out)
-    if plan.pad != (0, 0) or out.shape[:2] != (plan.height, plan.width):
-        canvas = np.zeros((plan.height, plan.width, out.shape[2]), src.dtype)
-        top, left = plan.pad
-        canvas[top:top + out.shape[0], left:left + out.shape[1]] = out
-        out = canvas
+    out = _placed(out, plan)
     return out[:, :, 0] if grey else out
+
+
+def apply_line(raw: np.ndarray, mask: Any, flip: Any, line: tuple, plan: ResizePlan, ymax: int, dtype: Any) -> np.ndarray:
+    """The frame of stored values ``raw`` (rows, columns; unsigned) windowed by a plan's proven
+    line (``plan.affine``: j0, a, b) and resized in one pass (``kernels.resample_affine``): the
+    same image as the window, then :func:`apply`, without the full-size image in between."""
+    from . import kernels
+
+    ry, rx = plan.rows, plan.cols
+    tx, wx = rx.flat_taps(1, raw.shape[1])
+    out = np.empty((ry.starts.shape[0], rx.starts.shape[0], 1), dtype)
+    acc = np.empty(raw.shape[1], np.float32)
+    vbuf = np.empty(tx.shape[1], np.float32)
+    j0, a, b = line
+    kernels.impl().resample_affine(raw, mask, flip, j0, a, b, np.float32(ymax), ry.starts, ry.counts, ry.weights,
+                                   tx, wx, acc, vbuf, out)
+    return _placed(out, plan)[:, :, 0]
+
+
+def _placed(out: np.ndarray, plan: ResizePlan) -> np.ndarray:
+    """The resampled image on its canvas (pad: centred on zeros)."""
+    if plan.pad == (0, 0) and out.shape[:2] == (plan.height, plan.width):
+        return out
+    canvas = np.zeros((plan.height, plan.width, out.shape[2]), out.dtype)
+    top, left = plan.pad
+    canvas[top:top + out.shape[0], left:left + out.shape[1]] = out
+    return canvas

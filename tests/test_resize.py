@@ -200,3 +200,42 @@ def test_convert_records_size_and_mapping_in_the_manifest_and_the_table(tmp_path
     assert code == 0
     with PILImage.open(out / "CT_small.png") as im:
         assert im.size == (48, 48)
+
+
+def test_the_one_pass_path_gives_the_two_steps_image():
+    """Grey frames whose VOI is a proven line are windowed and resized in one pass
+    (kernels.resample_affine): the same image, bit for bit, as the window then the resize."""
+    from fastdcm.plan import build_plan
+
+    fused = 0
+    for path in FILES:
+        image, full = _first_frame(path)
+        if image is None or full.ndim != 2:
+            continue
+        for depth, size in ((8, 100), (16, "64x200")):
+            options = RenderOptions(size=size, fit="crop", depth=depth)
+            plan = build_plan(image._header.attrs, image.spec, 0, options)
+            got = image.render_frame(0, options).array
+            whole = image.render_frame(0, RenderOptions(depth=depth)).array
+            resize = resize_plan(*whole.shape, parse_geometry(size), Fit.CROP, None)
+            assert np.array_equal(got, apply(whole, resize, (1 << depth) - 1)), path
+            fused += plan is not None and plan.affine is not None
+    assert fused > 20  # the one-pass path was taken
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 40), st.integers(1, 40),
+       st.sampled_from([np.uint8, np.uint16]), st.integers(0, 2**32 - 1))
+def test_resample_affine_kernel_matches_its_twin(rows, cols, out_rows, out_cols, out_dtype, seed):
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 4096, (rows, cols)).astype(np.uint16)
+    ymax = np.float32(np.iinfo(out_dtype).max)
+    j0, a, b = np.float32(rng.integers(0, 4096)), np.float32(rng.uniform(-3, 3)), np.float32(rng.uniform(0, float(ymax)))
+    plan = resize_plan(rows, cols, (out_cols, out_rows), Fit.STRETCH, None)
+    ry, rx = plan.rows, plan.cols
+    tx, wx = rx.flat_taps(1, cols)
+    got, want = np.empty((out_rows, out_cols, 1), out_dtype), np.empty((out_rows, out_cols, 1), out_dtype)
+    args = (raw, np.uint16(4095), np.uint16(0), j0, a, b, ymax, ry.starts, ry.counts, ry.weights, tx, wx)
+    kernels.resample_affine(*args, np.empty(cols, np.float32), np.empty(tx.shape[1], np.float32), got)
+    twins.resample_affine(*args, None, None, want)
+    assert np.array_equal(got, want)

@@ -52,6 +52,7 @@ POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}
 KERNEL_NAMES = (
     "lut_gather", "lut_gather_channels", "lut_affine", "lut_affine_stack", "stored_presence", "int_minmax", "float_minmax",
     "voi_int", "voi_float", "walk_header", "box_shrink", "resample",
+    "resample_affine",
 )
 
 _ENV = "FASTDCM_KERNELS"

@@ -93,6 +93,12 @@ def resample(img, ys, yn, wy, tx, wx, ymax, acc, vbuf, out):
         out[r] = np.minimum(v + np.float32(0.5), np.float32(ymax)).astype(np.int32).reshape(out.shape[1:])
 
 
+def resample_affine(raw, mask, flip, j0, a, b, ymax, ys, yn, wy, tx, wx, acc, vbuf, out):
+    windowed = np.empty(raw.size, out.dtype)
+    lut_affine(raw.reshape(-1), mask, flip, j0, a, b, ymax, windowed)
+    resample(windowed.reshape(raw.shape[0], raw.shape[1], 1), ys, yn, wy, tx, wx, ymax, acc, vbuf, out)
+
+
 def warmup_arrays():
     """(kernel, args) pairs covering the signatures the renderer compiles."""
     from .jitted import (
@@ -108,6 +114,7 @@ def warmup_arrays():
         walk_header as k_walk_header,
         box_shrink as k_box_shrink,
         resample as k_resample,
+        resample_affine as k_resample_affine,
     )
 
     calls = []
@@ -150,4 +157,10 @@ def warmup_arrays():
             calls.append((k_resample, (np.zeros((1, 1, samples), img_dtype), i32, i32 + 1, f32s,
                                        np.zeros((1, samples), np.int32), np.ones((1, samples), np.float32), np.float32(255.0),
                                        np.zeros(samples, np.float32), np.zeros(samples, np.float32), np.zeros((1, 1, samples), img_dtype))))
+    for raw_dtype in (np.uint8, np.uint16, np.uint32):
+        for out_dtype in (np.uint8, np.uint16):
+            f32 = np.float32(1.0)
+            calls.append((k_resample_affine, (np.zeros((1, 1), raw_dtype), raw_dtype(255), raw_dtype(0), f32, f32, f32, f32,
+                                              i32, i32 + 1, f32s, np.zeros((1, 1), np.int32), np.ones((1, 1), np.float32),
+                                              np.zeros(1, np.float32), np.zeros(1, np.float32), np.zeros((1, 1, 1), out_dtype))))
     return calls

@@ -229,3 +229,28 @@ def test_format_summary_shows_a_broken_invariant():
 
 def test_format_summary_empty():
     assert format_summary(Counter()).splitlines()[-1].split() == ["total", "0"]
+
+
+def test_the_direct_line_is_the_records_line(monkeypatch):
+    """ManifestSink writes Record.line_of(...): the very line Record.from_result(...).to_json()
+    gives, for converted, failed and gallery/shard/resize results."""
+    import time as time_module
+
+    from fastdcm.errors import Status
+    from fastdcm.run.discover import Source
+    from fastdcm.run.pipeline import Result
+    from fastdcm.run.sinks.manifest import Record
+
+    monkeypatch.setattr(time_module, "time", lambda: 1234.5678)
+    source = Source(path="/data/a/1.dcm", rel="a/1.dcm", size=10, mtime_ns=20)
+    results = [
+        Result(status=Status.CONVERTED, outputs=["a/1.png"], frames=1, transfer_syntax="1.2", voi="window",
+               decoder="native", shape=[4, 4], timings={"read": 0.001, "encode": 0.0}, windows=[(40.0, 400.0)],
+               gallery={"Modality": "CT", "SeriesNumber": None}, thumbs=[[0, 0, 4, 4]], sheet="gallery/sheets/x.jpg",
+               resize={"scale": [0.5, 0.5], "offset": [0, 3]}, frame_numbers=[2], shard="shards/x.tar", reduce=1),
+        Result(status=Status.TRUNCATED, reason="cut \u00e9 short"),
+        Result(status=Status.SKIPPED, reason="outputs exist", outputs=["a/1.png"]),
+    ]
+    for result in results:
+        for fingerprint in (None, "abc"):
+            assert Record.line_of(source, result, fingerprint) == Record.from_result(source, result, fingerprint).to_json()

@@ -124,6 +124,24 @@ class Record:
             timings={k: round(v, 6) for k, v in result.timings.items() if v},
         )
 
+    @staticmethod
+    def line_of(source: Any, result: Any, fingerprint: str | None = None) -> str:
+        """``from_result(source, result, fingerprint).to_json()``, the same line, built directly
+        (the parent makes one per input while the workers compete for the same cores)."""
+        status = Status(result.status)
+        data = {
+            "source": source.path, "status": status.value, "reason": result.reason,
+            "size": getattr(source, "size", None), "mtime_ns": getattr(source, "mtime_ns", None),
+            "rel": getattr(source, "rel", None), "outputs": result.outputs, "frames": result.frames,
+            "frame_numbers": getattr(result, "frame_numbers", None), "transfer_syntax": result.transfer_syntax,
+            "voi": result.voi, "decoder": result.decoder, "shape": result.shape, "reduce": result.reduce,
+            "resize": getattr(result, "resize", None), "gallery": _gallery_fields(result),
+            "shard": getattr(result, "shard", None),
+            "fingerprint": fingerprint if status in DONE_STATUSES else None,
+            "timings": {k: round(v, 6) for k, v in result.timings.items() if v}, "time": round(time.time(), 3),
+        }
+        return _ENCODER.encode({k: v for k, v in data.items() if v is not None})
+
     def to_json(self) -> str:
         """One line of JSON (no newline). ASCII-only, so any path, even one with bytes that
         are not UTF-8, round-trips and the file is valid UTF-8 whatever the names."""
@@ -214,9 +232,13 @@ class ManifestWriter:
         self.write_batch([record])
 
     def write_batch(self, records: Iterable[Record]) -> None:
-        """Append the records' lines with one write() call to the O_APPEND file (a loop only if
-        the system writes part of it): whole lines, also beside another run appending to it."""
-        data = b"".join(r.to_json().encode("ascii") + b"\n" for r in records)
+        """Append the records' lines (:meth:`write_lines`)."""
+        self.write_lines([r.to_json() for r in records])
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Append lines of JSON with one write() call to the O_APPEND file (a loop only if the
+        system writes part of it): whole lines, also beside another run appending to it."""
+        data = "".join(line + "\n" for line in lines).encode("ascii")
         if not data:
             return
         try:
@@ -361,21 +383,21 @@ class ManifestSink:
     def __init__(self, writer: ManifestWriter, fingerprint: str | None = None) -> None:
         self.writer = writer
         self.fingerprint = fingerprint
-        self.records: list[Record] = []
+        self.lines: list[str] = []
 
     @property
     def path(self) -> str:
         return os.fspath(self.writer.path)
 
     def accept(self, source: Any, result: Any) -> None:
-        self.records.append(Record.from_result(source, result, self.fingerprint))
+        self.lines.append(Record.line_of(source, result, self.fingerprint))
 
     def flush(self) -> None:
-        records, self.records = self.records, []
-        if not records:
+        lines, self.lines = self.lines, []
+        if not lines:
             return
         try:
-            self.writer.write_batch(records)
+            self.writer.write_lines(lines)
         except OSError as exc:  # disk full, I/O error
             raise SinkFailed(f"the manifest {self.path} cannot be written: {exc.strerror or exc}") from None
 

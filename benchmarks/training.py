@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mammo", type=int, default=4, help="mammograms")
+    parser.add_argument("--sections", nargs="+", default=["resize", "peer", "stacks", "mammo"],
+                        choices=["resize", "peer", "stacks", "mammo"], help="what to measure (default: all)")
     parser.add_argument("--json", default=str(HERE / "results" / "training.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
@@ -208,33 +210,37 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="training-", dir=make_corpus.DEFAULT_ROOT) as tmp:
         work = Path(tmp)
         ct = _corpus(work, "ct", args.files)
+        want = set(args.sections)
         result = {
-            "resize": resize(work, ct, args.files, args.rounds, args.workers),
-            "peer": peer(ct, args.repeat),
-            "stacks": stacks(work, ct, args.files, args.rounds, args.workers, args.repeat),
-            "mammo": mammo(work, _corpus(work, "mammo", args.mammo), args.repeat, args.workers),
+            "resize": resize(work, ct, args.files, args.rounds, args.workers) if "resize" in want else None,
+            "peer": peer(ct, args.repeat) if "peer" in want else None,
+            "stacks": stacks(work, ct, args.files, args.rounds, args.workers, args.repeat) if "stacks" in want else None,
+            "mammo": mammo(work, _corpus(work, "mammo", args.mammo), args.repeat, args.workers) if "mammo" in want else None,
             "files": args.files, "workers": args.workers, "rounds": args.rounds,
             "machine": machine(),
             "date": today(),
         }
-    for fmt, r in result["resize"].items():
+    for fmt, r in (result["resize"] or {}).items():
         print(f"ct {fmt}, {args.files} files, {args.workers} workers: full size {r['files_per_s']['full']} files/s, "
               f"--size 256 {r['files_per_s']['size256']} files/s: {r['ratio']:.2f}x (goal >= 1.10)")
     p = result["peer"]
-    u = p["us_per_image"]
-    print(f"resize + PNG of {p['images']} rendered slices {p['from']} -> {p['to']}, per image: fastdcm "
+    if p:
+        u = p["us_per_image"]
+        print(f"resize + PNG of {p['images']} rendered slices {p['from']} -> {p['to']}, per image: fastdcm "
           f"{u['fastdcm_resize_encode']} us ({u['fastdcm_resize']} + {u['fastdcm_encode']}), OpenCV "
-          f"{u['opencv_resize_encode']} us ({u['opencv_resize']} + {u['opencv_encode']}): OpenCV / fastdcm "
-          f"{p['ratio_opencv_over_fastdcm']:.2f}; PNG {p['fastdcm_png_bytes']} vs {p['opencv_png_bytes']} bytes")
+              f"{u['opencv_resize_encode']} us ({u['opencv_resize']} + {u['opencv_encode']}): OpenCV / fastdcm "
+              f"{p['ratio_opencv_over_fastdcm']:.2f}; PNG {p['fastdcm_png_bytes']} vs {p['opencv_png_bytes']} bytes")
     m = result["mammo"]
-    print(f"mammo ({m['files']} x 4096x3328 JPEG 2000): render {m['render_ms']} ms, with --size 1024 "
-          f"{m['render_size1024_ms']} ms: {m['added'] * 100:+.1f} % (goal <= +5 %); convert "
-          f"{m['convert']['files_per_s']['full']} vs {m['convert']['files_per_s']['size1024']} files/s")
+    if m:
+        print(f"mammo ({m['files']} x 4096x3328 JPEG 2000): render {m['render_ms']} ms, with --size 1024 "
+              f"{m['render_size1024_ms']} ms: {m['added'] * 100:+.1f} % (goal <= +5 %); convert "
+              f"{m['convert']['files_per_s']['full']} vs {m['convert']['files_per_s']['size1024']} files/s")
     s = result["stacks"]
-    print(f"window stack of 3 vs one window: convert {s['convert']['files_per_s']['one']} vs "
-          f"{s['convert']['files_per_s']['three']} files/s, {s['convert']['cost_three_over_one']:.2f}x the cost; "
-          f"render {s['render_us_one']} vs {s['render_us_three']} us, {s['render_three_over_one']:.2f}x; "
-          f"the kernel alone {s['kernel_us_one']} vs {s['kernel_us_three']} us, {s['kernel_three_over_one']:.2f}x (goal <= 1.5)")
+    if s:
+        print(f"window stack of 3 vs one window: convert {s['convert']['files_per_s']['one']} vs "
+              f"{s['convert']['files_per_s']['three']} files/s, {s['convert']['cost_three_over_one']:.2f}x the cost; "
+              f"render {s['render_us_one']} vs {s['render_us_three']} us, {s['render_three_over_one']:.2f}x; "
+              f"the kernel alone {s['kernel_us_one']} vs {s['kernel_us_three']} us, {s['kernel_three_over_one']:.2f}x (goal <= 1.5)")
     write_result(args.json, result)
     return 0
 

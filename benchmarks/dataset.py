@@ -28,13 +28,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results_io import machine, today, write_result  # noqa: E402
+from results_io import machine, today, work_dir, write_result  # noqa: E402
 
 
 def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
@@ -188,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gallery-images", type=int, nargs="+", default=[1000, 100000])
     parser.add_argument("--json", default=str(HERE / "results" / "dataset.json"))
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    import make_corpus
-
-    # beside the corpora, not in /tmp: creating a file in /tmp costs ~0.6 ms on this machine (bench_convert.py)
-    make_corpus.DEFAULT_ROOT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dataset-", dir=make_corpus.DEFAULT_ROOT) as tmp:
+    with work_dir("dataset-") as tmp:
         work = Path(tmp)
         result = {
             "cost": cost(work, args.files, args.rounds, args.workers),

@@ -22,8 +22,8 @@
             the kernel alone on one slice with its output allocated once (``lut_affine`` against
             ``lut_affine_stack``): the goal, a stack of 3 at most 1.5x one window.
 
-Work folders are made in ``benchmarks/.cache`` beside the corpora (creating files in /tmp costs
-~0.6 ms each on this machine), and outputs stay until the end of the script.
+Work folders are made in ``benchmarks/.cache`` beside the corpora (``results_io.work_dir``), and
+outputs stay until the end of the script.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from results_io import machine, today, write_result  # noqa: E402
+from results_io import machine, today, work_dir, write_result  # noqa: E402
 FASTDCM = [sys.executable, "-m", "fastdcm"]
 
 
@@ -202,12 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["resize", "peer", "stacks", "mammo"], help="what to measure (default: all)")
     parser.add_argument("--json", default=str(HERE / "results" / "training.json"))
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(HERE))
-    import make_corpus
-
-    # beside the corpora, not in /tmp: creating a file in /tmp costs ~0.6 ms on this machine (bench_convert.py)
-    make_corpus.DEFAULT_ROOT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="training-", dir=make_corpus.DEFAULT_ROOT) as tmp:
+    with work_dir("training-") as tmp:
         work = Path(tmp)
         ct = _corpus(work, "ct", args.files)
         want = set(args.sections)

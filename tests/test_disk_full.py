@@ -33,23 +33,23 @@ def _src(root: Path, n: int) -> Path:
 def test_a_failing_manifest_write_stops_the_run_with_its_own_exit_code(tmp_path, monkeypatch, capsys):
     src = _src(tmp_path, 12)
     out = tmp_path / "out"
-    real = manifest.ManifestWriter.write_batch
+    real = manifest.ManifestWriter.write_lines  # (write_batch goes through it too)
     calls = []
 
-    def failing(self, records):
+    def failing(self, lines):
         calls.append(1)
         if len(calls) >= 3:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(self, records)
+        return real(self, lines)
 
-    monkeypatch.setattr(manifest.ManifestWriter, "write_batch", failing)
+    monkeypatch.setattr(manifest.ManifestWriter, "write_lines", failing)
     code = cli.main(["convert", str(src), "-o", str(out), "--workers", "0", "--batch-size", "2", "--quiet"])
     err = capsys.readouterr()
     assert code == cli.EXIT_MANIFEST == 3
     assert "No space left on device" in err.err and "To resume: " in err.err and "Traceback" not in err.err
     assert err.err.count("To resume") == 1
     assert "total" in err.out  # the summary so far
-    monkeypatch.setattr(manifest.ManifestWriter, "write_batch", real)
+    monkeypatch.setattr(manifest.ManifestWriter, "write_lines", real)
     resume = err.err.split("To resume: ")[1].split()[2:]  # after "fastdcm convert"
     assert cli.main(["convert", *resume]) == 0
     records = {Path(r.source).name: r for r in read_manifest(out / "manifest.jsonl")}

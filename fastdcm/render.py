@@ -83,18 +83,18 @@ class Image:
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
         token = CURRENT_SOURCE.set(self.path or "<input>")
-        mapping = None
         try:
             stored, decoder = decode_frame(self._header, int(frame), options.decoder, options.reduce)
-            fused = None
+            resize = self._resize_plan(options)  # None: the frame keeps its size
+            one_pass = None
             if options.windows is not None:
                 array, plan = _render_stack(stored, self._header.attrs, self.spec, int(frame), options)
-            elif options.resizes and (fused := self._windowed_and_resized(stored, int(frame), options)) is not None:
-                array, plan, mapping = fused
+            elif resize is not None and (one_pass := self._windowed_and_resized(stored, int(frame), options, resize)):
+                array, plan = one_pass
             else:
                 array, plan = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
-            if options.resizes and fused is None:
-                array, mapping = self._resized(array, options)
+            if resize is not None and one_pass is None:
+                array = resize_apply(array, resize, options.y_max)
         except FastDcmError as exc:
             raise exc.with_path(self.path)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError, NotImplementedError, OverflowError) as exc:
@@ -105,35 +105,28 @@ class Image:
             raise typed.with_path(self.path) from None
         finally:
             CURRENT_SOURCE.reset(token)
+        mapping = resize.mapping(self.spec.rows, self.spec.columns) if resize is not None else None
         return Rendered(array=array, frame=int(frame), voi=plan.voi, decoder=decoder, window=plan.window, mapping=mapping)
 
-    def _levels(self, options: RenderOptions) -> tuple[int, int]:
-        """Rows and columns after ``options.reduce`` (what ``size`` is applied to)."""
-        return reduced_size(self.spec.rows, options.reduce), reduced_size(self.spec.columns, options.reduce)
-
-    def _windowed_and_resized(self, stored: np.ndarray, frame: int, options: RenderOptions) -> tuple | None:
-        """(image, plan, mapping) in one pass where the frame is grey and its plan a proven line
-        (``resize.apply_line``); None: window, then resize."""
-        if stored.ndim != 2 or stored.dtype.kind not in "iu":
+    def _resize_plan(self, options: RenderOptions) -> Any:
+        """The resize of ``options`` for this image's frames (after ``reduce``), or None."""
+        if not options.resizes:
             return None
+        rows, cols = reduced_size(self.spec.rows, options.reduce), reduced_size(self.spec.columns, options.reduce)
+        return resize_plan(rows, cols, options.size, options.fit, options.max_size)
+
+    def _windowed_and_resized(self, stored: np.ndarray, frame: int, options: RenderOptions, resize: Any) -> tuple | None:
+        """(image, plan) in one pass where the frame is grey and its plan a proven line
+        (``resize.apply_line``); None: window, then resize."""
+        levels = (reduced_size(self.spec.rows, options.reduce), reduced_size(self.spec.columns, options.reduce))
+        if stored.shape != levels or stored.dtype.kind not in "iu" or resize.identity:
+            return None  # (the kernel does no bounds checks: the taps were made for exactly that size)
         plan = build_plan(self._header.attrs, self.spec, frame, options)
         if plan is None or plan.kind != "table" or plan.affine is None:
             return None
-        rows, cols = self._levels(options)
-        resize = resize_plan(rows, cols, options.size, options.fit, options.max_size)
-        if resize is None or resize.identity or stored.shape != (rows, cols):
-            return None
         raw = _as_unsigned(stored).reshape(stored.shape)
         narrow = raw.dtype.type
-        array = resize_line(raw, narrow(plan.mask), narrow(plan.flip), plan.affine, resize, options.y_max, plan.out_dtype)
-        return array, plan, resize.mapping(self.spec.rows, self.spec.columns)
-
-    def _resized(self, array: np.ndarray, options: RenderOptions) -> tuple[np.ndarray, dict[str, list[float]] | None]:
-        rows, cols = self._levels(options)
-        plan = resize_plan(rows, cols, options.size, options.fit, options.max_size)
-        if plan is None:
-            return array, None
-        return resize_apply(array, plan, options.y_max), plan.mapping(self.spec.rows, self.spec.columns)
+        return resize_line(raw, narrow(plan.mask), narrow(plan.flip), plan.affine, resize, options.y_max, plan.out_dtype), plan
 
 
 def open_image(src: SourceLike) -> Image:

@@ -452,6 +452,23 @@ class ConvertOptions:
         metadata=_meta("worker processes (0: run in this process, no fault isolation); default: CPUs"),
     )
     batch_size: int = field(default=16, metadata=_meta("inputs sent to a worker at a time"))
+    cluster: Any = field(
+        default=None,
+        metadata=_meta(
+            "run the batches on a Dask cluster: its scheduler's address, e.g. tcp://HOST:8786 (from Python also a "
+            "distributed.Client); --workers and --memory-limit are then the Dask workers' own (needs distributed)",
+            metavar="ADDRESS",
+        ),
+    )
+    storage_options: Any = field(
+        default=None,
+        metadata=_meta(
+            "options for the object store of s3:// gs:// az:// ... inputs and outputs, passed to fsspec: JSON, or "
+            "@FILE holding JSON (e.g. {\"endpoint_url\": \"http://host:9000\"}); credentials are better left to the "
+            "store's usual environment variables and files; never logged",
+            metavar="JSON",
+        ),
+    )
     timeout: float = field(
         default=300.0, metadata=_meta("seconds one input may take before its worker is killed (0: none)")
     )

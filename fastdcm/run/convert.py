@@ -41,6 +41,7 @@ from .sinks import Sink, SinkFailed
 from .privacy import NAME_GUARD, Pseudonymizer, check_fields, load_key
 from .tags import parse_tags
 from .sinks.manifest import DONE_STATUSES, MANIFEST_NAME, ManifestSink, ManifestWriter, Previous, resume_index
+from .storage import create_root, is_url, join, parse_storage_options
 from .write import OutputRoot
 
 __all__ = ["convert", "Report"]
@@ -53,6 +54,10 @@ def _resume_command(sources: list[str], out: str, given: dict[str, Any]) -> str:
     for name, value in given.items():
         if name in ("resume",) or value is None or value is False:
             continue
+        if name == "cluster" and not isinstance(value, str):  # a distributed.Client: its address
+            value = getattr(getattr(value, "scheduler", None), "address", None)
+            if not value:
+                continue
         flag = option_flag(name)
         if value is True:
             words.append(flag)
@@ -69,6 +74,8 @@ def _open_manifest(root: OutputRoot, path: str) -> ManifestWriter:
     a symlink (writer.py); elsewhere (``--manifest``), by its path, not following one at its name."""
     if os.path.dirname(path) == root.path:
         return ManifestWriter(path, file=root.open_append(os.path.basename(path)))
+    if is_url(path):
+        raise InvalidOptionError(f"manifest {path}: on an object store it must be in the output prefix {root.path}")
     flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, 0o644)
@@ -117,13 +124,27 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         check_fields(list(template.keywords), "--name", allow_phi=copts.allow_phi, pseudonymize=pseudonymizer is not None)
     from ..encoders import check_depth, get_encoder
 
-    check_inputs(sources)  # a missing path, an empty glob: usage errors naming them
+    if copts.cluster is not None and "memory_limit" in given and str(copts.memory_limit).lower() != "auto":
+        raise InvalidOptionError(
+            "--memory-limit limits local worker processes; on a cluster it is the Dask workers' own "
+            "(dask worker --memory-limit): leave it out with --cluster"
+        )
+    storage_options = parse_storage_options(copts.storage_options)  # InvalidOptionError, the text never echoed
+    remote = is_url(os.fspath(out))
+    if remote and copts.gallery:
+        raise InvalidOptionError(
+            "--gallery writes a page to open from a disk: not with an object-store output "
+            "(copy the outputs and run fastdcm gallery on them)"
+        )
+    if copts.manifest and is_url(copts.manifest) and not remote:
+        raise InvalidOptionError("--manifest on an object store needs the output there too")
+    check_inputs(sources, storage_options)  # a missing path, an empty glob, an empty prefix: usage errors naming them
     encoder = get_encoder(copts.format)  # InvalidOptionError / MissingDependencyError, before any work
     check_depth(encoder, ropts.depth)
     problem = explicit_window_problem(ropts)
     if problem:
         raise InvalidOptionError(problem)
-    out = os.path.abspath(os.fspath(out))
+    out = os.fspath(out).rstrip("/") if remote else os.path.abspath(os.fspath(out))
     tags = table_name = None
     if copts.metadata is not None:
         from .sinks.table import _pa, check_table_name
@@ -146,7 +167,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
 
         _pa()  # MissingDependencyError naming pyarrow's pip install, before any work
     try:
-        root = OutputRoot.create(out)  # the output folder and this run's own temporary folder
+        root = create_root(out, storage_options)  # the output folder (or prefix) and this run's own temporary folder
     except (OSError, UnsafePathError) as exc:
         reason = exc.reason if isinstance(exc, UnsafePathError) else (exc.strerror or str(exc))
         raise InvalidOptionError(f"output folder {out} cannot be used: {reason}") from None
@@ -161,17 +182,22 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
                 f"{os.path.join(out, SHARDS)} holds {len(earlier)} shard(s) of an earlier run: add --resume to "
                 "convert what they do not hold, or choose another output folder"
             )
-    manifest_path = os.path.abspath(copts.manifest) if copts.manifest else os.path.join(out, MANIFEST_NAME)
+    if copts.manifest:
+        manifest_path = copts.manifest.rstrip("/") if is_url(copts.manifest) else os.path.abspath(copts.manifest)
+    else:
+        manifest_path = join(out, MANIFEST_NAME) if remote else os.path.join(out, MANIFEST_NAME)
     report = Report(out=out, manifest=manifest_path)
     given.pop("stdin", None)
     report.phi_allowed = copts.allow_phi
     if copts.pseudonymize and copts.pseudonymize != "env" and not copts.pseudonymize.startswith("@"):
         given["pseudonymize"] = "YOUR-KEY"  # the key itself is never printed
+    if copts.storage_options is not None and not str(copts.storage_options).startswith("@"):
+        given["storage_options"] = "YOUR-STORAGE-OPTIONS"  # they may hold credentials: never printed
     report.resume_command = _resume_command(sources, out, given)
     fingerprint = output_fingerprint(copts, ropts)
     if pseudonymizer is not None:  # other keys give other names: another fingerprint
         fingerprint = f"{fingerprint}-{pseudonymizer.fingerprint()}"
-    previous = resume_index(manifest_path) if copts.resume else {}
+    previous = resume_index(manifest_path, storage_options) if copts.resume else {}
     job = Job(
         out=out,
         render=ropts,
@@ -189,6 +215,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         gallery_tags=gallery_tags,
         name_guard=None if copts.allow_phi else parse_tags(list(NAME_GUARD), allow_phi=True),
         container=copts.container.value,
+        storage_options=storage_options,
     )
     if copts.resume and copts.on_exists is OnExists.OVERWRITE:
         # A resumed run replaces names one by one, never another input's (see _Resume).
@@ -217,7 +244,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
             sink.flush()
 
     def todo() -> Iterator[Source]:
-        for item in iter_sources(sources, stdin=stdin, stats=stats, null=copts.null):
+        for item in iter_sources(sources, stdin=stdin, stats=stats, null=copts.null, storage_options=storage_options):
             report.discovered += 1
             if isinstance(item, Rejected):
                 finish(item, Result(status=item.status, reason=item.reason))
@@ -247,6 +274,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
             Pipeline,
             job,
             workers=copts.workers,
+            cluster=copts.cluster,
             on_fault=fault_result,
             timeout=copts.timeout or None,
             memory_limit=copts.memory_limit_bytes(),
@@ -258,7 +286,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         raise
     interrupted = False
     ran = False  # the run went to its end or was stopped cleanly (not an unexpected exception)
-    stop = _StopRequest(pool=copts.workers > 0)
+    stop = _StopRequest(pool=copts.workers > 0 or copts.cluster is not None)
 
     def record_batch(batch: Sequence[Source], results: list[Result], again: list[Source] | None) -> None:
         for source, result in zip(batch, results):

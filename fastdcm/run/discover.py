@@ -267,15 +267,25 @@ def _dicom_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in DICOM_EXTENSIONS
 
 
-def check_inputs(inputs: Iterable[str]) -> None:
+def check_inputs(inputs: Iterable[str], storage_options: dict | None = None) -> None:
     """Usage errors, before any work, for command-line inputs that name nothing: a path that
-    does not exist, a glob pattern that matches nothing, a list file that is missing.
-    (Lines of a list file and stdin are checked as they are read: they get a status.)"""
+    does not exist, a glob pattern that matches nothing, a list file that is missing, a URL
+    with no object at or under it. (Lines of a list file and stdin are checked as they are
+    read: they get a status.)"""
     from ..errors import InvalidOptionError
+    from .storage import exists, is_url
 
     for item in inputs:
         text = os.fspath(item)
         if text == "-" or not text:
+            continue
+        if is_url(text):
+            try:
+                found = exists(text, storage_options)
+            except (OSError, ValueError) as exc:
+                raise InvalidOptionError(f"{text} cannot be listed: {type(exc).__name__}: {exc}") from None
+            if not found:
+                raise InvalidOptionError(f"no object at or under {text!r}")
             continue
         if _is_list(text):
             if not os.path.isfile(text[1:]):
@@ -299,8 +309,10 @@ def _is_list(item: str) -> bool:
 
 
 class _Discovery:
-    def __init__(self, stats: DiscoveryStats, include_non_dicom: bool, prefixed: bool, null: bool = False) -> None:
+    def __init__(self, stats: DiscoveryStats, include_non_dicom: bool, prefixed: bool, null: bool = False,
+                 storage_options: dict | None = None) -> None:
         self.stats = stats
+        self.storage_options = storage_options
         self.null = null  # lists and stdin hold NUL-separated paths (find -print0)
         self.include_non_dicom = include_non_dicom
         self.prefixed = prefixed  # several inputs: prefix directory names to keep them apart
@@ -308,7 +320,11 @@ class _Discovery:
     # Each inner generator yields (record, identity-or-None).
 
     def item(self, item: str, stdin: IO[str] | None):
-        if item == "-":
+        from .storage import is_url
+
+        if is_url(item):
+            yield from self.url(item)
+        elif item == "-":
             stream = stdin if stdin is not None else sys.stdin
             yield from self.stdin(stream)
         elif _is_list(item):
@@ -389,6 +405,34 @@ class _Discovery:
                     continue
                 yield self.source(entry.path, _join_rel(rel, name), st, top), _identity(st, entry.path)
             stack.extend(reversed(subdirs))
+
+    def url(self, url: str):
+        """An object-store URL (storage.py): the object it names, or every object under the prefix.
+        Objects are not opened here (a GET each): under a prefix, those named like DICOM or without
+        an extension are inputs (a worker gives them their status), other names (``.txt``, ``.png``,
+        ...) are counted as non-DICOM and a ``DICOMDIR`` as a DICOMDIR."""
+        from .storage import walk
+
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        prefix = _posix(name) if self.prefixed else ""
+        try:
+            for path, rel, size, mtime_ns in walk(url, self.storage_options):
+                if path.rstrip("/") == url.rstrip("/"):  # the URL names one object
+                    yield Source(path=path, rel=_posix(name), size=size, mtime_ns=mtime_ns, root=url), path
+                    continue
+                leaf = rel.rsplit("/", 1)[-1]
+                if leaf.upper() == "DICOMDIR":
+                    self.stats.dicomdirs += 1
+                    continue
+                extension = os.path.splitext(leaf)[1]
+                if extension and not (self.include_non_dicom or _dicom_extension(leaf)):
+                    self.stats.non_dicom += 1
+                    continue
+                yield Source(path=path, rel=_join_rel(prefix, rel), size=size, mtime_ns=mtime_ns, root=url), path
+        except FileNotFoundError:
+            yield self.missing(url, "no such object or prefix"), None
+        except (OSError, ValueError) as exc:
+            yield self.missing(url, f"cannot list: {type(exc).__name__}: {exc}"), None
 
     def glob(self, pattern: str):
         parts = PurePath(pattern).parts
@@ -569,6 +613,7 @@ def iter_sources(
     dedupe: bool | None = None,
     stats: DiscoveryStats | None = None,
     null: bool = False,
+    storage_options: dict | None = None,
 ) -> Iterator[Source | Rejected]:
     """Stream one :class:`Source` or :class:`Rejected` per input file.
 
@@ -604,6 +649,9 @@ def iter_sources(
     possible: several inputs, a glob, a list or stdin; a single directory or DICOMDIR input
     needs none, so memory stays flat for one huge archive. ``dedupe=False`` turns it off.
 
+    - an object-store URL (``s3://bucket/prefix``, any fsspec URL): the object, or the objects under
+      the prefix, listed a prefix at a time (see ``_Discovery.url``; ``storage_options`` go to fsspec).
+
     ``stats``, if given, is updated as the generator runs (see :class:`DiscoveryStats`).
     """
     if isinstance(inputs, (str, os.PathLike)):
@@ -613,7 +661,7 @@ def iter_sources(
     if dedupe is None:
         dedupe = len(items) > 1 or any(_is_list(i) or _is_glob(i) for i in items)
     seen: set[int | bytes] | None = set() if dedupe else None
-    walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1, null=null)
+    walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1, null=null, storage_options=storage_options)
     for item in items:
         if not item:
             stats.rejected += 1

@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, Status, from_dependency
+from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, NotDicomError, Status, from_dependency
 from ..options import BurnedIn, Frames, OnExists, RenderOptions, window_label
 from ..render import open_image
 from .executors import WorkerInfo
@@ -39,6 +39,7 @@ from .naming import output_name
 from .sinks import Blocked
 from .sinks.files import FilesSink
 from .sinks.shards import ShardSink, shard_member
+from .storage import is_url, read_object
 from .privacy import Pseudonymizer, guard_names, pseudonymized
 from .tags import TagSpec, burned_in, extract_from
 from .thumbs import Sheet, sheet_name, thumbnail
@@ -70,6 +71,7 @@ class Job:
     gallery_tags: tuple[TagSpec, ...] | None = None  # --gallery: thumbnails and these attributes (grouping)
     name_guard: tuple[TagSpec, ...] | None = None  # identifiers no output name may show (None: --allow-phi)
     container: str = "files"  # files, or webdataset / parquet shards (sinks/shards.py)
+    storage_options: dict | None = None  # fsspec options of URL inputs and outputs (storage.py); never logged
 
 
 @dataclass
@@ -232,12 +234,13 @@ class Pipeline:
         self.job = job
         self.own_process = worker.own_process
         self.stop_signal = worker.stop_signal
+        self.tag = worker.tag
         if self.own_process:
             warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
             logging.getLogger("pydicom").setLevel(logging.ERROR)
         kernels.warmup()
         self.encoder = get_encoder(job.format)
-        self.images = FilesSink.for_job(job) if job.container == "files" else ShardSink.for_job(job)
+        self.images = FilesSink.for_job(job) if job.container == "files" else ShardSink.for_job(job, self.tag)
         self.faults = _faults()
         self.attributes = _Attributes(job)
         self.sheet = Sheet() if job.gallery_tags is not None else None
@@ -245,6 +248,28 @@ class Pipeline:
         self.sheets_written = 0
         self.sheet_root: Any = None
         self.channel_labels, self.encode_options = _stack_outputs(job, self.encoder)
+
+    def first_attempt(self, key: str) -> bool:
+        """Whether the batch ``key`` runs for the first time (a cluster runs a task again after the
+        worker running it died: that run may replace what the lost one wrote)."""
+        return self.images.root.mark(key)
+
+    def _fetch(self, source: Any) -> bytes:
+        """An object-store input's bytes (one GET of the whole object, storage.py)."""
+        from ..header import MAX_FILE_BYTES
+
+        if source.size > MAX_FILE_BYTES:
+            raise InvalidPixelModuleError(
+                f"object is {source.size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)"
+            )
+        try:
+            return read_object(source.path, self.job.storage_options)
+        except FileNotFoundError:
+            raise NotDicomError("no such object") from None
+        except PermissionError as exc:
+            raise NotDicomError(f"cannot be read: {exc}") from None
+        except OSError as exc:
+            raise FastDcmError(f"cannot be read from the store: {type(exc).__name__}: {exc}") from None
 
     def close(self) -> None:
         self.images.close()
@@ -322,14 +347,14 @@ class Pipeline:
         """The batch's thumbnails as one sheet; its name in each result that has a tile there.
         A sheet that cannot be written costs the gallery those thumbnails (``fastdcm gallery``
         makes them again from the outputs), never an input its status."""
-        from .write import OutputRoot
+        from .storage import open_root
 
         t0 = time.perf_counter()
-        name = sheet_name(self.job.run_start_ns, self.sheets_written)
+        name = sheet_name(self.job.run_start_ns, self.sheets_written, self.tag)
         self.sheets_written += 1
         try:
             if self.sheet_root is None:
-                self.sheet_root = OutputRoot(self.job.out, self.job.tmp_name)
+                self.sheet_root = open_root(self.job.out, self.job.tmp_name, self.job.storage_options)
             self.sheet_root.write(name, self.sheet.encode(), replace=False, fsync=self.job.fsync)
         except (OSError, FastDcmError) as exc:
             log.debug("thumbnail sheet %s not written: %s", name, exc)
@@ -358,7 +383,7 @@ class Pipeline:
             if self.faults:
                 _inject(source.path, self.faults)
             t0 = time.perf_counter()
-            image = open_image(source.path)
+            image = open_image(self._fetch(source) if is_url(source.path) else source.path)
             spec = image.spec
             result.transfer_syntax = spec.transfer_syntax_uid
             encoder = self.encoder

@@ -88,9 +88,10 @@ def sheet_prefix(run_start_ns: int) -> str:
     return f"{run_start_ns:x}-"
 
 
-def sheet_name(run_start_ns: int, seq: int) -> str:
-    """A sheet's name: unique per run (its start), worker (pid) and batch (``seq``)."""
-    return f"{SHEETS}/{sheet_prefix(run_start_ns)}{os.getpid()}-{seq}.jpg"
+def sheet_name(run_start_ns: int, seq: int, tag: str = "") -> str:
+    """A sheet's name: unique per run (its start), worker (pid, and ``tag`` on a cluster) and batch (``seq``)."""
+    worker = f"{os.getpid()}-{tag}" if tag else f"{os.getpid()}"
+    return f"{SHEETS}/{sheet_prefix(run_start_ns)}{worker}-{seq}.jpg"
 
 
 def read_thumbnail(data: bytes, name: str) -> np.ndarray:

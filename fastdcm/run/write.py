@@ -29,6 +29,7 @@ import errno
 import os
 import secrets
 import stat
+import threading
 import time
 from typing import Any
 
@@ -138,7 +139,7 @@ class OutputRoot:
 
     def clock(self) -> int:
         """The modification time of a stamp file written in the temporary folder now."""
-        name = f"run-{os.getpid()}-{time.monotonic_ns()}.stamp"
+        name = f"run-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.stamp"
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=self.tmp_fd)
         try:
             return os.fstat(fd).st_mtime_ns
@@ -153,7 +154,7 @@ class OutputRoot:
             return
         try:
             with os.scandir(self.tmp_fd) as it:
-                names = [e.name for e in it if e.name.endswith((".part", ".stamp"))]
+                names = [e.name for e in it if e.name.endswith((".part", ".stamp", ".attempt"))]
             for name in names:
                 try:
                     os.unlink(name, dir_fd=self.tmp_fd)
@@ -162,6 +163,18 @@ class OutputRoot:
             os.rmdir(self.tmp_name, dir_fd=self.fd)
         except OSError:
             pass
+
+    def mark(self, key: str) -> bool:
+        """Leave the marker ``key`` in this run's temporary folder: True if this call made it,
+        False if it was there (a task run again after its worker died, :mod:`.executors.cluster`)."""
+        if not key or "/" in key or key.startswith("."):
+            raise ValueError(f"not a marker name: {key!r}")
+        try:
+            fd = os.open(f"{key}.attempt", os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=self.tmp_fd)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
 
     def close(self) -> None:
         self.release()
@@ -327,7 +340,7 @@ class OutputRoot:
 
     def _write_named(self, dfd: int, leaf: str, data: bytes, replace: bool, fsync: bool, older_than: int | None) -> None:
         global _RENAMEAT2
-        tmp = f"{os.getpid()}-{time.monotonic_ns()}.part"
+        tmp = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.part"
         tfd = self.tmp_fd
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644, dir_fd=tfd)
         try:
@@ -384,7 +397,7 @@ class OutputRoot:
     def open_temp(self, hint: str) -> tuple[Any, str]:
         """A new binary file in this run's temporary folder, and its name there (for
         :meth:`publish`; :meth:`discard_temp` removes it if it was not published)."""
-        tmp = f"{os.getpid()}-{time.monotonic_ns()}-{hint}.part"
+        tmp = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}-{hint}.part"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644, dir_fd=self.tmp_fd)
         return os.fdopen(fd, "wb"), tmp
 

@@ -37,6 +37,7 @@ class WorkerInfo:
     slot: int = 0  # 0 .. workers-1
     own_process: bool = False  # a process of its own (the runner may set process-wide state)
     stop_signal: int | None = None  # the signal that stops it (held off while an output is committed)
+    tag: str = ""  # with several runners in a process, or processes on several machines: tells them apart in file names
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,17 @@ class Executor(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def make_executor(factory: Factory, context: Any, *, workers: int, **kwargs: Any) -> Executor:
-    """``workers=0``: a :class:`~.serial.SerialExecutor` (this process); otherwise a
-    :class:`~.process.ProcessExecutor` with that many worker processes (``on_fault``,
-    ``timeout``, ``memory_limit``, ``start_method``, ``depth``: see its docstring)."""
+def make_executor(factory: Factory, context: Any, *, workers: int, cluster: Any = None, **kwargs: Any) -> Executor:
+    """``cluster`` (a Dask scheduler address or ``distributed.Client``): a
+    :class:`~.cluster.DaskExecutor` (``on_fault``, ``timeout``, ``depth``); else ``workers=0``: a
+    :class:`~.serial.SerialExecutor` (this process); otherwise a :class:`~.process.ProcessExecutor`
+    with that many worker processes (``on_fault``, ``timeout``, ``memory_limit``,
+    ``start_method``, ``depth``: see its docstring)."""
+    if cluster is not None:
+        from .cluster import DaskExecutor
+
+        kwargs.pop("memory_limit", None)  # the workers' own --memory-limit holds on a cluster
+        return DaskExecutor(factory, context, cluster=cluster, **kwargs)
     if workers == 0:
         from .serial import SerialExecutor
 

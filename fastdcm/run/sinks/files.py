@@ -19,7 +19,8 @@ from typing import Any, Sequence
 
 from ...errors import Status
 from ...options import OnExists
-from ..write import Exists, OutputRoot
+from ..storage import open_root
+from ..write import Exists
 from . import Blocked
 
 __all__ = ["FilesSink"]
@@ -30,8 +31,9 @@ _HINT = " (use --on-exists skip or overwrite, or --resume)"
 class FilesSink:
     """Image files under the output root; one per worker, holding the root's open fds."""
 
-    def __init__(self, out: str, tmp_name: str | None, *, on_exists: OnExists, fsync: bool, run_start_ns: int) -> None:
-        self.root = OutputRoot(out, tmp_name)
+    def __init__(self, out: str, tmp_name: str | None, *, on_exists: OnExists, fsync: bool, run_start_ns: int,
+                 storage_options: dict | None = None) -> None:
+        self.root = open_root(out, tmp_name, storage_options)  # a folder, or a prefix on an object store
         self.on_exists = on_exists
         self.fsync = fsync
         self.run_start_ns = run_start_ns
@@ -39,7 +41,8 @@ class FilesSink:
 
     @classmethod
     def for_job(cls, job: Any) -> "FilesSink":
-        return cls(job.out, job.tmp_name, on_exists=job.on_exists, fsync=job.fsync, run_start_ns=job.run_start_ns)
+        return cls(job.out, job.tmp_name, on_exists=job.on_exists, fsync=job.fsync, run_start_ns=job.run_start_ns,
+                   storage_options=job.storage_options)
 
     def _who_wrote(self, name: str) -> str:
         """Why ``name`` is in the way: written during this run means another input of this run

@@ -284,14 +284,17 @@ class ManifestWriter:
         self.close()
 
 
-def read_manifest(path: str | os.PathLike, *, strict: bool = False) -> Iterator[Record]:
-    """Stream the records of a manifest.
+def read_manifest(path: str | os.PathLike, *, strict: bool = False, storage_options: dict | None = None) -> Iterator[Record]:
+    """Stream the records of a manifest (a path, or an object-store URL read with ``storage_options``).
 
     A line that does not parse (the truncated tail of a crashed run, possibly followed by
     later runs' records) is skipped with a warning; ``strict=True`` raises ``ValueError``
     for any bad line except a last line without a newline (a crash mid-write is expected).
     """
-    with open(path, "rb") as stream:
+    from ..storage import is_url, open_input
+
+    remote = is_url(os.fspath(path))
+    with (open_input(os.fspath(path), storage_options) if remote else open(path, "rb")) as stream:
         number = 0
         for raw in stream:
             number += 1
@@ -331,15 +334,18 @@ class Previous:
         )
 
 
-def resume_index(path: str | os.PathLike) -> dict[bytes, Previous]:
+def resume_index(path: str | os.PathLike, storage_options: dict | None = None) -> dict[bytes, Previous]:
     """The latest record of every input in a manifest, by ``naming.owner_key(source)``.
-    A missing manifest gives an empty index; unreadable lines are skipped (read_manifest)."""
+    A missing manifest gives an empty index; unreadable lines are skipped (read_manifest).
+    ``path`` may be an object-store URL (``storage_options`` for fsspec, storage.py)."""
     from ..naming import owner_key
+    from ..storage import exists, is_url
 
     index: dict[bytes, Previous] = {}
-    if not os.path.exists(path):
+    remote = is_url(os.fspath(path))
+    if not (exists(os.fspath(path), storage_options) if remote else os.path.exists(path)):
         return index
-    for record in read_manifest(path):
+    for record in read_manifest(path, storage_options=storage_options):
         index[owner_key(record.source)] = Previous(
             record.status, record.fingerprint, record.size, record.mtime_ns, tuple(record.outputs), record.shard
         )

@@ -40,6 +40,7 @@ import time
 from typing import Any, Sequence
 
 from ...errors import MissingDependencyError, Status
+from ..storage import open_root
 from ..write import OutputRoot
 from . import Blocked
 
@@ -147,14 +148,15 @@ class ShardSink:
     """The image sink of ``--container webdataset|parquet`` (one per worker; see the module docstring)."""
 
     def __init__(self, out: str, tmp_name: str | None, *, container: str, run_start_ns: int, fsync: bool,
-                 allow_phi: bool = False) -> None:
+                 allow_phi: bool = False, tag: str = "", storage_options: dict | None = None) -> None:
         if container not in CONTAINERS:
             raise ValueError(f"unknown container {container!r}")
-        self.root = OutputRoot(out, tmp_name)
+        self.root = open_root(out, tmp_name, storage_options)
         self.container = container
         self.prefix = shard_prefix(run_start_ns)
         self.fsync = fsync
         self.allow_phi = allow_phi  # the source's path in each sample (it may name the patient)
+        self.worker = f"{os.getpid()}-{tag}" if tag else f"{os.getpid()}"  # in shard names (executors.WorkerInfo.tag)
         self.pending: list[tuple[str, bytes]] = []  # the input in progress' images
         self.file: Any = None  # the batch's open temporary file and its writer
         self.tmp: str | None = None
@@ -164,9 +166,9 @@ class ShardSink:
         self.members: set[str] = set()  # the names already in the batch's shard
 
     @classmethod
-    def for_job(cls, job: Any) -> "ShardSink":
+    def for_job(cls, job: Any, tag: str = "") -> "ShardSink":
         return cls(job.out, job.tmp_name, container=job.container, run_start_ns=job.run_start_ns, fsync=job.fsync,
-                   allow_phi=job.name_guard is None)
+                   allow_phi=job.name_guard is None, tag=tag, storage_options=job.storage_options)
 
     # --------------------------------------------------------------- one input
 
@@ -228,7 +230,7 @@ class ShardSink:
         written (a full disk), make those results ``write_error``: their images are not there."""
         if self.writer is None:
             return
-        name = f"{self.prefix}{os.getpid()}-{self.seq:06d}{_EXTENSIONS[self.container]}"
+        name = f"{self.prefix}{self.worker}-{self.seq:06d}{_EXTENSIONS[self.container]}"
         self.seq += 1
         try:
             self.writer.close()

@@ -1,0 +1,204 @@
+"""``--cluster``: the same conversion on a real Dask cluster (a ``dask scheduler`` and two ``dask worker``
+processes on 127.0.0.1, started here), against a local run of the same archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+import fastdcm  # noqa: E402
+from fastdcm.errors import InvalidOptionError, Status  # noqa: E402
+
+from .archives import ct_archive  # noqa: E402
+
+BIN = Path(sys.executable).parent
+FAULTS = "crash:crashme,hang:hangme"  # in the workers' environment: only files with these names misbehave
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dask(*args: str, env: dict | None = None, log: Path) -> subprocess.Popen:
+    exe = BIN / "dask"
+    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "distributed.cli.dask_spec", *args]
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A scheduler and two single-threaded workers (under nannies, which restart a dead worker)."""
+    logs = tmp_path_factory.mktemp("dask")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    # One worker death per task before the scheduler gives up: a crashing file costs two worker restarts.
+    scheduler = _dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+                      env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}, log=logs / "scheduler.log")
+    workers = _dask("worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
+                    "--local-directory", str(logs), env={"FASTDCM_TEST_FAULTS": FAULTS}, log=logs / "workers.log")
+    procs = [scheduler, workers]
+    try:
+        client = None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                client = client or distributed.Client(address, timeout=5, set_as_default=False)
+                if len(client.scheduler_info()["workers"]) == 2:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the Dask cluster did not start:\n" + (logs / "workers.log").read_text()[-3000:])
+        yield address, client
+        client.close()
+    finally:
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _records(out: Path) -> dict[str, dict]:
+    """The manifest's records by relative path, without what differs between two runs (times)."""
+    records = {}
+    for line in (out / "manifest.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        for key in ("time", "timings", "source"):
+            d.pop(key, None)
+        records[d["rel"]] = d
+    return records
+
+
+def _images(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def _convert(src: Path, out: Path, **kw):
+    return fastdcm.convert([str(src)], str(out), quiet=True, **kw)
+
+
+def test_a_cluster_run_equals_a_local_run(cluster, tmp_path):
+    address, _ = cluster
+    src = ct_archive(tmp_path, 40)
+    local = _convert(src, tmp_path / "local", workers=2)
+    remote = _convert(src, tmp_path / "cluster", cluster=address)
+    assert remote.converted == local.converted == 40 and remote.failed == 0
+    assert _images(tmp_path / "cluster") == _images(tmp_path / "local")
+    assert _records(tmp_path / "cluster") == _records(tmp_path / "local")
+    assert not [p for p in (tmp_path / "cluster").iterdir() if p.name.startswith(".fastdcm-tmp")]
+
+
+def test_a_client_object_works_and_stays_open(cluster, tmp_path):
+    _, client = cluster
+    src = ct_archive(tmp_path, 6)
+    report = _convert(src, tmp_path / "out", cluster=client)
+    assert report.converted == 6
+    assert client.status == "running"  # the caller's client is not closed
+    # the run's worker plugin is gone from the workers
+    names = client.run(lambda dask_worker: [n for n in dask_worker.plugins if n.startswith("fastdcm-")])
+    assert all(not v for v in names.values())
+
+
+def test_crashing_and_hanging_files_are_isolated(cluster, tmp_path):
+    address, _ = cluster
+    src = ct_archive(tmp_path, 14)
+    shutil.copy(src / "s0" / "f000.dcm", src / "s1" / "crashme.dcm")
+    shutil.copy(src / "s0" / "f000.dcm", src / "s2" / "hangme.dcm")
+    report = _convert(src, tmp_path / "out", cluster=address, batch_size=8, timeout=4)
+    records = _records(tmp_path / "out")
+    assert records["s1/crashme.dcm"]["status"] == Status.WORKER_CRASH.value
+    assert records["s2/hangme.dcm"]["status"] == Status.TIMEOUT.value
+    assert "deadline of 4 s" in records["s2/hangme.dcm"]["reason"]
+    others = {k: v for k, v in records.items() if "me.dcm" not in k}
+    assert len(others) == 14 and all(v["status"] == "converted" for v in others.values())
+    assert report.converted == 14 and len(_images(tmp_path / "out")) == 14
+
+
+def test_a_worker_killed_mid_run_loses_nothing(cluster, tmp_path):
+    address, client = cluster
+    src = ct_archive(tmp_path, 160, folders=8)
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            manifest = out / "manifest.jsonl"
+            if manifest.exists() and manifest.read_bytes().count(b"\n") >= 20:
+                pid = next(iter(client.run(os.getpid).values()))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    report = _convert(src, out, cluster=address, batch_size=4)
+    killer.join()
+    assert killed, "the run ended before a worker could be killed"
+    assert report.counts.get(Status.CONVERTED, 0) == 160 and report.failed == 0, report.counts
+    records = _records(out)
+    assert len(records) == 160 and all(r["status"] == "converted" for r in records.values())
+    local = _convert(src, tmp_path / "local", workers=0)
+    assert local.converted == 160
+    assert _images(out) == _images(tmp_path / "local")
+    _wait_for_workers(client, 2)
+
+
+def _wait_for_workers(client, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(client.scheduler_info()["workers"]) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_resume_on_the_cluster_redoes_only_what_is_missing(cluster, tmp_path):
+    address, client = cluster
+    _wait_for_workers(client, 2)
+    src = ct_archive(tmp_path, 12)
+    out = tmp_path / "out"
+    assert _convert(src, out, cluster=address).converted == 12
+    (out / "s1" / "f001.png").unlink()
+    again = _convert(src, out, cluster=address, resume=True)
+    assert again.converted == 1 and again.counts[Status.SKIPPED] == 11
+    assert (out / "s1" / "f001.png").exists()
+
+
+def test_memory_limit_is_refused_with_a_cluster(tmp_path):
+    src = ct_archive(tmp_path, 1)
+    with pytest.raises(InvalidOptionError, match="--memory-limit"):
+        _convert(src, tmp_path / "out", cluster="tcp://127.0.0.1:1", memory_limit="2G")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
+    src = ct_archive(tmp_path, 1)
+    port = _free_port()
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(InvalidOptionError, match="cannot reach the Dask scheduler"):
+            fastdcm.convert([str(src)], str(tmp_path / "out"), quiet=True, cluster=f"tcp://127.0.0.1:{port}")
+    leftovers = [p.name for p in (tmp_path / "out").iterdir()] if (tmp_path / "out").exists() else []
+    assert all(not name.startswith(".fastdcm-tmp") for name in leftovers)

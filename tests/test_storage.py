@@ -1,0 +1,163 @@
+"""Object storage through fsspec: bucket to bucket on a local S3-compatible server (moto's server
+mode, started here on 127.0.0.1), resume there, and credentials kept out of every record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+import fastdcm  # noqa: E402
+from fastdcm.errors import InvalidOptionError, Status  # noqa: E402
+
+from .archives import ct_archive  # noqa: E402
+
+KEY, SECRET = "AKIAFASTDCMTESTKEY01", "fastdcm-test-secret-value-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server; yields (storage options, an s3fs file system on it)."""
+    import s3fs
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail("moto server did not start:\n" + log.read_text()[-2000:])
+                time.sleep(0.2)
+        fs = s3fs.S3FileSystem(use_listings_cache=False, **options)
+        yield options, fs
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _bucket(fs, name: str) -> str:
+    fs.call_s3("create_bucket", Bucket=name)
+    fs.invalidate_cache()
+    return name
+
+
+def _upload(fs, src, url: str) -> int:
+    n = 0
+    for path in sorted(src.rglob("*")):
+        if path.is_file():
+            fs.put_file(str(path), f"{url}/{path.relative_to(src).as_posix()}")
+            n += 1
+    return n
+
+
+def _manifest(fs, url: str) -> list[dict]:
+    return [json.loads(line) for line in fs.cat_file(f"{url}/manifest.jsonl").decode().splitlines()]
+
+
+def test_bucket_to_bucket_equals_a_local_run_then_resumes(s3, tmp_path, caplog):
+    options, fs = s3
+    src = ct_archive(tmp_path, 12)
+    (src / "s0" / "README.txt").write_text("not an image")  # not an input: counted, not converted
+    _bucket(fs, "archive")
+    _bucket(fs, "png")
+    _upload(fs, src, "archive/ct")
+    local = fastdcm.convert([str(src)], str(tmp_path / "local"), quiet=True, workers=0)
+    caplog.set_level(logging.DEBUG)
+    report = fastdcm.convert(["s3://archive/ct"], "s3://png/run", quiet=True, workers=2,
+                             storage_options=json.dumps(options))
+    assert report.converted == 12 and report.failed == 0
+    assert report.ignored_non_dicom == 1
+    for png in sorted((tmp_path / "local").rglob("*.png")):
+        rel = png.relative_to(tmp_path / "local").as_posix()
+        assert fs.cat_file(f"png/run/{rel}") == png.read_bytes(), rel
+    records = _manifest(fs, "png/run")
+    assert {r["rel"] for r in records} == {f"s{i % 4}/f{i:03}.dcm" for i in range(12)}
+    assert all(r["source"].startswith("s3://archive/ct/") and r["status"] == "converted" for r in records)
+    assert all(r["size"] == 39206 and r["mtime_ns"] > 0 for r in records)
+    assert local.converted == 12
+    # nothing of the run's own left in the bucket, nothing outside the output prefix
+    assert not [p for p in fs.ls("png/run") if ".fastdcm-tmp" in p]
+    assert sorted(fs.ls("png")) == ["png/run"]
+    # credentials: not in the manifest, the report, the resume command or the log
+    text = fs.cat_file("png/run/manifest.jsonl").decode() + report.resume_command + caplog.text
+    assert KEY not in text and SECRET not in text
+    assert "YOUR-STORAGE-OPTIONS" in report.resume_command
+
+    fs.rm_file("png/run/s1/f001.png")
+    again = fastdcm.convert(["s3://archive/ct"], "s3://png/run", quiet=True, workers=2,
+                            storage_options=json.dumps(options), resume=True)
+    assert again.converted == 1 and again.counts[Status.SKIPPED] == 11
+    assert fs.exists("png/run/s1/f001.png")
+    assert len(_manifest(fs, "png/run")) == 13  # one new record, appended to the old ones
+
+
+def test_existing_objects_are_not_replaced_and_metadata_goes_to_the_bucket(s3, tmp_path):
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    options, fs = s3
+    src = ct_archive(tmp_path, 4, folders=1)
+    _bucket(fs, "in2")
+    _bucket(fs, "out2")
+    _upload(fs, src, "in2/a")
+    fs.pipe_file("out2/x/s0/f000.png", b"earlier")
+    report = fastdcm.convert(["s3://in2/a"], "s3://out2/x", quiet=True, workers=0, storage_options=options,
+                             metadata="table.parquet")
+    assert report.converted == 3
+    assert fs.cat_file("out2/x/s0/f000.png") == b"earlier"  # --on-exists error: never replaced
+    by_rel = {r["rel"]: r for r in _manifest(fs, "out2/x")}
+    assert by_rel["s0/f000.dcm"]["status"] == "write_error" and "exists" in by_rel["s0/f000.dcm"]["reason"]
+    with fs.open("out2/x/table.parquet", "rb") as f:
+        table = pq.read_table(f)
+    assert table.num_rows == 4 and sorted(table.column("status").to_pylist()) == ["converted"] * 3 + ["write_error"]
+
+
+def test_missing_objects_and_bad_options_are_clear_errors(s3, tmp_path):
+    options, fs = s3
+    with pytest.raises(InvalidOptionError, match="no object at or under"):
+        fastdcm.convert(["s3://archive/nothing-here"], str(tmp_path / "out"), quiet=True, storage_options=options)
+    with pytest.raises(InvalidOptionError, match="JSON object"):
+        fastdcm.convert(["s3://archive/ct"], str(tmp_path / "out"), quiet=True, storage_options="{" + SECRET)
+    with pytest.raises(InvalidOptionError, match="--gallery"):
+        fastdcm.convert(["s3://archive/ct"], "s3://png/g", quiet=True, storage_options=options, gallery=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_reads_a_bucket_into_a_folder(s3, tmp_path):
+    options, fs = s3
+    src = ct_archive(tmp_path, 3, folders=1)
+    _bucket(fs, "cli")
+    _upload(fs, src, "cli/in")
+    opts = tmp_path / "opts.json"
+    opts.write_text(json.dumps(options))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastdcm", "convert", "s3://cli/in", "-o", str(tmp_path / "out"), "--quiet",
+         "--storage-options", f"@{opts}", "--workers", "1"],
+        capture_output=True, text=True, env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "s0").iterdir()) == ["f000.png", "f001.png", "f002.png"]
+    assert SECRET not in proc.stdout + proc.stderr

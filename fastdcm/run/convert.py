@@ -258,9 +258,10 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
             yield item
         walking[0] = False
 
-    from .. import kernels
+    if copts.cluster is None:  # (a cluster's workers load the kernels themselves: its worker plugin)
+        from .. import kernels
 
-    kernels.warmup()  # compile or load once here, so workers only load the disk cache
+        kernels.warmup()  # compile or load once here, so workers only load the disk cache
     try:
         sinks.append(ManifestSink(_open_manifest(root, manifest_path), fingerprint))  # refused: nothing started
         if table_name is not None:

@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 def _dask(*args: str, env: dict | None = None, log: Path) -> subprocess.Popen:
     exe = BIN / "dask"
-    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "distributed.cli.dask_spec", *args]
+    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-m", "dask", *args]
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -202,3 +202,38 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
             fastdcm.convert([str(src)], str(tmp_path / "out"), quiet=True, cluster=f"tcp://127.0.0.1:{port}")
     leftovers = [p.name for p in (tmp_path / "out").iterdir()] if (tmp_path / "out").exists() else []
     assert all(not name.startswith(".fastdcm-tmp") for name in leftovers)
+
+
+def test_the_command_line_with_a_cluster(cluster, tmp_path):
+    address, _ = cluster
+    src = ct_archive(tmp_path, 5)
+    run = subprocess.run([sys.executable, "-m", "fastdcm", "convert", str(src), "-o", str(tmp_path / "out"), "--quiet",
+                          "--cluster", address], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert len(_images(tmp_path / "out")) == 5
+    refused = subprocess.run([sys.executable, "-m", "fastdcm", "convert", str(src), "-o", str(tmp_path / "out2"),
+                              "--cluster", address, "--memory-limit", "4G"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--memory-limit" in refused.stderr
+
+
+def test_workers_read_from_and_write_to_a_bucket(cluster, tmp_path):
+    """The cluster's workers get the storage options with the run: bucket to bucket through them."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from .test_storage import _moto, _upload
+
+    address, _ = cluster
+    with _moto(tmp_path) as (options, fs):
+        fs.call_s3("create_bucket", Bucket="dask-in")
+        fs.call_s3("create_bucket", Bucket="dask-out")
+        src = ct_archive(tmp_path, 10)
+        _upload(fs, src, "dask-in/ct")
+        report = fastdcm.convert(["s3://dask-in/ct"], "s3://dask-out/png", quiet=True, cluster=address,
+                                 storage_options=options)
+        assert report.converted == 10 and report.failed == 0
+        local = _convert(src, tmp_path / "local", workers=0)
+        assert local.converted == 10
+        for rel, data in _images(tmp_path / "local").items():
+            assert fs.cat_file(f"dask-out/png/{rel}") == data
+        lines = fs.cat_file("dask-out/png/manifest.jsonl").decode().splitlines()
+        assert len(lines) == 10 and all(json.loads(line)["status"] == "converted" for line in lines)

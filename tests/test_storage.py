@@ -3,6 +3,7 @@ mode, started here on 127.0.0.1), resume there, and credentials kept out of ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,10 +34,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server; yields (storage options, an s3fs file system on it)."""
+    with _moto(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _moto(folder):
+    """Start moto's S3 server on a free port of 127.0.0.1 (its log in ``folder``)."""
     import s3fs
 
     port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    log = folder / "moto.log"
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
@@ -161,3 +169,27 @@ def test_the_command_line_reads_a_bucket_into_a_folder(s3, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "s0").iterdir()) == ["f000.png", "f001.png", "f002.png"]
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_webdataset_shards_into_a_bucket(s3, tmp_path):
+    import io
+    import tarfile
+
+    options, fs = s3
+    src = ct_archive(tmp_path, 6, folders=2)
+    _bucket(fs, "shards-in")
+    _bucket(fs, "shards-out")
+    _upload(fs, src, "shards-in/a")
+    report = fastdcm.convert(["s3://shards-in/a"], "s3://shards-out/ds", quiet=True, workers=0, storage_options=options,
+                             container="webdataset", shard_size=4)
+    assert report.converted == 6
+    shards = sorted(p for p in fs.ls("shards-out/ds/shards") if p.endswith(".tar"))
+    assert len(shards) == 2
+    members = []
+    for shard in shards:
+        with tarfile.open(fileobj=io.BytesIO(fs.cat_file(shard))) as tar:
+            members += [m.name for m in tar.getmembers() if m.name.endswith(".png")]
+    assert len(members) == 6
+    again = fastdcm.convert(["s3://shards-in/a"], "s3://shards-out/ds", quiet=True, workers=0, storage_options=options,
+                            container="webdataset", shard_size=4, resume=True)
+    assert again.converted == 0 and again.counts[Status.SKIPPED] == 6

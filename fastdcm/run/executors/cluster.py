@@ -144,6 +144,11 @@ class _RunnerPlugin:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, "1")
         self._malloc = _tune_malloc()
+        # pydicom logs each damaged file's warnings besides warning: the manifest holds each file's
+        # outcome, the worker's log is not flooded (as in a local worker); restored in teardown.
+        pydicom_log = logging.getLogger("pydicom")
+        self._pydicom_level = pydicom_log.level
+        pydicom_log.setLevel(max(logging.ERROR, pydicom_log.level))
         kernels.warmup()  # compiled or loaded from the disk cache before the first batch
         if self.timeout:
             threading.Thread(target=self._watch, name="fastdcm-deadline", daemon=True).start()
@@ -152,6 +157,8 @@ class _RunnerPlugin:
         self._done.set()
         if getattr(self, "_malloc", False):
             _restore_malloc()
+        if hasattr(self, "_pydicom_level"):
+            logging.getLogger("pydicom").setLevel(self._pydicom_level)
         with self._lock:
             runners, self._runners = self._runners, []
         for runner in runners:

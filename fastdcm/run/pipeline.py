@@ -263,7 +263,7 @@ class Pipeline:
                 f"object is {source.size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)"
             )
         try:
-            return read_object(source.path, self.job.storage_options)
+            return read_object(source.path, self.job.storage_options, source.size)
         except FileNotFoundError:
             raise NotDicomError("no such object") from None
         except PermissionError as exc:

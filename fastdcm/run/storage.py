@@ -178,9 +178,14 @@ def walk(url: str, options: dict | None) -> Iterator[tuple[str, str, int, int]]:
         stack.extend(reversed(subdirs))
 
 
-def read_object(url: str, options: dict | None) -> bytes:
-    """The whole object (one GET)."""
+def read_object(url: str, options: dict | None, size: int | None = None) -> bytes:
+    """The whole object: one GET. (s3fs first asks for the size, a HEAD, to fetch objects over its
+    block size in concurrent ranges: with ``size`` known from the listing, objects under it are
+    fetched without that request.)"""
     fs, path = filesystem(url, options)
+    block = getattr(fs, "default_block_size", None)
+    if size is not None and hasattr(fs, "max_concurrency") and block and size <= block:
+        return fs.cat_file(path, max_concurrency=1)
     return fs.cat_file(path)
 
 
@@ -325,6 +330,11 @@ class ObjectRoot:
         self._staged: dict[str, _Staged] = {}
         self._create = True  # the store honours mode="create" (until it says it does not)
 
+    @property
+    def creates_if_free(self) -> bool:
+        """Whether a write that must not replace is refused by the store itself (conditional create)."""
+        return self._create
+
     def _key(self, name: str) -> str:
         return f"{self.base}/{_components(name)}"
 
@@ -391,9 +401,23 @@ class ObjectRoot:
 
     def exists(self, name: str) -> bool:
         try:
-            return self.fs.exists(self._key(name))
+            key = self._key(name)
         except UnsafePathError:
             return False
+        return self._exists(key)
+
+    def _exists(self, key: str) -> bool:
+        """Whether the object ``key`` exists: on S3 one HEAD (s3fs's ``exists`` follows a 404 with a
+        LIST and a second HEAD, looking for a folder: 3 requests for each new image's check)."""
+        call_s3 = getattr(self.fs, "call_s3", None)
+        if call_s3 is None or not hasattr(self.fs, "split_path"):
+            return self.fs.exists(key)
+        bucket, path, _ = self.fs.split_path(key)
+        try:
+            call_s3("head_object", Bucket=bucket, Key=path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def mtime_ns(self, name: str) -> int | None:
         try:
@@ -425,7 +449,7 @@ class ObjectRoot:
                 if "NotImplemented" not in str(exc) and "501" not in str(exc):
                     raise
                 self._create = False
-        if self.fs.exists(key):
+        if self._exists(key):
             raise Exists(name)
         self.fs.pipe_file(key, data)
 

@@ -204,11 +204,15 @@ def _counted_run(options: dict, src: str, out: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", nargs="*", choices=["cluster", "s3"], default=["cluster", "s3"])
+    parser.add_argument("which", nargs="*", metavar="cluster|s3", help="what to measure (default: both)")
     parser.add_argument("--files", type=int, default=None, help="ct files (default: cluster 1000, s3 300)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(HERE / "results" / "scaleout.json"))
     args = parser.parse_args(argv)
+    args.which = args.which or ["cluster", "s3"]
+    unknown = set(args.which) - {"cluster", "s3"}
+    if unknown:
+        parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))} (cluster, s3)")
     result = {"date": today(), "machine": machine()}
     with work_dir("scaleout-") as tmp:
         work = Path(tmp)

@@ -451,7 +451,7 @@ class ConvertOptions:
         default_factory=_default_workers,
         metadata=_meta("worker processes (0: run in this process, no fault isolation); default: CPUs"),
     )
-    batch_size: int = field(default=16, metadata=_meta("inputs sent to a worker at a time"))
+    batch_size: int = field(default=16, metadata=_meta("inputs sent to a worker at a time (with --cluster: 64 unless given)"))
     cluster: Any = field(
         default=None,
         metadata=_meta(

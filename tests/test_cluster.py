@@ -237,3 +237,30 @@ def test_workers_read_from_and_write_to_a_bucket(cluster, tmp_path):
             assert fs.cat_file(f"dask-out/png/{rel}") == data
         lines = fs.cat_file("dask-out/png/manifest.jsonl").decode().splitlines()
         assert len(lines) == 10 and all(json.loads(line)["status"] == "converted" for line in lines)
+
+
+def test_ctrl_c_on_a_cluster_run_stops_cleanly_and_resumes(cluster, tmp_path):
+    address, client = cluster
+    _wait_for_workers(client, 2)
+    src = ct_archive(tmp_path, 200, folders=8)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fastdcm", "convert", str(src), "-o", str(out), "--quiet", "--cluster", address,
+           "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    manifest = out / "manifest.jsonl"
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.read_bytes().count(b"\n") >= 8):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    statuses = {r["status"] for r in records}
+    assert statuses <= {"converted", "interrupted"} and "converted" in statuses
+    for r in records:
+        if r["status"] == "converted":
+            assert all((out / name).exists() for name in r["outputs"])
+    again = subprocess.run(cmd + ["--resume"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert len(_images(out)) == 200
+    assert not [p for p in out.iterdir() if p.name.startswith(".fastdcm-tmp")]

@@ -193,3 +193,22 @@ def test_webdataset_shards_into_a_bucket(s3, tmp_path):
     again = fastdcm.convert(["s3://shards-in/a"], "s3://shards-out/ds", quiet=True, workers=0, storage_options=options,
                             container="webdataset", shard_size=4, resume=True)
     assert again.converted == 0 and again.counts[Status.SKIPPED] == 6
+
+
+def test_object_names_stay_under_the_output_prefix(s3):
+    from fastdcm.errors import UnsafePathError
+    from fastdcm.run.storage import ObjectRoot
+
+    options, fs = s3
+    _bucket(fs, "names")
+    root = ObjectRoot("s3://names/out", options=options)
+    for bad in ("../escape.png", "a/../../b.png", "/abs.png", "a//b.png", ""):
+        with pytest.raises(UnsafePathError):
+            root.write(bad, b"x", replace=False)
+    assert fs.ls("names") == []
+    root.write("a/b.png", b"x", replace=False)
+    from fastdcm.run.write import Exists
+
+    with pytest.raises(Exists):
+        root.write("a/b.png", b"y", replace=False)
+    assert fs.cat_file("names/out/a/b.png") == b"x"

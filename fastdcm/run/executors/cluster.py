@@ -196,7 +196,16 @@ class _RunnerPlugin:
             self.running.pop(me, None)
 
     def _watch(self) -> None:
-        while not self._done.wait(min(1.0, self.timeout / 10)):
+        """Deadlines, also after the run ended (the plugin removed): a file still hanging in a
+        task thread then ends its worker too, rather than holding that thread for good."""
+        step = min(1.0, self.timeout / 10)
+        while True:
+            if self._done.is_set():
+                if not self.running:
+                    return
+                time.sleep(step)
+            else:
+                self._done.wait(step)
             now = time.monotonic()
             for key, index, path, start in list(self.running.values()):
                 if now - start > self.timeout:

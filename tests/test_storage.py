@@ -212,3 +212,18 @@ def test_object_names_stay_under_the_output_prefix(s3):
     with pytest.raises(Exists):
         root.write("a/b.png", b"y", replace=False)
     assert fs.cat_file("names/out/a/b.png") == b"x"
+
+
+def test_missing_credentials_are_a_usage_error_not_a_traceback(tmp_path):
+    """No key anywhere (a clean environment and home): exit 2 with the store's reason, before any work."""
+    src = ct_archive(tmp_path, 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path), AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    options = json.dumps({"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"}})
+    for args in ([str(src), "-o", "s3://nobucket/x"], ["s3://nobucket/x", "-o", str(tmp_path / "out")]):
+        proc = subprocess.run([sys.executable, "-m", "fastdcm", "convert", *args, "--quiet", "--storage-options", options],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and "credentials" in proc.stderr.lower()
+    assert not (tmp_path / "out").exists()

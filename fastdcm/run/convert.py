@@ -201,7 +201,12 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     fingerprint = output_fingerprint(copts, ropts)
     if pseudonymizer is not None:  # other keys give other names: another fingerprint
         fingerprint = f"{fingerprint}-{pseudonymizer.fingerprint()}"
-    previous = resume_index(manifest_path, storage_options) if copts.resume else {}
+    try:
+        previous = resume_index(manifest_path, storage_options) if copts.resume else {}
+    except OSError as exc:
+        root.remove_tmp()
+        root.close()
+        raise InvalidOptionError(f"the manifest {manifest_path} cannot be read for --resume: {exc.strerror or exc}") from None
     job = Job(
         out=out,
         render=ropts,

@@ -283,7 +283,7 @@ def check_inputs(inputs: Iterable[str], storage_options: dict | None = None) -> 
             try:
                 found = exists(text, storage_options)
             except (OSError, ValueError) as exc:
-                raise InvalidOptionError(f"{text} cannot be listed: {type(exc).__name__}: {exc}") from None
+                raise InvalidOptionError(f"{text} cannot be listed: {exc}") from None
             if not found:
                 raise InvalidOptionError(f"no object at or under {text!r}")
             continue
@@ -431,7 +431,7 @@ class _Discovery:
                 yield Source(path=path, rel=_join_rel(prefix, rel), size=size, mtime_ns=mtime_ns, root=url), path
         except FileNotFoundError:
             yield self.missing(url, "no such object or prefix"), None
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # the store's driver: a usage error's status for this input, the run goes on
             yield self.missing(url, f"cannot list: {type(exc).__name__}: {exc}"), None
 
     def glob(self, pattern: str):

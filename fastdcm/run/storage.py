@@ -144,6 +144,24 @@ def _components(name: str) -> str:
     return name
 
 
+def _store_errors(fn):
+    """Failures of the store's driver that are not OSErrors (botocore's NoCredentialsError,
+    EndpointConnectionError, ...) as OSErrors naming what failed, so that every caller's
+    ``except OSError`` gives them a status or a usage error, never a bare traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, Exists, UnsafePathError, InvalidOptionError, MissingDependencyError):
+            raise
+        except Exception as exc:
+            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -178,6 +196,7 @@ def walk(url: str, options: dict | None) -> Iterator[tuple[str, str, int, int]]:
         stack.extend(reversed(subdirs))
 
 
+@_store_errors
 def read_object(url: str, options: dict | None, size: int | None = None) -> bytes:
     """The whole object: one GET. (s3fs first asks for the size, a HEAD, to fetch objects over its
     block size in concurrent ranges: with ``size`` known from the listing, objects under it are
@@ -189,11 +208,13 @@ def read_object(url: str, options: dict | None, size: int | None = None) -> byte
     return fs.cat_file(path)
 
 
+@_store_errors
 def open_input(url: str, options: dict | None, mode: str = "rb") -> Any:
     fs, path = filesystem(url, options)
     return fs.open(path, mode)
 
 
+@_store_errors
 def exists(url: str, options: dict | None) -> bool:
     fs, path = filesystem(url, options)
     return fs.exists(path)
@@ -283,6 +304,7 @@ class _UploadedAppend:
         if self._size() != self.uploaded and time.monotonic() - self.last >= self.every:
             self.upload()
 
+    @_store_errors
     def upload(self) -> None:
         t0 = time.monotonic()
         self.file.flush()
@@ -339,6 +361,7 @@ class ObjectRoot:
         return f"{self.base}/{_components(name)}"
 
     @classmethod
+    @_store_errors
     def create(cls, url: str, options: dict | None = None) -> "ObjectRoot":
         root = cls(url, options=options)
         root.tmp_name = f".fastdcm-tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -362,6 +385,7 @@ class ObjectRoot:
         """The store's own time at the start: objects older were there before the run."""
         return self._start if self._start is not None else self.clock()
 
+    @_store_errors
     def clock(self) -> int:
         key = self._key(f"{self.tmp_name}/clock-{time.monotonic_ns()}.stamp")
         self.fs.pipe_file(key, b"")
@@ -370,6 +394,7 @@ class ObjectRoot:
         finally:
             self._rm(key)
 
+    @_store_errors
     def mark(self, key: str) -> bool:
         if not key or "/" in key or key.startswith("."):
             raise ValueError(f"not a marker name: {key!r}")
@@ -399,6 +424,7 @@ class ObjectRoot:
     def release(self) -> None:
         """(nothing to keep open on an object store)"""
 
+    @_store_errors
     def exists(self, name: str) -> bool:
         try:
             key = self._key(name)
@@ -419,12 +445,14 @@ class ObjectRoot:
             return False
         return True
 
+    @_store_errors
     def mtime_ns(self, name: str) -> int | None:
         try:
             return _mtime_ns(self.fs.info(self._key(name)))
         except (FileNotFoundError, UnsafePathError):
             return None
 
+    @_store_errors
     def write(self, name: str, data: bytes, *, replace: bool, fsync: bool = False, replace_older_than: int | None = None) -> None:
         key = self._key(name)
         if replace:
@@ -459,6 +487,7 @@ class ObjectRoot:
         except FileNotFoundError:
             pass
 
+    @_store_errors
     def remove(self, name: str) -> None:
         try:
             self._rm(self._key(name))
@@ -471,6 +500,7 @@ class ObjectRoot:
         self._staged[token] = staged
         return staged, token
 
+    @_store_errors
     def publish(self, tmp: str, name: str) -> None:
         staged = self._staged.pop(tmp)
         try:
@@ -490,9 +520,11 @@ class ObjectRoot:
         if staged is not None:
             staged.file.close()
 
+    @_store_errors
     def open_read(self, name: str) -> Any:
         return self.fs.open(self._key(name), "rb")
 
+    @_store_errors
     def listdir(self, folder: str) -> list[str]:
         try:
             entries = self.fs.ls(self._key(folder), detail=False)
@@ -503,5 +535,6 @@ class ObjectRoot:
     def remove_empty_folder(self, folder: str) -> None:
         """(an object store has no folders)"""
 
+    @_store_errors
     def open_append(self, name: str) -> Any:
         return _UploadedAppend(self.fs, self._key(name))

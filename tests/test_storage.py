@@ -227,3 +227,42 @@ def test_missing_credentials_are_a_usage_error_not_a_traceback(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr and "credentials" in proc.stderr.lower()
     assert not (tmp_path / "out").exists()
+
+
+def test_frames_of_a_large_object_are_read_alone(s3, tmp_path, monkeypatch):
+    """--frames first of a multi-frame object: its header and that frame are read, not the rest,
+    and the image equals a local run's."""
+    from pydicom.data import get_testdata_file
+
+    from fastdcm.run import storage
+
+    options, fs = s3
+    _bucket(fs, "frames")
+    native = get_testdata_file("emri_small.dcm")  # 10 frames of 64 x 64, 16-bit, native
+    fs.put_file(native, "frames/in/mr.dcm")
+    size = os.path.getsize(native)
+    read = []
+    original = storage.read_range
+
+    def counted(url, opts, start, end):
+        data = original(url, opts, start, end)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(storage, "RANGED_ABOVE", 0)  # (the test file is small: so is the first read)
+    monkeypatch.setattr(storage, "_HEAD", 4096)
+    monkeypatch.setattr(storage, "read_range", counted)
+    for frames in ("first", "last", "3:4"):
+        read.clear()
+        report = fastdcm.convert(["s3://frames/in"], f"s3://frames/out-{frames.replace(':', '-')}", quiet=True, workers=0,
+                                 storage_options=options, frames=frames)
+        assert report.converted == 1
+        local = fastdcm.convert([native], str(tmp_path / f"local-{frames.replace(':', '-')}"), quiet=True, workers=0,
+                                frames=frames)
+        assert local.converted == 1
+        for png in sorted((tmp_path / f"local-{frames.replace(':', '-')}").rglob("*.png")):
+            name = png.name.replace("emri_small", "mr")
+            assert fs.cat_file(f"frames/out-{frames.replace(':', '-')}/{name}") == png.read_bytes(), (frames, name)
+        wanted = 2 if frames == "3:4" else 1
+        # the first 4 KiB (the header, 2,336 bytes, and the start of frame 1), then each frame wanted
+        assert sum(read) <= 4096 + wanted * 64 * 64 * 2 and sum(read) < size / 3, (frames, read)

@@ -255,14 +255,24 @@ class Pipeline:
         return self.images.root.mark(key)
 
     def _fetch(self, source: Any) -> bytes:
-        """An object-store input's bytes (one GET of the whole object, storage.py)."""
-        from ..header import MAX_FILE_BYTES
+        """An object-store input's bytes: one GET of the whole object, or, for a large object of which
+        ``--frames`` selects some frames, its header, those frames and what follows the pixel data
+        (storage.read_frames: the rest stays zeros, never rendered)."""
+        from ..header import MAX_FILE_BYTES, read_header
+        from . import storage
 
         if source.size > MAX_FILE_BYTES:
             raise InvalidPixelModuleError(
                 f"object is {source.size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)"
             )
         try:
+            if not self.job.frames.all and source.size >= storage.RANGED_ABOVE:
+                pieces = storage.read_frames(
+                    source.path, self.job.storage_options, source.size, self.job.frames.indexes,
+                    lambda buffer: read_header(buffer).spec,
+                )
+                if pieces is not None:
+                    return bytes(pieces[0])
             return read_object(source.path, self.job.storage_options, source.size)
         except FileNotFoundError:
             raise NotDicomError("no such object") from None

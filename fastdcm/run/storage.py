@@ -208,6 +208,50 @@ def read_object(url: str, options: dict | None, size: int | None = None) -> byte
     return fs.cat_file(path)
 
 
+#: Objects at least this large, of which ``--frames`` selects some frames, are read in pieces.
+RANGED_ABOVE = 8 << 20
+_HEAD = 1 << 16  # the first read of such an object: its header, as a rule
+
+
+@_store_errors
+def read_range(url: str, options: dict | None, start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` (exclusive) of the object: one ranged GET."""
+    fs, path = filesystem(url, options)
+    return fs.cat_file(path, start=start, end=end)
+
+
+def read_frames(url: str, options: dict | None, size: int, wanted: Any, parse: Any) -> tuple[bytearray, int] | None:
+    """The object as a buffer of its full ``size`` in which only the header, the frames ``wanted``
+    picks and anything after the pixel data were read (ranged GETs); zeros elsewhere. ``parse(buffer)``
+    gives the pixel module (``PixelSpec``); ``wanted(n_frames)`` the 0-based frames. None where that
+    does not save or cannot be done: compressed or bit-packed pixel data (its frames are found by
+    walking the data), a header longer than the first read, every frame wanted: read it whole.
+    Returns (buffer, bytes read)."""
+    head = read_range(url, options, 0, min(size, _HEAD))
+    buffer = bytearray(size)  # zero pages are not touched until written
+    buffer[: len(head)] = head
+    try:
+        spec = parse(bytes(buffer))
+    except Exception:  # a header past the first read looks truncated: read it whole
+        return None
+    if spec.is_encapsulated or spec.pixel_offset < 0 or spec.pixel_offset > len(head) or spec.bits_allocated % 8:
+        return None
+    frame = spec.rows * spec.columns * spec.samples_per_pixel * spec.bits_allocated // 8
+    n = spec.number_of_frames
+    frames = list(wanted(n))
+    if not frames or len(frames) == n or frame * n > spec.pixel_length:
+        return None
+    read = len(head)
+    pieces = [(spec.pixel_offset + i * frame, spec.pixel_offset + (i + 1) * frame) for i in frames]
+    pieces.append((spec.pixel_offset + spec.pixel_length, size))  # elements after the pixel data
+    for start, end in pieces:
+        start = max(start, len(head))
+        if end > start:
+            buffer[start:end] = read_range(url, options, start, end)
+            read += end - start
+    return buffer, read
+
+
 @_store_errors
 def open_input(url: str, options: dict | None, mode: str = "rb") -> Any:
     fs, path = filesystem(url, options)

@@ -37,7 +37,7 @@ import time
 from typing import Any, Iterator
 
 from ..errors import InvalidOptionError, MissingDependencyError, UnsafePathError
-from .write import Exists
+from .write import Exists, _components
 
 __all__ = ["is_url", "parse_storage_options", "filesystem", "ObjectRoot", "walk", "read_object", "join"]
 
@@ -135,13 +135,6 @@ def _mtime_ns(info: dict) -> int:
         except ValueError:
             continue
     return 0
-
-
-def _components(name: str) -> str:
-    parts = name.split("/")
-    if not name or any(p in ("", ".", "..") or "\x00" in p for p in parts):
-        raise UnsafePathError(f"output name {name!r} is not a plain relative path")
-    return name
 
 
 def _store_errors(fn):
@@ -402,7 +395,7 @@ class ObjectRoot:
         return self._create
 
     def _key(self, name: str) -> str:
-        return f"{self.base}/{_components(name)}"
+        return f"{self.base}/{'/'.join(_components(name))}"  # a plain relative name, as in a folder
 
     @classmethod
     @_store_errors

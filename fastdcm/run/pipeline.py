@@ -267,12 +267,12 @@ class Pipeline:
             )
         try:
             if not self.job.frames.all and source.size >= storage.RANGED_ABOVE:
-                pieces = storage.read_frames(
+                buffer = storage.read_frames(
                     source.path, self.job.storage_options, source.size, self.job.frames.indexes,
-                    lambda buffer: read_header(buffer).spec,
+                    lambda data: read_header(data).spec,
                 )
-                if pieces is not None:
-                    return bytes(pieces[0])
+                if buffer is not None:
+                    return bytes(buffer)
             return read_object(source.path, self.job.storage_options, source.size)
         except FileNotFoundError:
             raise NotDicomError("no such object") from None

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -213,13 +214,12 @@ def read_range(url: str, options: dict | None, start: int, end: int) -> bytes:
     return fs.cat_file(path, start=start, end=end)
 
 
-def read_frames(url: str, options: dict | None, size: int, wanted: Any, parse: Any) -> tuple[bytearray, int] | None:
+def read_frames(url: str, options: dict | None, size: int, wanted: Any, parse: Any) -> bytearray | None:
     """The object as a buffer of its full ``size`` in which only the header, the frames ``wanted``
     picks and anything after the pixel data were read (ranged GETs); zeros elsewhere. ``parse(buffer)``
     gives the pixel module (``PixelSpec``); ``wanted(n_frames)`` the 0-based frames. None where that
     does not save or cannot be done: compressed or bit-packed pixel data (its frames are found by
-    walking the data), a header longer than the first read, every frame wanted: read it whole.
-    Returns (buffer, bytes read)."""
+    walking the data), a header longer than the first read, every frame wanted: read it whole."""
     head = read_range(url, options, 0, min(size, _HEAD))
     buffer = bytearray(size)  # zero pages are not touched until written
     buffer[: len(head)] = head
@@ -234,15 +234,13 @@ def read_frames(url: str, options: dict | None, size: int, wanted: Any, parse: A
     frames = list(wanted(n))
     if not frames or len(frames) == n or frame * n > spec.pixel_length:
         return None
-    read = len(head)
     pieces = [(spec.pixel_offset + i * frame, spec.pixel_offset + (i + 1) * frame) for i in frames]
     pieces.append((spec.pixel_offset + spec.pixel_length, size))  # elements after the pixel data
     for start, end in pieces:
         start = max(start, len(head))
         if end > start:
             buffer[start:end] = read_range(url, options, start, end)
-            read += end - start
-    return buffer, read
+    return buffer
 
 
 @_store_errors
@@ -279,6 +277,18 @@ def create_root(out: str, options: dict | None = None) -> Any:
     return OutputRoot.create(out)
 
 
+_CHUNK = 1 << 24
+
+
+def _upload(fs: Any, key: str, file: Any) -> None:
+    """The whole local temporary ``file`` as the object ``key``: a complete object appears (a
+    multipart upload completes at once), or the old one stays."""
+    file.flush()
+    file.seek(0)
+    with fs.open(key, "wb") as f:
+        shutil.copyfileobj(file, f, _CHUNK)
+
+
 class _Staged:
     """An anonymous temporary file that a ``close`` keeps (the caller closes before publishing)."""
 
@@ -295,11 +305,8 @@ class _Staged:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # write, flush, fileno, ...
         return getattr(self.file, name)
-
-    def write(self, data: Any) -> int:
-        return self.file.write(data)
 
 
 class _UploadedAppend:
@@ -316,11 +323,7 @@ class _UploadedAppend:
         self.existed = True
         try:
             with fs.open(path, "rb") as f:
-                while True:
-                    chunk = f.read(1 << 24)
-                    if not chunk:
-                        break
-                    self.file.write(chunk)
+                shutil.copyfileobj(f, self.file, _CHUNK)
         except FileNotFoundError:
             self.existed = False
         self.file.flush()
@@ -344,16 +347,9 @@ class _UploadedAppend:
     @_store_errors
     def upload(self) -> None:
         t0 = time.monotonic()
-        self.file.flush()
-        fd, size, offset = self.file.fileno(), self._size(), 0
-        with self.fs.open(self.path, "wb") as f:  # a complete object appears, or the old one stays
-            while offset < size:
-                chunk = os.pread(fd, min(1 << 24, size - offset), offset)
-                if not chunk:
-                    break
-                f.write(chunk)
-                offset += len(chunk)
-        self.uploaded = offset
+        size = self._size()  # (the lines are appended in this thread: none arrive while it uploads)
+        _upload(self.fs, self.path, self.file)
+        self.uploaded = size
         self.existed = True
         self.last = time.monotonic()
         self.every = max(_MANIFEST_EVERY, 10 * (self.last - t0))
@@ -377,11 +373,8 @@ class _UploadedAppend:
 class ObjectRoot:
     """The output prefix on an object store, with :class:`~.write.OutputRoot`'s interface."""
 
-    is_object_store = True
-
     def __init__(self, url: str, tmp_name: str | None = None, options: dict | None = None) -> None:
         self.path = url.rstrip("/")
-        self.options = options
         self.fs, self.base = filesystem(self.path, options)
         self.base = self.base.rstrip("/")
         self.tmp_name = tmp_name
@@ -447,7 +440,7 @@ class ObjectRoot:
             return
         try:
             self.fs.rm(self._key(self.tmp_name), recursive=True)
-        except (FileNotFoundError, OSError):
+        except OSError:
             pass
 
     def close(self) -> None:
@@ -541,14 +534,7 @@ class ObjectRoot:
     def publish(self, tmp: str, name: str) -> None:
         staged = self._staged.pop(tmp)
         try:
-            staged.file.flush()
-            staged.file.seek(0)
-            with self.fs.open(self._key(name), "wb") as f:
-                while True:
-                    chunk = staged.file.read(1 << 24)
-                    if not chunk:
-                        break
-                    f.write(chunk)
+            _upload(self.fs, self._key(name), staged.file)
         finally:
             staged.file.close()
 

@@ -12,11 +12,10 @@ costs about as much as rendering a CT slice; a sheet's JPEG encode costs about 2
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .. import kernels
+from .executors import worker_label
 
 __all__ = ["TILE", "COLUMNS", "SHEETS", "thumbnail", "Sheet", "read_thumbnail"]
 
@@ -90,8 +89,7 @@ def sheet_prefix(run_start_ns: int) -> str:
 
 def sheet_name(run_start_ns: int, seq: int, tag: str = "") -> str:
     """A sheet's name: unique per run (its start), worker (pid, and ``tag`` on a cluster) and batch (``seq``)."""
-    worker = f"{os.getpid()}-{tag}" if tag else f"{os.getpid()}"
-    return f"{SHEETS}/{sheet_prefix(run_start_ns)}{worker}-{seq}.jpg"
+    return f"{SHEETS}/{sheet_prefix(run_start_ns)}{worker_label(tag)}-{seq}.jpg"
 
 
 def read_thumbnail(data: bytes, name: str) -> np.ndarray:

@@ -22,12 +22,13 @@ A new executor (a cluster, threads) implements :class:`Executor` and is added to
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from ...errors import Status
 
-__all__ = ["Executor", "Runner", "WorkerInfo", "Fault", "make_executor"]
+__all__ = ["Executor", "Runner", "WorkerInfo", "Fault", "make_executor", "worker_label"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,12 @@ class Runner(Protocol):
     """The per-worker object an executor's factory returns."""
 
     def run_batch(self, items: Sequence[Any], progress: Callable[[int], None], retry: bool) -> list: ...
+
+
+def worker_label(tag: str = "") -> str:
+    """This process in the names of the files its runner makes (shards, thumbnail sheets): its pid,
+    and the runner's :attr:`WorkerInfo.tag` where runners share a process or pids repeat."""
+    return f"{os.getpid()}-{tag}" if tag else str(os.getpid())
 
 
 Factory = Callable[[Any, WorkerInfo], Runner]

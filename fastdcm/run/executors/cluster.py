@@ -117,10 +117,6 @@ def _restore_malloc() -> None:
 
 
 
-def _worker_plugin_base():
-    return _distributed().WorkerPlugin
-
-
 class _RunnerPlugin:
     """Made a subclass of Dask's WorkerPlugin at registration (``_plugin_class``): one per run."""
 
@@ -141,8 +137,6 @@ class _RunnerPlugin:
         self._runners: list[Any] = []
         self.running: dict[int, tuple[str, int, str, float]] = {}  # thread -> (task key, item, path, start)
         self._done = threading.Event()
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
         self._malloc = _tune_malloc()
         # pydicom logs each damaged file's warnings besides warning: the manifest holds each file's
         # outcome, the worker's log is not flooded (as in a local worker); restored in teardown.
@@ -229,8 +223,7 @@ class _RunnerPlugin:
 
 
 def _plugin_class():
-    base = _worker_plugin_base()
-    return type("FastdcmRunnerPlugin", (_RunnerPlugin, base), {"__module__": __name__})
+    return type("FastdcmRunnerPlugin", (_RunnerPlugin, _distributed().WorkerPlugin), {"__module__": __name__})
 
 
 def _run_batch(name: str, key: str, items: Sequence[Any], retry: bool) -> list:
@@ -269,7 +262,7 @@ class DaskExecutor:
         # Finished tasks with their results, fetched by the client's own thread as they finish (a
         # result() per batch in this thread was a round trip to the worker each: 0.7 s of 1,000 CT files).
         self._done = _distributed().as_completed(loop=self.client.loop, with_results=True, raise_errors=False)
-        self._in_flight: dict[str, tuple[Any, list, bool]] = {}  # key -> (future, items, retry)
+        self._in_flight: dict[str, tuple[Any, list]] = {}  # key -> (future, items)
         self._retries: deque[tuple[Any, int]] = deque()  # (item, chances used) to run alone
         self._chances: dict[str, int] = {}  # key of a lone task -> its earlier KilledWorker rounds
         self._expired: dict[str, tuple[int, str]] = {}  # key -> (item index, reason)
@@ -314,7 +307,7 @@ class DaskExecutor:
         self._next_id += 1
         key = f"{self.name}-{self._next_id}"
         future = self.client.submit(_run_batch, self.name, key, items, retry, key=key, pure=False)
-        self._in_flight[key] = (future, items, retry)
+        self._in_flight[key] = (future, items)
         if retry:
             self._chances[key] = chances
         self._done.add(future)
@@ -360,7 +353,7 @@ class DaskExecutor:
             entry = self._in_flight.get(key)
             if entry is None or key in self._expired:
                 continue
-            future, items, _ = entry
+            future, items = entry
             index = int(msg.get("index", -1))
             if not 0 <= index < len(items):
                 continue
@@ -372,7 +365,7 @@ class DaskExecutor:
         entry = self._in_flight.pop(key, None)
         if entry is None:
             return
-        future, items, _ = entry
+        future, items = entry
         expired = self._expired.pop(key, None)
         if expired is not None:
             index, reason = expired
@@ -412,8 +405,9 @@ class DaskExecutor:
 
     def stop(self, grace: float = 5.0) -> Iterator[tuple[Sequence[Any], list]]:
         """Cancel the batches that have not started; yield those that finish within ``grace`` s."""
-        for key, (future, _, _) in list(self._in_flight.items()):
-            if future.status == "pending" and not self._is_running(key):
+        running = self._running()
+        for key, (future, _) in list(self._in_flight.items()):
+            if future.status == "pending" and key not in running:
                 future.cancel()
         deadline = time.monotonic() + grace
         while self._in_flight and time.monotonic() < deadline:
@@ -424,12 +418,12 @@ class DaskExecutor:
                 elif entry is not None:
                     self._lost.append(entry[1])
 
-    def _is_running(self, key: str) -> bool:
+    def _running(self) -> set[str] | Any:
+        """The keys the scheduler has on workers (one request); everything if it cannot say."""
         try:
-            states = self.client.processing()  # worker -> keys being processed there
+            return {key for keys in self.client.processing().values() for key in keys}  # worker -> keys
         except Exception:
-            return True
-        return any(key in keys for keys in states.values())
+            return self._in_flight.keys()
 
     def close(self, *, abort: bool = False) -> list[Sequence[Any]]:
         """Cancel what is in flight; return the batches whose results are lost. The workers stay."""
@@ -440,7 +434,7 @@ class DaskExecutor:
             self._retries.clear()
         self._chances.clear()
         futures = []
-        for future, items, _ in self._in_flight.values():
+        for future, items in self._in_flight.values():
             futures.append(future)
             lost.append(items)
         self._in_flight.clear()

@@ -40,6 +40,7 @@ import time
 from typing import Any, Sequence
 
 from ...errors import MissingDependencyError, Status
+from ..executors import worker_label
 from ..storage import open_root
 from ..write import OutputRoot
 from . import Blocked
@@ -156,7 +157,7 @@ class ShardSink:
         self.prefix = shard_prefix(run_start_ns)
         self.fsync = fsync
         self.allow_phi = allow_phi  # the source's path in each sample (it may name the patient)
-        self.worker = f"{os.getpid()}-{tag}" if tag else f"{os.getpid()}"  # in shard names (executors.WorkerInfo.tag)
+        self.worker = worker_label(tag)  # in shard names
         self.pending: list[tuple[str, bytes]] = []  # the input in progress' images
         self.file: Any = None  # the batch's open temporary file and its writer
         self.tmp: str | None = None

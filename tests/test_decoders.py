@@ -156,6 +156,24 @@ def test_every_backend_renders_the_same(path):
             assert diff.max() == 0, (b.name, diff.max())
 
 
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_interleave_puts_planes_last(dtype):
+    planes = np.arange(3 * 5 * 7, dtype=dtype).reshape(3, 5, 7)
+    out = backends.interleave(planes)
+    assert out.flags.c_contiguous and out.dtype == dtype and out.shape == (5, 7, 3)
+    assert np.array_equal(out, planes.transpose(1, 2, 0))
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_rle.dcm", "SC_rgb_rle_16bit.dcm", "SC_rgb_rle_32bit.dcm", "color-pl.dcm"])
+def test_planar_colour_matches_pydicom(name):
+    """RLE (always by plane) and native Planar Configuration 1: interleaved as pydicom does."""
+    path = get_testdata_file(name)
+    want = pydicom.dcmread(path).pixel_array
+    want = want[0] if want.ndim == 4 else want
+    got = stored_frame(read_header(path), 0)
+    assert got.flags.c_contiguous and np.array_equal(got, want)
+
 @pytest.mark.parametrize("name", ["SC_rgb_jpeg_lossy_gdcm.dcm", "examples_ybr_color.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm", "SC_rgb_jpeg.dcm"])
 def test_jpeg_colour_rule_is_pydicoms(name):
     """With pydicom's own JPEG library, fastdcm's colour handling gives pydicom's picture within 1."""

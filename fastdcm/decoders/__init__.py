@@ -1,7 +1,8 @@
 """Header -> stored-value frames: the decoder registry.
 
 Native little-endian data of 8, 16, 32 or 64 bits is a numpy view of the file's bytes: no
-copy, nothing per pixel in Python. Encapsulated data is decoded frame by frame from its
+copy, nothing per pixel in Python (colour by plane, Planar Configuration 1, is interleaved
+into a copy: ``backends.interleave``). Encapsulated data is decoded frame by frame from its
 fragments (``frames.py``) by the backends of ``backends.py``, tried in the order
 ``backends.PREFERENCE`` gives for the transfer syntax (fastest first); a frame one backend
 cannot decode goes to the next, and the name of the backend that decoded it is returned.
@@ -32,7 +33,7 @@ from pydicom.uid import UID
 from ..errors import DecodeError, MissingDecoderError, UnsupportedTransferSyntaxError
 from ..resample import reduce_stored, reduced_size
 from . import backends as _backends
-from .backends import BACKENDS, FAMILIES, Backend, chain, family
+from .backends import BACKENDS, FAMILIES, Backend, chain, family, interleave
 from .frames import frame_bytes
 
 if TYPE_CHECKING:
@@ -201,8 +202,8 @@ def _native_view(buffer: bytes, spec: PixelSpec, index: int) -> np.ndarray:
     flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
     if spec.samples_per_pixel == 1:
         return flat.reshape(spec.rows, spec.columns)
-    if spec.planar_configuration == 1:
-        return flat.reshape(3, spec.rows, spec.columns).transpose(1, 2, 0)
+    if spec.planar_configuration == 1:  # (a copy: the kernels read pixels in order)
+        return interleave(flat.reshape(3, spec.rows, spec.columns))
     return flat.reshape(spec.rows, spec.columns, 3)
 
 

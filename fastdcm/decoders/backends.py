@@ -88,10 +88,22 @@ def _module(name: str) -> Any:
     return importlib.import_module(name)
 
 
+def interleave(planes: np.ndarray) -> np.ndarray:
+    """Colour planes (samples, rows, columns) as one C-contiguous (rows, columns, samples) array.
+
+    A plane at a time into a strided destination: numpy copies a transposed view
+    (``ascontiguousarray(planes.transpose(1, 2, 0))``) element by element with the source's
+    plane stride innermost, 5-6x slower (a 640 x 480 RGB frame: 1.9 ms against 0.32 ms here)."""
+    out = np.empty(planes.shape[1:] + planes.shape[:1], planes.dtype)
+    for c in range(planes.shape[0]):
+        out[..., c] = planes[c]
+    return out
+
+
 def _shaped(arr: np.ndarray, spec: PixelSpec) -> np.ndarray:
     """A decoded frame as (rows, columns[, 3]); colour planes last."""
     if spec.samples_per_pixel == 3 and arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[2] != 3:
-        arr = arr.transpose(1, 2, 0)
+        arr = interleave(arr)
     return arr
 
 
@@ -162,7 +174,7 @@ def _rle_array(raw: Any, dtype: np.dtype, spec: PixelSpec) -> np.ndarray:
     flat = flat[:count]
     if spec.samples_per_pixel == 1:
         return flat.reshape(spec.rows, spec.columns)
-    return flat.reshape(3, spec.rows, spec.columns).transpose(1, 2, 0)
+    return interleave(flat.reshape(3, spec.rows, spec.columns))
 
 
 # --------------------------------------------------------------------------- pydicom's plugins' libraries

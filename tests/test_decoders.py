@@ -165,6 +165,30 @@ def test_interleave_puts_planes_last(dtype):
     assert np.array_equal(out, planes.transpose(1, 2, 0))
 
 
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.80"], ids=["rle", "jpegls"])
+def test_ybr_full_from_a_codec_is_converted_as_pydicom_does(ts, tmp_path):
+    """A YBR_FULL frame the codec returns unconverted (RLE, JPEG-LS): RGB bit for bit as
+    pydicom's pixel_array gives it (kernels.ybr_full_to_rgb)."""
+    from pydicom.pixels import convert_color_space
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb.dcm"))
+    rng = np.random.default_rng(3)  # every value range, not only the test image's
+    ybr = convert_color_space(ds.pixel_array, "RGB", "YBR_FULL")
+    ybr[::7] = rng.integers(0, 256, ybr[::7].shape, dtype=np.uint8)
+    ds.PhotometricInterpretation = "YBR_FULL"
+    if ts == "1.2.840.10008.1.2.5":
+        ds.compress(ts, ybr, encoding_plugin="pydicom")
+    else:
+        ds.file_meta.TransferSyntaxUID = UID(ts)
+        ds.PixelData = encapsulate([imagecodecs.jpegls_encode(ybr)])
+        ds["PixelData"].is_undefined_length = True
+    path = tmp_path / "ybr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    want = pydicom.dcmread(path).pixel_array
+    assert want.shape == ybr.shape
+    assert np.array_equal(fastdcm.render(path), want)
+
+
 @pytest.mark.parametrize("name", ["SC_rgb_rle.dcm", "SC_rgb_rle_16bit.dcm", "SC_rgb_rle_32bit.dcm", "color-pl.dcm"])
 def test_planar_colour_matches_pydicom(name):
     """RLE (always by plane) and native Planar Configuration 1: interleaved as pydicom does."""

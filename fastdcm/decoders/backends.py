@@ -3,7 +3,8 @@
 A backend decodes one frame's codestream (bytes or a memoryview of the file) to the stored
 values: shape (rows, columns) for one sample, (rows, columns, 3) RGB for three. Colour is
 converted once, whichever backend decodes: a backend that applies the JPEG / JPEG 2000 colour
-transform itself reports RGB, the others hand YBR_FULL data to pydicom's ``convert_color_space``.
+transform itself reports RGB, the others hand YBR_FULL data to :func:`ybr_to_rgb` (pydicom's
+conversion, bit for bit, compiled).
 Each backend imports its package on first use, so a missing package costs nothing until asked for.
 """
 
@@ -32,6 +33,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from .. import kernels
 from ..header import PixelSpec
 
 JPEG = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
@@ -107,11 +109,24 @@ def _shaped(arr: np.ndarray, spec: PixelSpec) -> np.ndarray:
     return arr
 
 
-def ybr_to_rgb(arr: np.ndarray) -> np.ndarray:
-    """YBR_FULL -> RGB as PS3.3 C.7.6.3.1.2 defines it (pydicom's conversion)."""
-    from pydicom.pixels import convert_color_space
+#: pydicom's YBR_FULL -> RGB matrix (``pydicom.pixels.processing``), float32 as there.
+_YBR_TO_RGB = np.asarray(
+    [[1.000, 1.000, 1.000], [0.000, -0.114 * 1.772 / 0.587, 1.772], [1.402, -0.299 * 1.402 / 0.587, 0.000]],
+    dtype=np.float32,
+)
 
-    return convert_color_space(np.ascontiguousarray(arr), "YBR_FULL", "RGB")
+
+def ybr_to_rgb(arr: np.ndarray) -> np.ndarray:
+    """YBR_FULL -> RGB as PS3.3 C.7.6.3.1.2 defines it, bit for bit as pydicom converts it
+    (``kernels.ybr_full_to_rgb``: one pass, no float copy of the frame)."""
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        from pydicom.pixels import convert_color_space  # (its error for what it cannot convert)
+
+        return convert_color_space(np.ascontiguousarray(arr), "YBR_FULL", "RGB")
+    src = np.ascontiguousarray(arr)
+    out = np.empty(src.shape, np.uint8)
+    kernels.impl().ybr_full_to_rgb(src.reshape(-1, 3), _YBR_TO_RGB, out.reshape(-1, 3))
+    return out
 
 
 def jpeg_is_ybr(data: Any, spec: PixelSpec) -> bool:

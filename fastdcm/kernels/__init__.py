@@ -31,6 +31,9 @@ file up to its pixel data (native or encapsulated); its twin is ``fastheader``'s
 walk. Every read of the buffer is preceded by a check that the bytes are there (fuzzed files
 reach it).
 
+``ybr_full_to_rgb`` converts YBR_FULL frames a codec returns unconverted (RLE, JPEG-LS, JPEG 2000
+without a colour transform), bit for bit as pydicom's conversion on this machine, 3.6-4x faster
+(640 x 480: 2.6-3.0 ms against 10-11 ms).
 ``box_shrink`` makes the gallery's thumbnails in the worker, from the rendered image (block means);
 ``resample`` resizes the rendered image (``--size``: area weights when shrinking, bilinear when
 enlarging; ``fastdcm.resize``), one input row of float32 scratch at a time.
@@ -51,7 +54,7 @@ POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}
 #: The kernels, by name, in ``jitted`` (and, but for ``walk_header``, in ``twins``).
 KERNEL_NAMES = (
     "lut_gather", "lut_gather_channels", "lut_affine", "lut_affine_stack", "stored_presence", "int_minmax", "float_minmax",
-    "voi_int", "voi_float", "walk_header", "box_shrink", "resample",
+    "voi_int", "voi_float", "walk_header", "box_shrink", "ybr_full_to_rgb", "resample",
     "resample_affine",
 )
 

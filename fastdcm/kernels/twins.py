@@ -70,6 +70,18 @@ def voi_float(raw, slope, intercept, mode, p1, p2, ymax, invert, lut, lut_first,
     out[...] = _apply(x, mode, p1, p2, ymax, invert, lut, lut_first)
 
 
+def ybr_full_to_rgb(src, m, out):
+    y = src[:, 0].astype(np.float64)
+    cb = src[:, 1].astype(np.float64) - 128
+    cr = src[:, 2].astype(np.float64) - 128
+    m = m.astype(np.float64)
+    for c in range(3):
+        v = (y * m[0, c]).astype(np.float32)
+        v = (cb * m[1, c] + v.astype(np.float64)).astype(np.float32)  # an exact product plus one rounding: fma
+        v = (cr * m[2, c] + v.astype(np.float64)).astype(np.float32)
+        out[:, c] = np.clip(np.floor(v + np.float32(0.5)), 0, 255).astype(np.uint8)
+
+
 def box_shrink(img, k, shift, acc, out):
     rows, cols = img.shape[:2]
     starts_r = np.arange(0, rows, k)
@@ -113,6 +125,7 @@ def warmup_arrays():
         voi_int as k_voi_int,
         walk_header as k_walk_header,
         box_shrink as k_box_shrink,
+        ybr_full_to_rgb as k_ybr_full_to_rgb,
         resample as k_resample,
         resample_affine as k_resample_affine,
     )
@@ -151,6 +164,7 @@ def warmup_arrays():
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
         for acc_dtype in (np.uint16, np.uint32) if raw_dtype is np.uint8 else (np.uint32,):
             calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, acc_dtype), np.zeros((1, 1, 1), np.uint8))))
+    calls.append((k_ybr_full_to_rgb, (np.zeros((1, 3), np.uint8), np.zeros((3, 3), np.float32), np.zeros((1, 3), np.uint8))))
     i32, f32s = np.zeros(1, np.int32), np.ones((1, 1), np.float32)
     for img_dtype in (np.uint8, np.uint16):
         for samples in (1, 3):

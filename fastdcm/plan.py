@@ -418,13 +418,15 @@ def build_plan(
     """
     # A fast-parsed header (fastheader.Attributes: no sequences, no functional groups) plans the
     # same for every frame and every slice that shares its values: the plan is kept on them.
-    if present is None and value_range is None and isinstance(ds, Attributes):
-        plan = ds.plans.get(options)
+    # So does a min-max frame's plan by its value range (small frames: the arithmetic path).
+    if present is None and isinstance(ds, Attributes):
+        key = options if value_range is None else (options, value_range)
+        plan = ds.plans.get(key)
         if plan is None:
             plan = _build_plan(ds, spec, frame, options, present, value_range)
             if len(ds.plans) >= 64:
                 ds.plans.clear()
-            ds.plans[options] = _NEEDS_VALUES if plan is None else plan
+            ds.plans[key] = _NEEDS_VALUES if plan is None else plan
         return None if plan is _NEEDS_VALUES else plan
     return _build_plan(ds, spec, frame, options, present, value_range)
 

@@ -25,6 +25,8 @@ from .resize import apply as resize_apply, apply_line as resize_line, resize_pla
 log = logging.getLogger(__name__)
 
 _UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+#: The options of a call that gives none (frozen: one instance serves every call, ~10 us saved each).
+DEFAULT_OPTIONS = RenderOptions()
 
 
 @dataclass
@@ -74,12 +76,12 @@ class Image:
             return NATIVE
         if not spec.is_encapsulated:
             return "pydicom"
-        options = options or RenderOptions()
+        options = options or DEFAULT_OPTIONS
         return candidates(spec.transfer_syntax_uid, spec, options.decoder, options.reduce)[0].name
 
     def render_frame(self, frame: int = 0, options: RenderOptions | None = None) -> Rendered:
         """Frame ``frame`` (0-based) rendered as RENDERING.md says."""
-        options = options or RenderOptions()
+        options = options or DEFAULT_OPTIONS
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
         token = CURRENT_SOURCE.set(self.path or "<input>")
@@ -241,7 +243,7 @@ def _options(kwargs: dict[str, Any]) -> RenderOptions:
             return RenderOptions(**kwargs)
         except TypeError as exc:
             raise TypeError(f"unknown render option: {exc}") from None
-    return options or RenderOptions()
+    return options or DEFAULT_OPTIONS
 
 
 def render(src: SourceLike, *, frame: int = 0, **options: Any) -> np.ndarray:

@@ -44,17 +44,23 @@ def _dask(*args: str, env: dict | None = None, log: Path) -> subprocess.Popen:
 def cluster(tmp_path_factory):
     """A scheduler and two single-threaded workers (under nannies, which restart a dead worker)."""
     logs = tmp_path_factory.mktemp("dask")
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    # Port 0: the scheduler binds a free port itself and writes its address to the scheduler file (a
+    # port picked here first could be taken before it binds: "Address already in use").
+    info = logs / "scheduler.json"
     # One worker death per task before the scheduler gives up: a crashing file costs two worker restarts.
-    scheduler = _dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+    scheduler = _dask("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(info),
                       env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"}, log=logs / "scheduler.log")
-    workers = _dask("worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
-                    "--local-directory", str(logs), env={"FASTDCM_TEST_FAULTS": FAULTS}, log=logs / "workers.log")
-    procs = [scheduler, workers]
+    procs = [scheduler]
     try:
-        client = None
         deadline = time.monotonic() + 90
+        while not info.exists() or not info.read_text().strip().endswith("}"):
+            if time.monotonic() > deadline or scheduler.poll() is not None:
+                pytest.fail("the Dask scheduler did not start:\n" + (logs / "scheduler.log").read_text()[-3000:])
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        procs.append(_dask("worker", address, "--nworkers", "2", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
+                           "--local-directory", str(logs), env={"FASTDCM_TEST_FAULTS": FAULTS}, log=logs / "workers.log"))
+        client = None
         while time.monotonic() < deadline:
             try:
                 client = client or distributed.Client(address, timeout=5, set_as_default=False)

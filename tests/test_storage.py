@@ -43,22 +43,28 @@ def _moto(folder):
     """Start moto's S3 server on a free port of 127.0.0.1 (its log in ``folder``)."""
     import s3fs
 
-    port = _free_port()
     log = folder / "moto.log"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    options = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-    try:
-        deadline = time.monotonic() + 60
-        while True:
+    deadline = time.monotonic() + 60
+    for _ in range(3):  # a free port picked here can be taken before the server binds it: another port
+        port = _free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        while proc.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
+                if time.monotonic() > deadline:
+                    proc.terminate()
                     pytest.fail("moto server did not start:\n" + log.read_text()[-2000:])
                 time.sleep(0.2)
+        if proc.poll() is None:
+            break
+    else:
+        pytest.fail("moto server did not start:\n" + log.read_text()[-2000:])
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+    try:
         fs = s3fs.S3FileSystem(use_listings_cache=False, **options)
         yield options, fs
     finally:

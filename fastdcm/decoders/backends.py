@@ -95,7 +95,7 @@ def interleave(planes: np.ndarray) -> np.ndarray:
 
     A plane at a time into a strided destination: numpy copies a transposed view
     (``ascontiguousarray(planes.transpose(1, 2, 0))``) element by element with the source's
-    plane stride innermost, 5-6x slower (a 640 x 480 RGB frame: 1.9 ms against 0.32 ms here)."""
+    plane stride innermost, 6-7x slower (a 640 x 480 RGB frame: 1.9-3.1 ms against 0.32-0.41 ms here)."""
     out = np.empty(planes.shape[1:] + planes.shape[:1], planes.dtype)
     for c in range(planes.shape[0]):
         out[..., c] = planes[c]

@@ -161,13 +161,27 @@ def source_name(src: Any) -> str:
     return str(getattr(src, "name", None) or f"<{type(src).__name__}>")
 
 
+def _read_all(fd: int, size: int) -> bytes:
+    """The file's bytes: ``size`` of them in one read when it gives them all, else (a read cut
+    short, as over 2 GiB or on some network file systems; a file whose size says 0) on to the end."""
+    data = os.read(fd, size) if size else b""
+    if len(data) == size and size:
+        return data
+    parts = [data]
+    while chunk := os.read(fd, max(size - len(data), 1 << 20)):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def read_bytes(src: SourceLike) -> tuple[bytes, str | None]:
     """The whole input as bytes, with its path when it has one."""
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
+            # os.open / os.read, not open(): a file object costs ~8 us a file more (a 644-byte file: 16 -> 8 us)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                size = os.fstat(fd).st_size
                 if size > MAX_FILE_BYTES:
                     raise InvalidPixelModuleError(
                         f"file is {size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)",
@@ -175,10 +189,12 @@ def read_bytes(src: SourceLike) -> tuple[bytes, str | None]:
                     )
                 if size > _PEEK_ABOVE:  # a large file that is no dataset is told from its head
                     try:
-                        _refuse_zero_dataset(os.pread(f.fileno(), 1 << 16, 0))
+                        _refuse_zero_dataset(os.pread(fd, 1 << 16, 0))
                     except NotDicomError as exc:
                         raise exc.with_path(path) from None
-                return f.read(), path
+                return _read_all(fd, size), path
+            finally:
+                os.close(fd)
         except IsADirectoryError:
             raise NotDicomError("is a directory, not a file", path=path) from None
         except FileNotFoundError:

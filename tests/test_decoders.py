@@ -441,3 +441,27 @@ def test_info_lists_backends_and_pip_commands(monkeypatch):
     ht = [r for r in rows if r.transfer_syntax == "1.2.840.10008.1.2.4.201"]
     assert [r.backend for r in ht] == ["imagecodecs", "imagecodecs-openjph", "pylibjpeg", "pillow"]
     assert all(r.install.startswith("pip install") for r in rows if r.backend != "pydicom")
+
+
+def test_decode_threads_setting(monkeypatch):
+    monkeypatch.delenv(backends.THREADS_ENV, raising=False)
+    default = backends.decode_threads()
+    assert 1 <= default <= backends.MAX_DEFAULT_THREADS
+    for value, want in (("3", 3), ("1", 1), ("0", default), ("two", default), ("-2", default)):
+        monkeypatch.setenv(backends.THREADS_ENV, value)
+        assert backends.decode_threads() == want
+
+
+def test_a_threaded_jpeg_2000_decode_equals_one_thread(monkeypatch):
+    """OpenJPEG's threads decode code-blocks in parallel: the same values (a codestream big enough)."""
+    path = get_testdata_file("RG3_J2KR.dcm")
+    header = read_header(path)
+    assert len(frames.frame_bytes(header.buffer, header.frames[0])) >= backends.THREADED_J2K_BYTES
+    calls = []
+    real = imagecodecs.jpeg2k_decode
+    monkeypatch.setattr(imagecodecs, "jpeg2k_decode", lambda data, **kw: calls.append(kw["numthreads"]) or real(data, **kw))
+    monkeypatch.setenv(backends.THREADS_ENV, "1")
+    one = stored_frame(read_header(path), 0)
+    monkeypatch.setenv(backends.THREADS_ENV, "4")
+    four = stored_frame(read_header(path), 0)
+    assert calls == [1, 4] and np.array_equal(one, four)

@@ -45,6 +45,9 @@ def toy(items, context, progress, retry):
                 continue
         elif item == "exit":
             os._exit(7)
+        elif item == "threads":
+            out.append((os.environ.get("FASTDCM_DECODE_THREADS"), item))
+            continue
         out.append((f"{context}:{item.upper()}", item))
     return out
 
@@ -217,3 +220,16 @@ def test_each_worker_gets_its_own_runner_from_the_factory():
         seen = set(run(ex, [["a"], ["b"]]).values())
     [(slot, own, stop, _, pid)] = seen  # one runner, in this process, told that nothing signals it
     assert (slot, own, stop, pid) == (0, False, None, os.getpid())
+
+
+@pytest.mark.parametrize("given", [None, "3"])
+def test_workers_get_their_share_of_the_cpus_for_a_decode(monkeypatch, given):
+    """Each worker's JPEG 2000 decode threads: the CPUs over the workers, or what the caller set."""
+    from fastdcm.decoders.backends import decode_threads
+
+    monkeypatch.delenv("FASTDCM_DECODE_THREADS", raising=False)
+    share = str(max(1, decode_threads() // 2))
+    if given:
+        monkeypatch.setenv("FASTDCM_DECODE_THREADS", given)
+    with ProcessExecutor(Toy, "k", workers=2, on_fault=fault) as ex:
+        assert run(ex, [["threads"]]) == {"threads": given or share}

@@ -138,6 +138,12 @@ class _RunnerPlugin:
         self.running: dict[int, tuple[str, int, str, float]] = {}  # thread -> (task key, item, path, start)
         self._done = threading.Event()
         self._malloc = _tune_malloc()
+        # one thread per frame's decode: the worker's own threads fill the machine's cores (restored in teardown)
+        from ...decoders.backends import THREADS_ENV
+
+        self._threads_env = os.environ.get(THREADS_ENV)
+        if self._threads_env is None:
+            os.environ[THREADS_ENV] = "1"
         # pydicom logs each damaged file's warnings besides warning: the manifest holds each file's
         # outcome, the worker's log is not flooded (as in a local worker); restored in teardown.
         pydicom_log = logging.getLogger("pydicom")
@@ -153,6 +159,10 @@ class _RunnerPlugin:
             _restore_malloc()
         if hasattr(self, "_pydicom_level"):
             logging.getLogger("pydicom").setLevel(self._pydicom_level)
+        if hasattr(self, "_threads_env") and self._threads_env is None:
+            from ...decoders.backends import THREADS_ENV
+
+            os.environ.pop(THREADS_ENV, None)
         with self._lock:
             runners, self._runners = self._runners, []
         for runner in runners:

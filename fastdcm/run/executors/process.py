@@ -235,6 +235,10 @@ class ProcessExecutor:
         self.memory_limit = memory_limit
         self.depth = max(1, int(depth))
         self._env = {k: v for k, v in os.environ.items() if k.startswith("FASTDCM_")}
+        # each worker's share of the CPUs for one frame's decode (JPEG 2000), unless the caller set it
+        from ...decoders.backends import THREADS_ENV, decode_threads
+
+        self._env.setdefault(THREADS_ENV, str(max(1, decode_threads() // workers)))
         self._slots = self._mp.RawArray("d", _SLOT * workers)
         for i in range(_SLOT * workers):
             self._slots[i] = -1

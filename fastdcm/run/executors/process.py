@@ -32,7 +32,8 @@ never idles while the parent records results; memory does not grow with the inpu
 Environment: every ``FASTDCM_*`` variable of the parent at pool start is passed to the
 workers (the fork server may be older than the caller's environment). Workers set
 ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and
-``NUMBA_NUM_THREADS`` to 1, ignore SIGINT (the parent owns Ctrl-C) and turn SIGTERM
+``NUMBA_NUM_THREADS`` to 1 and ``FASTDCM_DECODE_THREADS`` (a JPEG 2000 frame's decode threads) to their
+share of the CPUs unless the caller set it, ignore SIGINT (the parent owns Ctrl-C) and turn SIGTERM
 into a clean exit (status ``interrupted``).
 """
 

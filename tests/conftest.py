@@ -14,3 +14,12 @@ def _fresh_decoder_choice():
     _candidates.cache_clear()
     yield
     _candidates.cache_clear()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (``item.rep_call``), for fixtures that add what a
+    failed test leaves behind (the Dask workers' logs)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

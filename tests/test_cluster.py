@@ -71,7 +71,7 @@ def cluster(tmp_path_factory):
             time.sleep(0.5)
         else:
             pytest.fail("the Dask cluster did not start:\n" + (logs / "workers.log").read_text()[-3000:])
-        yield address, client
+        yield address, client, logs
         client.close()
     finally:
         for proc in procs:
@@ -84,6 +84,21 @@ def cluster(tmp_path_factory):
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def _logs_of_a_failed_test(request):
+    """A failed cluster test prints the end of the scheduler's and the workers' logs (its deaths,
+    restarts, plugin errors); pytest shows them in the report."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is None or not report.failed or "cluster" not in request.fixturenames:
+        return
+    logs = Path(request.getfixturevalue("cluster")[2])
+    for name in ("scheduler.log", "workers.log"):
+        path = logs / name
+        if path.exists():
+            print(f"--- the end of {name}:\n" + path.read_text(errors="replace")[-6000:])
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -106,7 +121,7 @@ def _convert(src: Path, out: Path, **kw):
 
 
 def test_a_cluster_run_equals_a_local_run(cluster, tmp_path):
-    address, _ = cluster
+    address, _, _logs = cluster
     src = ct_archive(tmp_path, 40)
     local = _convert(src, tmp_path / "local", workers=2)
     remote = _convert(src, tmp_path / "cluster", cluster=address)
@@ -117,7 +132,7 @@ def test_a_cluster_run_equals_a_local_run(cluster, tmp_path):
 
 
 def test_a_client_object_works_and_stays_open(cluster, tmp_path):
-    _, client = cluster
+    _, client, _logs = cluster
     src = ct_archive(tmp_path, 6)
     report = _convert(src, tmp_path / "out", cluster=client)
     assert report.converted == 6
@@ -128,7 +143,7 @@ def test_a_client_object_works_and_stays_open(cluster, tmp_path):
 
 
 def test_crashing_and_hanging_files_are_isolated(cluster, tmp_path):
-    address, _ = cluster
+    address, _, _logs = cluster
     src = ct_archive(tmp_path, 14)
     shutil.copy(src / "s0" / "f000.dcm", src / "s1" / "crashme.dcm")
     shutil.copy(src / "s0" / "f000.dcm", src / "s2" / "hangme.dcm")
@@ -143,7 +158,7 @@ def test_crashing_and_hanging_files_are_isolated(cluster, tmp_path):
 
 
 def test_a_worker_killed_mid_run_loses_nothing(cluster, tmp_path):
-    address, client = cluster
+    address, client, _logs = cluster
     src = ct_archive(tmp_path, 160, folders=8)
     out = tmp_path / "out"
     killed: list[int] = []
@@ -180,7 +195,7 @@ def _wait_for_workers(client, n: int) -> None:
 
 
 def test_resume_on_the_cluster_redoes_only_what_is_missing(cluster, tmp_path):
-    address, client = cluster
+    address, client, _logs = cluster
     _wait_for_workers(client, 2)
     src = ct_archive(tmp_path, 12)
     out = tmp_path / "out"
@@ -211,7 +226,7 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
 
 
 def test_the_command_line_with_a_cluster(cluster, tmp_path):
-    address, _ = cluster
+    address, _, _logs = cluster
     src = ct_archive(tmp_path, 5)
     run = subprocess.run([sys.executable, "-m", "fastdcm", "convert", str(src), "-o", str(tmp_path / "out"), "--quiet",
                           "--cluster", address], capture_output=True, text=True)
@@ -228,7 +243,7 @@ def test_workers_read_from_and_write_to_a_bucket(cluster, tmp_path):
     pytest.importorskip("moto")
     from .test_storage import _moto, _upload
 
-    address, _ = cluster
+    address, _, _logs = cluster
     with _moto(tmp_path) as (options, fs):
         fs.call_s3("create_bucket", Bucket="dask-in")
         fs.call_s3("create_bucket", Bucket="dask-out")
@@ -246,7 +261,7 @@ def test_workers_read_from_and_write_to_a_bucket(cluster, tmp_path):
 
 
 def test_ctrl_c_on_a_cluster_run_stops_cleanly_and_resumes(cluster, tmp_path):
-    address, client = cluster
+    address, client, _logs = cluster
     _wait_for_workers(client, 2)
     src = ct_archive(tmp_path, 200, folders=8)
     out = tmp_path / "out"
@@ -270,3 +285,45 @@ def test_ctrl_c_on_a_cluster_run_stops_cleanly_and_resumes(cluster, tmp_path):
     assert again.returncode == 0, again.stderr
     assert len(_images(out)) == 200
     assert not [p for p in out.iterdir() if p.name.startswith(".fastdcm-tmp")]
+
+
+class _FakeWorker:
+    """What the run's worker plugin uses of a Dask worker: its event log and its task states."""
+
+    def __init__(self, fail_events: bool = False) -> None:
+        self.events: list = []
+        self.fail_events = fail_events
+        self.state = type("State", (), {"tasks": {}})()
+
+    def log_event(self, topic, msg):
+        if self.fail_events:
+            raise OSError("the worker is reconnecting")
+        self.events.append((topic, msg))
+
+
+@pytest.mark.parametrize("fail_events", [False, True], ids=["told", "driver-unreachable"])
+def test_the_deadline_ends_the_worker_even_when_setup_or_the_event_fails(monkeypatch, fail_events):
+    """Dask keeps a plugin whose setup raised and runs its tasks: the watchdog must already be
+    running then, and must end the process even when it cannot tell the driver (a file that hangs
+    forever on an unwatched worker stalled a whole CI run)."""
+    from fastdcm import kernels
+    from fastdcm.run.executors import cluster as dask_executor
+
+    def broken_warmup():
+        raise RuntimeError("the kernel cache could not be read")
+
+    ended = threading.Event()
+    monkeypatch.setattr(kernels, "warmup", broken_warmup)
+    monkeypatch.setattr(dask_executor.os, "_exit", lambda code: ended.set())
+    plugin = dask_executor._RunnerPlugin("fastdcm-test", None, None, 0.2, driver_pid=-1, topic="t")
+    worker = _FakeWorker(fail_events)
+    with pytest.raises(RuntimeError, match="kernel cache"):
+        plugin.setup(worker)
+    plugin.running[1] = ("key-1", 3, "/data/hangs.dcm", time.monotonic())
+    try:
+        assert ended.wait(10), "the worker with a file over its deadline was not ended"
+        assert fail_events or worker.events == [("t", {"key": "key-1", "index": 3,
+                                                      "reason": "killed after the per-file deadline of 0.2 s"})]
+    finally:
+        plugin.teardown(worker)
+        plugin.running.clear()

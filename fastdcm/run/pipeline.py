@@ -13,9 +13,10 @@ Fault injection (tests only)
 ----------------------------
 ``FASTDCM_TEST_FAULTS`` (read only here, by the pipeline) is a comma-separated list of
 ``ACTION:TEXT``: the worker does ACTION when it starts an input whose path contains TEXT.
-Actions: ``crash`` (SIGSEGV to itself), ``abort`` (``os.abort``), ``hang`` (sleep for an
-hour), ``oom`` (allocate without end: ``MemoryError`` under the worker's RLIMIT_AS),
-``raise`` (an unexpected ``RuntimeError``). The process pool passes ``FASTDCM_*`` variables
+Actions: ``crash`` (SIGSEGV to itself), ``abort`` (``os.abort``), ``hang`` (sleep for
+:data:`HANG_SECONDS`: long past any deadline a test sets, short enough that a deadline not
+enforced fails its test instead of stalling the suite), ``oom`` (allocate without end:
+``MemoryError`` under the worker's RLIMIT_AS), ``raise`` (an unexpected ``RuntimeError``). The process pool passes ``FASTDCM_*`` variables
 on to workers. It is deliberately not a command-line option.
 """
 
@@ -49,6 +50,7 @@ __all__ = ["Job", "Result", "Pipeline", "fault_result"]
 log = logging.getLogger(__name__)
 
 _FAULTS_VAR = "FASTDCM_TEST_FAULTS"
+HANG_SECONDS = 120.0  # the ``hang`` fault
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _inject(path: str, faults: list[tuple[str, str]]) -> None:
         elif action == "abort":
             os.abort()
         elif action == "hang":
-            time.sleep(3600)
+            time.sleep(HANG_SECONDS)
         elif action == "oom":
             hoard = []
             while True:

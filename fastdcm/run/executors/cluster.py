@@ -137,6 +137,10 @@ class _RunnerPlugin:
         self._runners: list[Any] = []
         self.running: dict[int, tuple[str, int, str, float]] = {}  # thread -> (task key, item, path, start)
         self._done = threading.Event()
+        # The deadline's watchdog first: Dask keeps a plugin whose setup raised and runs its tasks,
+        # so nothing below may leave a hanging file unwatched.
+        if self.timeout:
+            threading.Thread(target=self._watch, name="fastdcm-deadline", daemon=True).start()
         self._malloc = _tune_malloc()
         # one thread per frame's decode: the worker's own threads fill the machine's cores (restored in teardown)
         from ...decoders.backends import THREADS_ENV
@@ -150,8 +154,6 @@ class _RunnerPlugin:
         self._pydicom_level = pydicom_log.level
         pydicom_log.setLevel(max(logging.ERROR, pydicom_log.level))
         kernels.warmup()  # compiled or loaded from the disk cache before the first batch
-        if self.timeout:
-            threading.Thread(target=self._watch, name="fastdcm-deadline", daemon=True).start()
 
     def teardown(self, worker: Any) -> None:
         self._done.set()
@@ -217,19 +219,34 @@ class _RunnerPlugin:
                     return
 
     def _expire(self, key: str, index: int, path: str) -> None:
+        """Tell the driver, give the scheduler a moment to let go of the task, end the process:
+        whatever fails on the way (the worker reconnecting, its state changing under this
+        thread), the process still ends, and the hanging file with it."""
         reason = f"killed after the per-file deadline of {self.timeout:g} s"
-        self.worker.log_event(self.topic, {"key": key, "index": index, "reason": reason})
         if os.getpid() == self.driver_pid:
+            self._log_event(key, index, reason)
             log.warning("%s: over the per-file deadline, but this worker runs in the driver's process: not stopped", path)
             return
-        deadline = time.monotonic() + _KILL_WAIT
-        while time.monotonic() < deadline:  # the driver cancels the task: then the scheduler does not run it again
-            ts = self.worker.state.tasks.get(key)
-            if ts is None or ts.state != "executing":
-                break
-            time.sleep(0.05)
-        log.warning("%s: %s; ending this worker process (its nanny starts a new one)", path, reason)
-        os._exit(1)
+        try:
+            self._log_event(key, index, reason)
+            deadline = time.monotonic() + _KILL_WAIT
+            while time.monotonic() < deadline:  # the driver cancels the task: then the scheduler does not run it again
+                try:
+                    ts = self.worker.state.tasks.get(key)
+                    if ts is None or ts.state != "executing":
+                        break
+                except Exception:  # the worker's state is its event loop's: read from here, it can change mid-read
+                    pass
+                time.sleep(0.05)
+            log.warning("%s: %s; ending this worker process (its nanny starts a new one)", path, reason)
+        finally:
+            os._exit(1)
+
+    def _log_event(self, key: str, index: int, reason: str) -> None:
+        try:
+            self.worker.log_event(self.topic, {"key": key, "index": index, "reason": reason})
+        except Exception as exc:  # the driver then learns of it as a lost worker (a crash after retries)
+            log.warning("could not tell the driver of a file over its deadline: %s", exc)
 
 
 def _plugin_class():

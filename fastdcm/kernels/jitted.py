@@ -322,15 +322,20 @@ def box_shrink(img, k, shift, acc, out):
     (r*k, c*k), rounded half up, shifted right by ``shift`` bits (8 for 16-bit images), as uint8.
     Edge blocks average the pixels they have; ``out`` is (ceil(rows/k), ceil(columns/k), samples).
     ``acc`` (columns * samples; uint16 for 8-bit images with k <= 257, else uint32) is scratch: a
-    block row's column sums, added row by row in one contiguous loop (SIMD), then summed k at a time.
-    floor(mean + 1/2) in float64 equals the twin's (2 total + n) // 2n: an exact half is
-    representable, and any other mean is farther from one than an ulp."""
+    block row's column sums, added row by row in one contiguous loop (SIMD); a running sum of
+    them then gives each block's total as one difference (a 512 x 512 slice to 86 x 86: 80 -> 40 us
+    here, against a k-long loop per output). floor(mean + 1/2) in float64 equals the twin's
+    (2 total + n) // 2n: an exact half is representable, and any other mean is farther from one
+    than an ulp."""
     rows, cols, samples = img.shape
     width = cols * samples
     flat = img.reshape(rows, width)  # (once: a reshape per row inside the loop costs 3x the sums)
     ocols = out.shape[1]
     whole = cols // k  # output columns whose block is whole
     step = k * samples
+    run = np.empty(width + samples, np.int64)  # run[q + samples] = acc[s] + acc[s + samples] + ... + acc[q]
+    for s in range(samples):
+        run[s] = 0
     for r in range(out.shape[0]):
         r0 = r * k
         r1 = min(r0 + k, rows)
@@ -341,20 +346,28 @@ def box_shrink(img, k, shift, acc, out):
                 acc[q] += flat[i, q]
         orow = out[r].reshape(ocols * samples)
         inv = 1.0 / ((r1 - r0) * k)
-        for s in range(samples):
-            q = s  # acc index of the block's first column (no division per output)
+        if samples == 1:  # (a unit stride: the loops below compile to much tighter code)
+            total = np.int64(0)
+            for q in range(width):
+                total += acc[q]
+                run[q + 1] = total
             for c in range(whole):
+                orow[c] = min(np.int64((run[c * k + k] - run[c * k]) * inv + 0.5) >> shift, 255)
+        else:
+            for s in range(samples):  # the sum carried in a register, not read back from run
                 total = np.int64(0)
-                for j in range(k):
-                    total += acc[q + j * samples]
-                orow[c * samples + s] = min(np.int64(total * inv + 0.5) >> shift, 255)
-                q += step
+                for q in range(s, width, samples):
+                    total += acc[q]
+                    run[q + samples] = total
+            for s in range(samples):
+                q = s  # where the block starts in acc (no division per output)
+                for o in range(s, whole * samples, samples):
+                    orow[o] = min(np.int64((run[q + step] - run[q]) * inv + 0.5) >> shift, 255)
+                    q += step
         if whole < ocols:
             inv = 1.0 / ((r1 - r0) * (cols - whole * k))
             for s in range(samples):
-                total = np.int64(0)
-                for j in range(whole * k, cols):
-                    total += acc[j * samples + s]
+                total = run[width + s] - run[whole * step + s]
                 orow[whole * samples + s] = min(np.int64(total * inv + 0.5) >> shift, 255)
 
 

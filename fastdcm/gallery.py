@@ -35,7 +35,7 @@ import os
 import posixpath
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import Status
 
@@ -118,26 +118,27 @@ def _window_text(windows: list | None, i: int, voi: str | None) -> str:
     return steps[min(i, len(steps) - 1)]
 
 
-def _latest(manifest: str) -> dict[str, dict[str, Any]]:
-    """The latest record of every input, as the manifest's JSON objects, in the order of those
-    latest records. Read line by line with ``json.loads`` only (no Record objects: the build at
-    the end of a run is a serial tail of it, and this is most of its time); lines that do not
-    parse are skipped, as ``read_manifest`` skips them."""
-    import json
+#: The fields of a manifest record the gallery reads (what a run keeps of its records for its build).
+RECORD_FIELDS = ("source", "status", "reason", "outputs", "gallery", "voi", "shard")
 
+
+def latest_records(lines: Iterable[bytes], manifest: str) -> dict[str, dict[str, Any]]:
+    """The latest record of every input among a manifest's ``lines`` (named ``manifest`` in
+    warnings), as the JSON objects, in the order of those latest records. Parsed with
+    ``json.loads`` only (no Record objects: a build at the end of a run is a serial tail of it);
+    lines that do not parse are skipped, as ``read_manifest`` skips them."""
     latest: dict[str, dict[str, Any]] = {}
-    with open(manifest, "rb") as stream:
-        for number, raw in enumerate(stream, 1):
-            try:
-                record = json.loads(raw)
-                source = record["source"]
-                record["status"] = str(record["status"])
-            except (ValueError, TypeError, KeyError):
-                if raw.strip():
-                    log.warning("%s:%d: skipping a bad manifest line", manifest, number)
-                continue
-            latest.pop(source, None)  # the order of the latest records
-            latest[source] = record
+    for number, raw in enumerate(lines, 1):
+        try:
+            record = json.loads(raw)
+            source = record["source"]
+            record["status"] = str(record["status"])
+        except (ValueError, TypeError, KeyError):
+            if raw.strip():
+                log.warning("%s:%d: skipping a bad manifest line", manifest, number)
+            continue
+        latest.pop(source, None)  # the order of the latest records
+        latest[source] = record
     return latest
 
 
@@ -201,10 +202,17 @@ class _Thumbnailer:
 
 
 def build_gallery(
-    out: str | os.PathLike, *, manifest: str | os.PathLike | None = None, root: Any = None, run_prefix: str | None = None
+    out: str | os.PathLike,
+    *,
+    manifest: str | os.PathLike | None = None,
+    root: Any = None,
+    run_prefix: str | None = None,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> GalleryReport:
     """Write ``OUT/gallery/`` from the manifest (default ``OUT/manifest.jsonl``); return what was
-    shown. ``root``: the run's open :class:`~fastdcm.run.write.OutputRoot` (else one is opened).
+    shown. ``records``: the manifest's latest records (:func:`latest_records`, at least their
+    :data:`RECORD_FIELDS`) where the caller has them (a run's own build), else the file is read.
+    ``root``: the run's open :class:`~fastdcm.run.write.OutputRoot` (else one is opened).
     Sheets no record names any more are removed: all of them, or with ``run_prefix`` (a run's own
     build) only that run's and the ones builds made, never a sheet of another run that may still be
     going on. Raises :class:`~fastdcm.errors.InvalidOptionError` when there is no manifest to read."""
@@ -231,7 +239,10 @@ def build_gallery(
         thumbnailer = _Thumbnailer(root)
         images: list[_Image] = []
         failures: list[list[str]] = []
-        for record in _latest(manifest).values():
+        if records is None:
+            with open(manifest, "rb") as stream:
+                records = latest_records(stream, manifest)
+        for record in records.values():
             status, outputs = record["status"], record.get("outputs")
             if status not in _IMAGE_STATUSES or not outputs:
                 failures.append([record["source"], status, record.get("reason", "")])

@@ -275,3 +275,59 @@ def test_a_manifest_with_damaged_lines_still_gives_the_gallery_of_the_rest(archi
     manifest.write_bytes(lines[0] + b'{"source": "/x", "stat\n' + b"".join(lines[1:]) + lines[0] + b'{"sour')
     report = gallery_mod.build_gallery(out)
     assert report.images == summary(out)["images"] == len(page_items(out)) > 0
+
+
+def _gallery_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "gallery").rglob("*")) if p.is_file()}
+
+
+def test_a_runs_page_from_its_kept_records_is_the_page_the_manifest_gives(archive, tmp_path, monkeypatch):
+    """A run builds its page from the records its manifest sink kept (no parse of the file at the
+    end), merged with the records before it on a resume: the page equals the one
+    ``fastdcm gallery OUT`` builds from the file, on a fresh run and on a resume that redoes some."""
+    parsed = []
+    real = gallery_mod.latest_records
+    monkeypatch.setattr(gallery_mod, "latest_records", lambda lines, name: parsed.append(name) or real(lines, name))
+    out = tmp_path / "out"
+    first = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, gallery=True)
+    assert first.failed == 1 and not parsed  # nothing read back
+    run_page = _gallery_files(out)
+    gallery_mod.build_gallery(out)
+    assert parsed and _gallery_files(out) == run_page
+    # a resume that redoes two inputs (their outputs deleted): the older records are read back up to
+    # where this run began, this run's kept, the order a reader of the whole file finds
+    for name in ("a/im0.png", "a/im2.png"):
+        (out / name).unlink()
+    parsed.clear()
+    again = fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, gallery=True, resume=True)
+    assert again.converted == 2 and len(parsed) == 1
+    run_page = _gallery_files(out)
+    gallery_mod.build_gallery(out)
+    assert _gallery_files(out) == run_page
+
+
+def test_a_manifest_another_run_appended_to_is_read_whole(tmp_path):
+    """The kept records stand for the file only while this run alone appended to it."""
+    from types import SimpleNamespace
+
+    from fastdcm.run.sinks.manifest import ManifestSink, ManifestWriter
+
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b'{"source":"/a","status":"converted"}\n{"source":"/b","status":"error"}')  # a torn tail
+    sink = ManifestSink(ManifestWriter(path), keep=gallery_mod.RECORD_FIELDS)
+    assert sink.writer.start_size == path.stat().st_size  # (after the newline that ends the torn tail)
+    assert list(sink.writer.head_lines(chunk=7)) == [b'{"source":"/a","status":"converted"}', b'{"source":"/b","status":"error"}']
+    result = SimpleNamespace(status="converted", reason=None, outputs=["a.png"], frames=1, transfer_syntax=None,
+                             voi=None, decoder=None, shape=None, reduce=None, timings={}, windows=None)
+    sink.accept(SimpleNamespace(path="/a"), result)
+    sink.flush()
+    sink.close()
+    assert list(sink.latest()) == ["/b", "/a"] and sink.latest()["/a"]["outputs"] == ["a.png"]
+
+    other = ManifestSink(ManifestWriter(path), keep=gallery_mod.RECORD_FIELDS)
+    with ManifestWriter(path) as intruder:
+        intruder.write_lines(['{"source":"/c","status":"converted"}'])
+    other.accept(SimpleNamespace(path="/b"), result)
+    other.flush()
+    other.close()
+    assert other.latest() is None

@@ -272,7 +272,12 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
 
         kernels.warmup()  # compile or load once here, so workers only load the disk cache
     try:
-        sinks.append(ManifestSink(_open_manifest(root, manifest_path), fingerprint))  # refused: nothing started
+        from ..gallery import RECORD_FIELDS
+
+        # --gallery: the manifest sink keeps the fields of its records the page needs, and the page
+        # is built from them, not from the file parsed back (a serial tail of the run)
+        manifest_sink = ManifestSink(_open_manifest(root, manifest_path), fingerprint, keep=RECORD_FIELDS if copts.gallery else ())
+        sinks.append(manifest_sink)  # refused: nothing started
         if table_name is not None:
             from .sinks.table import MetadataSink
 
@@ -364,7 +369,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
         _close_sinks(sinks, report)
         try:
             if copts.gallery and ran:
-                report.gallery = _gallery(out, manifest_path, root, job.run_start_ns)
+                report.gallery = _gallery(out, manifest_path, root, job.run_start_ns, manifest_sink.latest())
         finally:
             root.remove_tmp()
             root.close()
@@ -380,15 +385,18 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     return report
 
 
-def _gallery(out: str, manifest: str, root: OutputRoot, run_start_ns: int) -> str:
-    """``--gallery``: the page built from the manifest just written; what it shows, or why not.
+def _gallery(out: str, manifest: str, root: OutputRoot, run_start_ns: int, records: dict | None) -> str:
+    """``--gallery``: the page built from the manifest just written (``records``: its latest
+    records, as the manifest sink kept them; None: read the file); what it shows, or why not.
     A gallery that cannot be written costs no input its status (``fastdcm gallery OUT`` again)."""
     from ..gallery import build_gallery
 
     try:
         from .thumbs import sheet_prefix
 
-        return build_gallery(out, manifest=manifest, root=root, run_prefix=sheet_prefix(run_start_ns)).summary()
+        return build_gallery(
+            out, manifest=manifest, root=root, run_prefix=sheet_prefix(run_start_ns), records=records
+        ).summary()
     except (OSError, FastDcmError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         log.warning("the gallery cannot be written: %s (fastdcm gallery %s tries again)", reason, out)

@@ -128,6 +128,11 @@ class Record:
     def line_of(source: Any, result: Any, fingerprint: str | None = None) -> str:
         """``from_result(source, result, fingerprint).to_json()``, the same line, built directly
         (the parent makes one per input while the workers compete for the same cores)."""
+        return _ENCODER.encode(Record.data_of(source, result, fingerprint))
+
+    @staticmethod
+    def data_of(source: Any, result: Any, fingerprint: str | None = None) -> dict[str, Any]:
+        """The JSON object of :meth:`line_of` (its fields that are not None)."""
         status = Status(result.status)
         data = {
             "source": source.path, "status": status.value, "reason": result.reason,
@@ -140,7 +145,7 @@ class Record:
             "fingerprint": fingerprint if status in DONE_STATUSES else None,
             "timings": {k: round(v, 6) for k, v in result.timings.items() if v}, "time": round(time.time(), 3),
         }
-        return _ENCODER.encode({k: v for k, v in data.items() if v is not None})
+        return {k: v for k, v in data.items() if v is not None}
 
     def to_json(self) -> str:
         """One line of JSON (no newline). ASCII-only, so any path, even one with bytes that
@@ -214,8 +219,11 @@ class ManifestWriter:
         self.fsync_batches = fsync_batches
         self.count = 0
         self.failed = False
+        self.written = 0  # bytes this writer appended (after the repair of a torn tail)
+        self._end_size: int | None = None  # the file's size when this writer closed it
         self._file = file if file is not None else open(self.path, "a+b")
         self._repair_tail()
+        self.start_size = self._file.tell()  # the bytes before this writer's first record
 
     def _repair_tail(self) -> None:
         self._file.seek(0, os.SEEK_END)
@@ -253,6 +261,34 @@ class ManifestWriter:
             self.failed = True  # a torn last line is repaired when the manifest is next opened
             raise
         self.count += data.count(b"\n")
+        self.written += len(data)
+
+    def head_lines(self, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """The lines before this writer's first record (the first :attr:`start_size` bytes),
+        read through the open file (no second open of the path)."""
+        fd, pos, rest = self._file.fileno(), 0, b""
+        while pos < self.start_size:
+            data = os.pread(fd, min(chunk, self.start_size - pos), pos)
+            if not data:
+                break
+            pos += len(data)
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop()
+            yield from lines
+        if rest:
+            yield rest
+
+    def only_mine(self) -> bool:
+        """Whether everything after :attr:`start_size` is what this writer wrote: no other run
+        appended to the file meanwhile (its size, or its size when closed, is the start plus
+        this writer's bytes)."""
+        size = self._end_size
+        if size is None:
+            try:
+                size = os.fstat(self._file.fileno()).st_size
+            except (OSError, ValueError):
+                return False
+        return size == self.start_size + self.written
 
     def flush(self, *, fsync: bool = False) -> None:
         self._file.flush()
@@ -268,6 +304,10 @@ class ManifestWriter:
             if not self.failed:  # the failure was reported when a write failed
                 raise
         finally:
+            try:
+                self._end_size = os.fstat(self._file.fileno()).st_size
+            except OSError:
+                pass
             try:
                 self._file.close()
             except OSError:
@@ -386,28 +426,67 @@ class ManifestSink:
     """The run's manifest as a sink: one record per accepted result, one write and flush per
     batch (lines written whole); a write that fails raises :class:`SinkFailed` naming the file."""
 
-    def __init__(self, writer: ManifestWriter, fingerprint: str | None = None) -> None:
+    def __init__(self, writer: ManifestWriter, fingerprint: str | None = None, *, keep: tuple[str, ...] = ()) -> None:
+        """``keep``: the fields of each record written to keep in :attr:`kept` (by source, in the
+        order of the latest records, as a reader of the file would see them): the run's gallery
+        is built from them instead of parsing the manifest back at the end of the run."""
         self.writer = writer
         self.fingerprint = fingerprint
         self.lines: list[str] = []
+        self.keep = keep
+        self.kept: dict[str, dict[str, Any]] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._latest: dict[str, dict[str, Any]] | None = None
 
     @property
     def path(self) -> str:
         return os.fspath(self.writer.path)
 
     def accept(self, source: Any, result: Any) -> None:
-        self.lines.append(Record.line_of(source, result, self.fingerprint))
+        data = Record.data_of(source, result, self.fingerprint)
+        self.lines.append(_ENCODER.encode(data))
+        if self.keep:
+            self._pending.append({k: data[k] for k in self.keep if k in data})
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []
+        pending, self._pending = self._pending, []
         if not lines:
             return
         try:
             self.writer.write_lines(lines)
         except OSError as exc:  # disk full, I/O error
             raise SinkFailed(f"the manifest {self.path} cannot be written: {exc.strerror or exc}") from None
+        kept = self.kept
+        for data in pending:  # (kept only once written: what a reader of the file would find)
+            kept.pop(data["source"], None)
+            kept[data["source"]] = data
+
+    def latest(self) -> dict[str, dict[str, Any]] | None:
+        """Every input's latest record (its :attr:`keep` fields) in the order a reader of the whole
+        file finds them, as of :meth:`close`: the records before this run's (read back then, up to
+        where this run began) and this run's, kept. None when another run appended to the file
+        meanwhile (read it whole then), when nothing was kept, or before close."""
+        return self._latest
+
+    def _merge(self) -> dict[str, dict[str, Any]] | None:
+        writer = self.writer
+        if not self.keep or not writer.only_mine():
+            return None
+        from ...gallery import latest_records
+
+        latest = latest_records(writer.head_lines(), self.path) if writer.start_size else {}
+        for source, data in self.kept.items():
+            latest.pop(source, None)
+            latest[source] = data
+        return latest
 
     def close(self) -> None:
+        try:
+            self._latest = self._merge()
+        except (OSError, ValueError) as exc:  # the page's build then reads the file itself
+            log.debug("the manifest's records not kept for the gallery: %s", exc)
+            self._latest = None
         try:
             self.writer.close()  # flushes and fsyncs
         except OSError as exc:

@@ -23,3 +23,13 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+FAILED_TEST_LOGS = pytest.StashKey[list]()  # (title, text) of logs a failed test left (test_cluster's Dask logs)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Logs that failed tests asked to show, last in the output: a CI log cut to its tail keeps them."""
+    for title, text in config.stash.get(FAILED_TEST_LOGS, []):
+        terminalreporter.section(f"log of a failed test: {title}", sep="-")
+        terminalreporter.write_line(text)

@@ -3,6 +3,7 @@ processes on 127.0.0.1, started here), against a local run of the same archive."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import fastdcm  # noqa: E402
 from fastdcm.errors import InvalidOptionError, Status  # noqa: E402
 
 from .archives import ct_archive  # noqa: E402
+from .conftest import FAILED_TEST_LOGS  # noqa: E402
 
 BIN = Path(sys.executable).parent
 FAULTS = "crash:crashme,hang:hangme"  # in the workers' environment: only files with these names misbehave
@@ -40,10 +42,10 @@ def _dask(*args: str, env: dict | None = None, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A scheduler and two single-threaded workers (under nannies, which restart a dead worker)."""
-    logs = tmp_path_factory.mktemp("dask")
+@contextlib.contextmanager
+def _start_cluster(logs: Path):
+    """A scheduler and two single-threaded workers (under nannies, which restart a dead worker):
+    (address, client, logs)."""
     # Port 0: the scheduler binds a free port itself and writes its address to the scheduler file (a
     # port picked here first could be taken before it binds: "Address already in use").
     info = logs / "scheduler.json"
@@ -86,19 +88,38 @@ def cluster(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One cluster for the tests that do not bring workers down."""
+    with _start_cluster(tmp_path_factory.mktemp("dask")) as started:
+        yield started
+
+
+@pytest.fixture
+def own_cluster(tmp_path_factory):
+    """A cluster of the test's own, for the tests that crash, hang and kill its workers: a rerun of
+    such a test (``flaky``) starts from new nannies, whatever state the last run left them in."""
+    with _start_cluster(tmp_path_factory.mktemp("dask")) as started:
+        yield started
+
+
 @pytest.fixture(autouse=True)
 def _logs_of_a_failed_test(request):
     """A failed cluster test prints the end of the scheduler's and the workers' logs (its deaths,
-    restarts, plugin errors); pytest shows them in the report."""
+    restarts, plugin errors); pytest shows them in the report, and again at the very end of the
+    run's output (conftest's terminal summary), where a CI log cut to its last lines still has them."""
     yield
     report = getattr(request.node, "rep_call", None)
-    if report is None or not report.failed or "cluster" not in request.fixturenames:
+    names = [name for name in ("cluster", "own_cluster") if name in request.fixturenames]
+    if report is None or not report.failed or not names:
         return
-    logs = Path(request.getfixturevalue("cluster")[2])
+    logs = Path(request.getfixturevalue(names[0])[2])
     for name in ("scheduler.log", "workers.log"):
         path = logs / name
         if path.exists():
-            print(f"--- the end of {name}:\n" + path.read_text(errors="replace")[-6000:])
+            text = path.read_text(errors="replace")
+            print(f"--- the end of {name}:\n" + text[-6000:])
+            request.config.stash.setdefault(FAILED_TEST_LOGS, []).append((f"{request.node.nodeid}: {name}", text[-2500:]))
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -142,8 +163,14 @@ def test_a_client_object_works_and_stays_open(cluster, tmp_path):
     assert all(not v for v in names.values())
 
 
-def test_crashing_and_hanging_files_are_isolated(cluster, tmp_path):
-    address, _, _logs = cluster
+# Dask's own recovery (nannies restarting workers that die right after they register, the scheduler
+# rescheduling) is timing-dependent: one CI run stalled in this test (the driver waiting on tasks that
+# never finished; the cause is not known), 18 local runs, 10 of them beside a CPU hog, did not. A
+# failure prints the Dask logs at the end of the run's output; one rerun on a fresh cluster.
+@pytest.mark.flaky(reruns=1)
+@pytest.mark.timeout(300)
+def test_crashing_and_hanging_files_are_isolated(own_cluster, tmp_path):
+    address, _, _logs = own_cluster
     src = ct_archive(tmp_path, 14)
     shutil.copy(src / "s0" / "f000.dcm", src / "s1" / "crashme.dcm")
     shutil.copy(src / "s0" / "f000.dcm", src / "s2" / "hangme.dcm")
@@ -157,8 +184,10 @@ def test_crashing_and_hanging_files_are_isolated(cluster, tmp_path):
     assert report.converted == 14 and len(_images(tmp_path / "out")) == 14
 
 
-def test_a_worker_killed_mid_run_loses_nothing(cluster, tmp_path):
-    address, client, _logs = cluster
+@pytest.mark.flaky(reruns=1)
+@pytest.mark.timeout(300)
+def test_a_worker_killed_mid_run_loses_nothing(own_cluster, tmp_path):
+    address, client, _logs = own_cluster
     src = ct_archive(tmp_path, 160, folders=8)
     out = tmp_path / "out"
     killed: list[int] = []

@@ -16,9 +16,12 @@ their nannies); this module only maps the executor protocol onto it:
   keeps, :meth:`first_attempt`) and may replace what the lost attempt wrote. When the scheduler
   gives up on a task (``KilledWorker``: it was on ``distributed.scheduler.allowed-failures``
   + 1 workers that died), its items run again each alone; an item that fails so alone, twice, is
-  ``worker_crash``, as in the local pool. (The scheduler counts a death against every task assigned
-  to that worker, running or waiting its turn: so while items run alone, at most one task per
-  worker thread is in flight, and a lone item gets a second chance before it is blamed);
+  ``worker_crash``, as in the local pool. The scheduler counts a death against every task assigned
+  to that worker, running or queued behind another (it gives a one-thread worker up to two), so
+  items run alone one at a time in the whole cluster, nothing else in flight: a worker that dies
+  then died of that item, never of a neighbour's (an innocent file queued beside a crashing one was
+  blamed for it in a test run, 1 of 8). The second chance covers a death from outside (a kill, or
+  a timed-out worker ending itself). Batches resume when the lone items are done;
 - the per-file deadline (``timeout``) is watched on each worker by a thread of the plugin: an item
   running longer logs an event the driver subscribes to; the driver cancels that task, marks the
   item ``timeout`` and runs the batch's other items again each alone; once the scheduler has let go
@@ -350,8 +353,9 @@ class DaskExecutor:
                 return
             if time.monotonic() - checked > 5:  # workers join and leave
                 threads, checked = self._threads(), time.monotonic()
-            # Items alone after a worker loss: one task per thread, none waiting behind another.
-            capacity = threads if self._retries or self._chances else self.depth * threads
+            # Items alone after a worker loss: one task in the whole cluster (the running batches
+            # finish first), so a death is that item's alone (the module docstring).
+            capacity = 1 if self._retries or self._chances else self.depth * threads
             while len(self._in_flight) < capacity:
                 if self._retries:
                     item, chances = self._retries.popleft()
@@ -413,7 +417,7 @@ class DaskExecutor:
         if len(items) > 1 or chances is None:  # which item brought the workers down is not known: each alone
             self._retries.extend((item, 0) for item in items)
             return
-        if chances < 1:  # alone, once more: it may have been waiting on a worker another task brought down
+        if chances < 1:  # alone, once more: a death from outside (a kill, a timed-out worker) may have counted
             self._retries.append((items[0], chances + 1))
             return
         self.crashes += 1

@@ -233,22 +233,33 @@ _ENHANCED = (b"\x00\x52\x29\x92", b"\x00\x52\x30\x92")
 _SLOW = object()
 
 
-_WANTED: dict[int, tuple[tuple[TagSpec, ...], Any]] = {}  # id(specs) -> (specs, their tags): a run's one selection
+class _Selection:
+    """What the fast path keeps of one selection of attributes (a run has one): the leaf tags for
+    the header walk, the columns, and the values decoded so far by (index, VR code, raw bytes)
+    (the attributes of a series repeat in every file)."""
 
+    __slots__ = ("specs", "tags", "columns", "nested", "values")
 
-def _wanted(specs: tuple[TagSpec, ...]) -> Any:
-    hit = _WANTED.get(id(specs))
-    if hit is None or hit[0] is not specs:
+    def __init__(self, specs: tuple[TagSpec, ...]) -> None:
         import numpy as np
 
-        if len(_WANTED) > 16:
-            _WANTED.clear()
-        hit = _WANTED[id(specs)] = (specs, np.array([s.leaf for s in specs], np.int64))
-    return hit[1]
+        self.specs = specs
+        self.tags = np.array([s.leaf for s in specs], np.int64)
+        self.columns = tuple(s.column for s in specs)
+        self.nested = any(len(s.path) > 1 for s in specs)
+        self.values: dict[tuple, Any] = {}
 
 
-#: Decoded values by their raw bytes (the attributes of a series repeat in every file).
-_VALUES: dict[tuple, Any] = {}
+_SELECTIONS: dict[int, _Selection] = {}  # id(specs) -> its _Selection
+
+
+def _selection(specs: tuple[TagSpec, ...]) -> _Selection:
+    hit = _SELECTIONS.get(id(specs))
+    if hit is None or hit.specs is not specs:
+        if len(_SELECTIONS) > 16:
+            _SELECTIONS.clear()
+        hit = _SELECTIONS[id(specs)] = _Selection(specs)
+    return hit
 
 
 def burned_in(image: Any) -> bool:
@@ -275,32 +286,34 @@ def extract_from(image: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
 def _fast(buffer: bytes | None, specs: tuple[TagSpec, ...]) -> dict[str, Any] | None:
     from .. import fastheader
 
-    if buffer is None or any(len(s.path) > 1 for s in specs):
+    selection = _selection(specs)
+    if buffer is None or selection.nested:
         return None
-    found = fastheader.find_elements(buffer, _wanted(specs))
+    found = fastheader.find_elements(buffer, selection.tags)
     if found is None:
         return None
     explicit, pixels, rows = found
-    if any(buffer.find(tag, 0, pixels) >= 0 for tag in _ENHANCED):
+    if buffer.find(_ENHANCED[0], 0, pixels) >= 0 or buffer.find(_ENHANCED[1], 0, pixels) >= 0:
         return None  # (probably) an enhanced multi-frame file: pydicom's path reads the functional groups
     out: dict[str, Any] = {}
-    for spec, (start, length, code) in zip(specs, rows):
+    known = selection.values
+    for i, (column, (start, length, code)) in enumerate(zip(selection.columns, rows)):
         if start < 0:
-            out[spec.column] = None
+            out[column] = None
             continue
-        vr = chr(code & 0xFF) + chr(code >> 8) if explicit else spec.vr
         data = buffer[start : start + length]
-        key = (data, vr, spec.vr, spec.kind, spec.multi)
-        value = _VALUES.get(key, _SLOW) if length <= 64 else _SLOW
+        key = (i, code if explicit else -1, data) if length <= 64 else None
+        value = known.get(key, _SLOW) if key is not None else _SLOW
         if value is _SLOW:
-            value = _raw_value(data, vr, spec)
+            spec = specs[i]
+            value = _raw_value(data, chr(code & 0xFF) + chr(code >> 8) if explicit else spec.vr, spec)
             if value is _SLOW:
                 return None
-            if length <= 64:
-                if len(_VALUES) >= 4096:
-                    _VALUES.clear()
-                _VALUES[key] = value
-        out[spec.column] = value[:] if isinstance(value, list) else value
+            if key is not None:
+                if len(known) >= 4096:
+                    known.clear()
+                known[key] = value
+        out[column] = value[:] if value.__class__ is list else value
     return out
 
 

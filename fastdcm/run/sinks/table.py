@@ -165,15 +165,19 @@ class MetadataSink:
         if self.buffered >= ROWS_PER_PART:
             self._write_part()
 
-    def _write_part(self) -> None:
+    def _take_buffer(self) -> Any:
+        """The buffered rows as a pyarrow Table (None when there are none); the buffer starts anew."""
         if not self.buffered:
-            return
-        pa = self.pa
+            return None
         cols = self.cols
         self.cols = {name: [] for name in self.columns}
         self.buffered = 0
-        table = pa.Table.from_pydict(cols, schema=self.schema)
-        del cols
+        return self.pa.Table.from_pydict(cols, schema=self.schema)
+
+    def _write_part(self) -> None:
+        table = self._take_buffer()
+        if table is None:
+            return
         self.seq += 1
         name = f"{self.parts}/{time.time_ns():020d}-{os.getpid()}-{self.seq:06d}.parquet"
         try:
@@ -212,23 +216,31 @@ class MetadataSink:
                 yield batch.select(columns) if columns else batch
 
     def close(self) -> None:
-        """Write the last part, merge the parts and the old table into the new table."""
+        """Merge the parts, the old table and the rows still buffered into the new table (the
+        buffered rows straight from memory: a run of fewer than ROWS_PER_PART rows writes its table
+        once, not a part first that the merge reads back)."""
         try:
-            self._write_part()
-            self._merge()
+            self._merge(self._take_buffer())
         except OSError as exc:
             raise SinkFailed(f"the metadata table {self.root.path}/{self.name} cannot be written: {exc.strerror or exc}") from None
 
-    def _merge(self) -> None:
+    def _merge(self, last: Any = None) -> None:
+        """``last``: this run's newest rows, not written anywhere yet (a pyarrow Table, or None)."""
         parts, exists = self._files()
-        if not parts:
+        if not parts and last is None:
             return
-        sources = ([self.name] if exists else []) + parts  # oldest first
+        sources: list[str | None] = ([self.name] if exists else []) + parts  # oldest first
+        if last is not None:
+            sources.append(None)  # (None: the rows in memory)
         # Newest first: a source's rows in a newer file replace its rows in every older one.
         seen = np.empty(0, np.int64)
-        keep: dict[str, list[np.ndarray]] = {}
+        keep: dict[str | None, list[np.ndarray]] = {}
         for name in reversed(sources):
-            hashes = [np.fromiter((hash(s) for s in b.column(0).to_pylist()), np.int64) for b in self._read(name, ["source"])]
+            if len(sources) == 1:  # nothing older to replace
+                keep[name] = [np.ones(len(b), bool) for b in self._batches(name, last, ["source"])]
+                break
+            hashes = [np.fromiter((hash(s) for s in b.column(0).to_pylist()), np.int64)
+                      for b in self._batches(name, last, ["source"])]
             keep[name] = [~np.isin(h, seen) for h in hashes]
             if hashes:
                 seen = np.union1d(seen, np.concatenate(hashes))
@@ -239,13 +251,13 @@ class MetadataSink:
                 import pyarrow.csv as pacsv
 
                 with pacsv.CSVWriter(f, _csv_schema(pa, self.schema)) as w:
-                    for batch in self._merged(sources, keep):
+                    for batch in self._merged(sources, keep, last):
                         w.write_batch(_for_csv(pa, batch))
             else:
                 import pyarrow.parquet as pq
 
                 with pq.ParquetWriter(f, self.schema, compression="zstd") as w:
-                    for batch in self._merged(sources, keep):
+                    for batch in self._merged(sources, keep, last):
                         w.write_batch(batch)
 
         self._publish(self.name, write)
@@ -253,9 +265,16 @@ class MetadataSink:
             self.root.remove(name)
         self.root.remove_empty_folder(self.parts)
 
-    def _merged(self, sources: list[str], keep: dict[str, list[np.ndarray]]) -> Iterator[Any]:
+    def _batches(self, name: str | None, last: Any, columns: list[str] | None = None) -> Iterator[Any]:
+        """Record batches of the file ``name`` under OUT, or of ``last`` (the rows in memory) for None."""
+        if name is not None:
+            yield from self._read(name, columns)
+        else:
+            yield from (last.select(columns) if columns else last).to_batches()
+
+    def _merged(self, sources: list[str | None], keep: dict[str | None, list[np.ndarray]], last: Any) -> Iterator[Any]:
         for name in sources:
-            for batch, mask in zip(self._read(name), keep[name]):
+            for batch, mask in zip(self._batches(name, last), keep[name]):
                 if mask.all():
                     yield batch
                 elif mask.any():

@@ -117,3 +117,34 @@ def test_sigterm_to_the_process_group_leaves_no_image_recorded_interrupted(tmp_p
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
     claimed = {n for r in records if r.status is Status.CONVERTED for n in r.outputs}
     assert on_disk == claimed  # every image on disk has its converted record, and no more
+
+
+_STOP_IN_A_FINALIZER = r"""
+import os, signal, sys, time
+from fastdcm.run.executors import process
+
+signal.signal(signal.SIGTERM, process._on_sigterm)
+signal.signal(signal.SIGALRM, process._on_sigterm)
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the pool's stop, arriving while a finalizer runs
+        time.sleep(0.05)
+
+try:
+    Finalized()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        time.sleep(0.001)
+    print("not stopped")
+except process._Stop:
+    print("stopped")
+"""
+
+
+def test_a_stop_that_arrives_in_a_finalizer_still_stops_the_worker():
+    """The garbage collector runs ``__del__`` methods anywhere (llvmlite's, in a worker stopped on a
+    full disk): the stop raised there was printed as 'Exception ignored ... _Stop' and lost."""
+    run = subprocess.run([sys.executable, "-c", _STOP_IN_A_FINALIZER], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "stopped", run.stdout + run.stderr
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr

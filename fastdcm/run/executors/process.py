@@ -73,10 +73,23 @@ class _Stop(BaseException):
 
 
 def _on_sigterm(signum, frame):
+    # Not inside a finalizer: an exception raised in a ``__del__`` (the garbage collector runs them
+    # anywhere: llvmlite's, say) is printed as "Exception ignored" and dropped, and the stop with it.
+    # Asked again 10 ms later (SIGALRM comes back here), once the finalizer has returned.
+    f = frame
+    while f is not None:
+        if f.f_code.co_name == "__del__":
+            signal.setitimer(signal.ITIMER_REAL, _STOP_RETRY)
+            return
+        f = f.f_back
     # Once: a second SIGTERM (the process group's and then the pool's) must not cut short the
     # cleanup the first one started (removing the outputs of unreported inputs).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
     raise _Stop()
+
+
+_STOP_RETRY = 0.01  # seconds: a stop that arrived in a finalizer is raised again after this
 
 
 def _die_with_parent(parent_pid: int | None) -> None:
@@ -115,6 +128,7 @@ def _worker_main(factory, context, conn, slots, slot, memory_limit, env, parent_
     try:
         # Everything inside the try: a SIGTERM that arrives while the worker starts is a clean exit.
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGALRM, _on_sigterm)  # a stop deferred out of a finalizer (_on_sigterm)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent(parent_pid)
         for fd in inherited:  # the parent's ends of the pipes (forked copies): EOF when the parent dies

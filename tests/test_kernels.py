@@ -319,3 +319,28 @@ def test_ybr_full_to_rgb_is_pydicoms_on_every_input():
     twin = np.empty_like(part)
     twins.ybr_full_to_rgb(part, _YBR_TO_RGB, twin)
     assert np.array_equal(twin, got[::97])
+
+
+@pytest.mark.parametrize("k", range(2, 17))
+@pytest.mark.parametrize("samples", [1, 3])
+def test_box_shrink_rounds_an_exact_half_up(k, samples):
+    """Blocks whose mean is exactly x.5 (n even and not a power of two: 1 / n is not exact, so a
+    mean computed as total * (1 / n) can fall just under the half)."""
+    from fastdcm.kernels import twins
+
+    rng = np.random.default_rng(k)
+    n = k * k
+    img = np.zeros((2 * k, 3 * k + 1, samples), np.uint8)
+    for br in range(2):
+        for bc in range(3):
+            for s in range(samples):
+                x = int(rng.integers(0, 254))
+                total = n * x + n // 2 if n % 2 == 0 else n * x  # mean x.5 (or x for odd n)
+                block = np.full(n, total // n, np.int64)
+                block[: total - block.sum()] += 1  # spread the rest: the block sums to total
+                img[br * k:(br + 1) * k, bc * k:(bc + 1) * k, s] = rng.permutation(block).reshape(k, k)
+    shape = (2, 4, samples)
+    out, want = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    kernels.box_shrink(img, k, 0, np.empty(img.shape[1] * samples, np.uint16), out)
+    twins.box_shrink(img, k, 0, None, want)
+    np.testing.assert_array_equal(out, want)

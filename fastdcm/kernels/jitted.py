@@ -322,53 +322,55 @@ def box_shrink(img, k, shift, acc, out):
     (r*k, c*k), rounded half up, shifted right by ``shift`` bits (8 for 16-bit images), as uint8.
     Edge blocks average the pixels they have; ``out`` is (ceil(rows/k), ceil(columns/k), samples).
     ``acc`` (columns * samples; uint16 for 8-bit images with k <= 257, else uint32) is scratch: a
-    block row's column sums, added row by row in one contiguous loop (SIMD); a running sum of
-    them then gives each block's total as one difference (a 512 x 512 slice to 86 x 86: 80 -> 40 us
-    here, against a k-long loop per output). floor(mean + 1/2) in float64 equals the twin's
-    (2 total + n) // 2n: an exact half is representable, and any other mean is farther from one
-    than an ulp."""
+    block row's column sums, added row by row in one contiguous loop (SIMD). The block totals are
+    then added up a column of the block at a time (k passes over the totals, each sum its own:
+    no chain of dependent adds along the row as a running sum has: a 512 x 512 slice to 86 x 86
+    58 -> 51 us, median of 30 A/B in one process; 4096 x 3328, k = 43, +5 %). floor(total / n + 1/2) in float64 equals the twin's (2 total + n) // 2n:
+    the division is correctly rounded, so an exact half stays one, and any other mean is farther
+    from a half than an ulp. (total * (1 / n) is not: 1 / n is rounded first, and a block of 14 x 14
+    whose mean is 123.5 gave 123: 18 of 3,000 random images here had such a pixel.)"""
     rows, cols, samples = img.shape
     width = cols * samples
     flat = img.reshape(rows, width)  # (once: a reshape per row inside the loop costs 3x the sums)
     ocols = out.shape[1]
     whole = cols // k  # output columns whose block is whole
     step = k * samples
-    run = np.empty(width + samples, np.int64)  # run[q + samples] = acc[s] + acc[s + samples] + ... + acc[q]
-    for s in range(samples):
-        run[s] = 0
+    n = whole * samples
+    sums = np.empty(ocols * samples, np.int64)  # the block totals of one block row
     for r in range(out.shape[0]):
         r0 = r * k
         r1 = min(r0 + k, rows)
+        a = flat[r0]
         for q in range(width):
-            acc[q] = flat[r0, q]
+            acc[q] = a[q]
         for i in range(r0 + 1, r1):
+            a = flat[i]
             for q in range(width):
-                acc[q] += flat[i, q]
-        orow = out[r].reshape(ocols * samples)
-        inv = 1.0 / ((r1 - r0) * k)
+                acc[q] += a[q]
+        for o in range(n):
+            sums[o] = 0
         if samples == 1:  # (a unit stride: the loops below compile to much tighter code)
-            total = np.int64(0)
-            for q in range(width):
-                total += acc[q]
-                run[q + 1] = total
-            for c in range(whole):
-                orow[c] = min(np.int64((run[c * k + k] - run[c * k]) * inv + 0.5) >> shift, 255)
+            for j in range(k):
+                for c in range(whole):
+                    sums[c] += acc[c * k + j]
         else:
-            for s in range(samples):  # the sum carried in a register, not read back from run
-                total = np.int64(0)
-                for q in range(s, width, samples):
-                    total += acc[q]
-                    run[q + samples] = total
-            for s in range(samples):
-                q = s  # where the block starts in acc (no division per output)
-                for o in range(s, whole * samples, samples):
-                    orow[o] = min(np.int64((run[q + step] - run[q]) * inv + 0.5) >> shift, 255)
-                    q += step
+            for j in range(k):
+                for s in range(samples):
+                    q = j * samples + s  # where column j of the first block is, for sample s
+                    for o in range(s, n, samples):
+                        sums[o] += acc[q]
+                        q += step
+        orow = out[r].reshape(ocols * samples)
+        count = np.float64((r1 - r0) * k)
+        for o in range(n):
+            orow[o] = min(np.int64(sums[o] / count + 0.5) >> shift, 255)
         if whole < ocols:
-            inv = 1.0 / ((r1 - r0) * (cols - whole * k))
+            count = np.float64((r1 - r0) * (cols - whole * k))
             for s in range(samples):
-                total = run[width + s] - run[whole * step + s]
-                orow[whole * samples + s] = min(np.int64(total * inv + 0.5) >> shift, 255)
+                total = np.int64(0)
+                for q in range(whole * step + s, width, samples):
+                    total += acc[q]
+                orow[n + s] = min(np.int64(total / count + 0.5) >> shift, 255)
 
 
 # --------------------------------------------------------------------------- resizing

@@ -148,3 +148,18 @@ def test_a_stop_that_arrives_in_a_finalizer_still_stops_the_worker():
     run = subprocess.run([sys.executable, "-c", _STOP_IN_A_FINALIZER], capture_output=True, text=True, timeout=60)
     assert run.stdout.strip() == "stopped", run.stdout + run.stderr
     assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_commit_holds_off_the_deferred_stop_too(tmp_path):
+    """While an output is committed, the pool's stop waits: SIGTERM, and SIGALRM (the stop raised again
+    after it first arrived in a finalizer)."""
+    from fastdcm.options import RenderOptions
+    from fastdcm.run.executors import WorkerInfo
+    from fastdcm.run.pipeline import Job, Pipeline
+
+    pipeline = Pipeline(Job(out=str(tmp_path), render=RenderOptions()), WorkerInfo(stop_signal=signal.SIGTERM))
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with pipeline._committing():
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert {signal.SIGTERM, signal.SIGALRM} <= held
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before

@@ -298,11 +298,12 @@ class Pipeline:
     def _committing(self) -> Iterator[None]:
         """The stop signal (the pool's SIGTERM) waits while an image is stored and listed, or a
         result is listed, so a stopped worker knows every file it made and removes it. A few
-        microseconds, except while the bytes are written."""
+        microseconds, except while the bytes are written. (SIGALRM too: the pool's stop when it
+        first arrived in a finalizer, executors/process.py.)"""
         if self.stop_signal is None:
             yield
             return
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {self.stop_signal})
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {self.stop_signal, signal.SIGALRM})
         try:
             yield
         finally:

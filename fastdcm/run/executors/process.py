@@ -75,11 +75,12 @@ class _Stop(BaseException):
 def _on_sigterm(signum, frame):
     # Not inside a finalizer: an exception raised in a ``__del__`` (the garbage collector runs them
     # anywhere: llvmlite's, say) is printed as "Exception ignored" and dropped, and the stop with it.
-    # Asked again 10 ms later (SIGALRM comes back here), once the finalizer has returned.
+    # Asked again 10 ms later (SIGALRM, which comes back here and which the pipeline holds off
+    # with SIGTERM while an output is committed), once the finalizer has returned.
     f = frame
     while f is not None:
         if f.f_code.co_name == "__del__":
-            signal.setitimer(signal.ITIMER_REAL, _STOP_RETRY)
+            signal.setitimer(signal.ITIMER_REAL, STOP_RETRY)
             return
         f = f.f_back
     # Once: a second SIGTERM (the process group's and then the pool's) must not cut short the
@@ -89,7 +90,8 @@ def _on_sigterm(signum, frame):
     raise _Stop()
 
 
-_STOP_RETRY = 0.01  # seconds: a stop that arrived in a finalizer is raised again after this
+#: Seconds after which a stop that arrived in a finalizer is raised again (by SIGALRM).
+STOP_RETRY = 0.01
 
 
 def _die_with_parent(parent_pid: int | None) -> None:

@@ -356,3 +356,25 @@ def test_the_deadline_ends_the_worker_even_when_setup_or_the_event_fails(monkeyp
     finally:
         plugin.teardown(worker)
         plugin.running.clear()
+
+
+def test_a_run_that_waits_says_what_on(caplog):
+    """No batch finished for a while (workers lost, or not yet started): the driver logs what it waits on."""
+    from types import SimpleNamespace
+
+    from fastdcm.run.executors import cluster as dask_executor
+
+    client = SimpleNamespace(nthreads=lambda: {}, processing=lambda: {})
+    quiet = SimpleNamespace(client=client, _in_flight={"k1": None, "k2": None}, _retries=[1])
+    with caplog.at_level("WARNING", logger=dask_executor.__name__):
+        dask_executor.DaskExecutor._say_quiet(quiet, 61.0)
+    assert "no batch has finished for 61 s: 2 in flight (1 files waiting to run alone), 0 Dask workers" in caplog.text
+
+    def unreachable():
+        raise OSError("the scheduler is gone")
+
+    client.nthreads = unreachable
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=dask_executor.__name__):
+        dask_executor.DaskExecutor._say_quiet(quiet, 120.0)
+    assert "an unknown number of Dask workers" in caplog.text and "the scheduler is gone" in caplog.text

@@ -53,6 +53,7 @@ __all__ = ["DaskExecutor", "connect"]
 log = logging.getLogger(__name__)
 
 _POLL = 0.1
+_QUIET = 60.0  # seconds without a finished batch after which the driver logs what the cluster is doing
 _KILL_WAIT = 10.0  # seconds a timed-out worker waits for the scheduler to let go of its task
 
 
@@ -347,7 +348,7 @@ class DaskExecutor:
     ) -> Iterator[tuple[Sequence[Any], list]]:
         source: Iterator | None = iter(batches)
         threads = self._threads()
-        checked = time.monotonic()
+        checked = quiet_since = time.monotonic()
         while True:
             if should_stop is not None and should_stop():
                 return
@@ -371,8 +372,28 @@ class DaskExecutor:
                     return
                 continue
             yield from self._expire_events()
-            for future, result in self._next_done(_POLL):
+            done = self._next_done(_POLL)
+            for future, result in done:
                 yield from self._finished(future.key, result)
+            now = time.monotonic()
+            if done:
+                quiet_since = now
+            elif now - quiet_since > _QUIET:  # a cluster that lost its workers waits for them: say so
+                self._say_quiet(now - quiet_since)
+                quiet_since = now
+
+    def _say_quiet(self, seconds: float) -> None:
+        """Log what the run waits on when no batch has finished for a while (a user's cluster may
+        have lost its workers, or be waiting for new ones to start)."""
+        try:
+            workers = len(self.client.nthreads())
+            on_workers = sorted(len(keys) for keys in self.client.processing().values())
+        except Exception as exc:  # the scheduler cannot say: the log says that instead
+            workers, on_workers = "an unknown number of", f"unknown ({type(exc).__name__}: {exc})"
+        log.warning(
+            "no batch has finished for %.0f s: %d in flight (%d files waiting to run alone), %s Dask workers, "
+            "tasks on each: %s", seconds, len(self._in_flight), len(self._retries), workers, on_workers,
+        )
 
     def _expire_events(self) -> Iterator[tuple[Sequence[Any], list]]:
         while True:

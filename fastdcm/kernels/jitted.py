@@ -325,9 +325,9 @@ def box_shrink(img, k, shift, acc, out):
     block row's column sums, added row by row in one contiguous loop (SIMD). The block totals are
     then added up a column of the block at a time (k passes over the totals, each sum its own:
     no chain of dependent adds along the row as a running sum has: a 512 x 512 slice to 86 x 86
-    58 -> 51 us, median of 30 A/B in one process; 4096 x 3328, k = 43, +5 %). floor(total / n + 1/2) in float64 equals the twin's (2 total + n) // 2n:
-    the division is correctly rounded, so an exact half stays one, and any other mean is farther
-    from a half than an ulp. (total * (1 / n) is not: 1 / n is rounded first, and a block of 14 x 14
+    58 -> 51 us, median of 30 A/B in one process; 4096 x 3328, k = 43, +5 %). floor(total / n + 1/2)
+    in float64 equals the twin's (2 total + n) // 2n: the division is correctly rounded, so an
+    exact half stays one, and any other mean is farther from a half than an ulp. (total * (1 / n) is not: 1 / n is rounded first, and a block of 14 x 14
     whose mean is 123.5 gave 123: 18 of 3,000 random images here had such a pixel.)"""
     rows, cols, samples = img.shape
     width = cols * samples

@@ -235,14 +235,14 @@ class MetadataSink:
         keep: dict[str | None, list[np.ndarray]] = {}
         if len(sources) == 1:  # nothing older to replace: every row stays
             keep[sources[0]] = [np.ones(len(b), bool) for b in self._batches(sources[0], last, ["source"])]
-        seen = np.empty(0, np.int64)
-        for name in reversed(sources if len(sources) > 1 else []):
-            # Newest first: a source's rows in a newer file replace its rows in every older one.
-            hashes = [np.fromiter((hash(s) for s in b.column(0).to_pylist()), np.int64)
-                      for b in self._batches(name, last, ["source"])]
-            keep[name] = [~np.isin(h, seen) for h in hashes]
-            if hashes:
-                seen = np.union1d(seen, np.concatenate(hashes))
+        else:  # newest first: a source's rows in a newer file replace its rows in every older one
+            seen = np.empty(0, np.int64)
+            for name in reversed(sources):
+                hashes = [np.fromiter((hash(s) for s in b.column(0).to_pylist()), np.int64)
+                          for b in self._batches(name, last, ["source"])]
+                keep[name] = [~np.isin(h, seen) for h in hashes]
+                if hashes:
+                    seen = np.union1d(seen, np.concatenate(hashes))
         pa = self.pa
 
         def write(f: Any) -> None:

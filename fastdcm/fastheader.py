@@ -6,8 +6,8 @@ Endian or an encapsulated transfer syntax, rescale and window as plain elements)
 this module walks the top-level elements (a compiled loop, ``kernels.walk_header``, whose
 plain-Python twin is ``walk_python``) and keeps only the few values the pixel pipeline
 needs. Anything unusual returns None and header.py uses pydicom as before:
-other transfer syntaxes, sequences the pipeline reads (modality/VOI LUT, functional groups,
-palettes), float pixel data, or any structure this walker does not fully understand. A
+other transfer syntaxes, sequences the pipeline reads (modality/VOI LUT, functional groups),
+RGBA palettes, float pixel data, or any structure this walker does not fully understand. A
 test holds this parser to pydicom's answer on every file of the test corpora.
 """
 
@@ -33,6 +33,7 @@ ENCAPSULATED = frozenset(
 WANTED: dict[int, tuple[str, str]] = {
     0x00080016: ("SOPClassUID", "UI"),
     0x00080060: ("Modality", "CS"),
+    0x00089205: ("PixelPresentation", "CS"),  # (a supplemental palette: apply_color_lut refuses it)
     0x00280002: ("SamplesPerPixel", "US"),
     0x00280004: ("PhotometricInterpretation", "CS"),
     0x00280006: ("PlanarConfiguration", "US"),
@@ -49,7 +50,20 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00281053: ("RescaleSlope", "DS"),
     0x00281056: ("VOILUTFunction", "CS"),
     0x20500020: ("PresentationLUTShape", "CS"),
+    # PALETTE COLOR: the LUTs as pydicom gives them (the plan expands them once per palette)
+    0x00281101: ("RedPaletteColorLookupTableDescriptor", "LUTD"),
+    0x00281102: ("GreenPaletteColorLookupTableDescriptor", "LUTD"),
+    0x00281103: ("BluePaletteColorLookupTableDescriptor", "LUTD"),
+    0x00281201: ("RedPaletteColorLookupTableData", "OW"),
+    0x00281202: ("GreenPaletteColorLookupTableData", "OW"),
+    0x00281203: ("BluePaletteColorLookupTableData", "OW"),
+    0x00281221: ("SegmentedRedPaletteColorLookupTableData", "OW"),
+    0x00281222: ("SegmentedGreenPaletteColorLookupTableData", "OW"),
+    0x00281223: ("SegmentedBluePaletteColorLookupTableData", "OW"),
 }
+#: Palette elements are read on the fast path in explicit VR only (implicit VR leaves the
+#: descriptor's VR, US or SS, to pydicom's rules for ambiguous VRs).
+_EXPLICIT_ONLY = frozenset(t for t, (_, vr) in WANTED.items() if vr in ("LUTD", "OW"))
 
 # Elements whose presence sends the file to pydicom (the pipeline needs their structure).
 UNUSUAL = {
@@ -57,17 +71,16 @@ UNUSUAL = {
     0x00283010,  # VOI LUT Sequence
     0x52009229,  # Shared Functional Groups Sequence
     0x52009230,  # Per-frame Functional Groups Sequence
-    0x00281101, 0x00281102, 0x00281103,  # palette descriptors
-    0x00281201, 0x00281202, 0x00281203,  # palette data
-    0x00281221, 0x00281222, 0x00281223,  # segmented palette data
+    0x00281204, 0x00281224,  # alpha palette data (RGBA palettes)
     0x7FE00008, 0x7FE00009,  # float pixel data
     0x7FE00001, 0x7FE00002,  # Extended Offset Table (and its lengths)
 }
 
 PIXEL_DATA = elements.PIXEL_DATA
 _UNDEFINED = elements.UNDEFINED
-_VR_BYTES = {vr: vr.encode() for vr in ("US", "CS", "UI", "IS", "DS")}
+_VR_BYTES = {vr: vr.encode() for vr in ("US", "CS", "UI", "IS", "DS", "OW")}
 _H = struct.Struct("<H")
+_LUTD = {b"US": struct.Struct("<3H"), b"SS": struct.Struct("<3h")}
 _HH = struct.Struct("<HH")
 
 
@@ -151,8 +164,13 @@ def _decode(raw: tuple) -> Attributes | None:
         keyword, want_vr = WANTED[tag]
         if explicit:
             vr = bytes((code & 0xFF, code >> 8))
-            if vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS"):
+            if want_vr == "LUTD":
+                attrs[keyword] = _lut_descriptor(data, vr)
+                continue
+            if vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS") and not (want_vr == "OW" and vr == b"OB"):
                 return None
+        elif tag in _EXPLICIT_ONLY:
+            return None
         attrs[keyword] = _value(data, want_vr)
     return attrs
 
@@ -280,7 +298,19 @@ def second_pixel_element(buffer: bytes, pos: int) -> bool:
     return group == 0x7FE0 and elem in (0x0008, 0x0009, 0x0010)
 
 
+def _lut_descriptor(raw: bytes, vr: bytes) -> tuple[int, int, int]:
+    """A palette LUT descriptor (US or SS, three values) as pydicom gives it: a first value
+    (the number of entries) read as SS and negative is taken as unsigned."""
+    unpack = _LUTD.get(vr)
+    if unpack is None or len(raw) != 6:
+        raise _Unusual  # another VR or value count: pydicom decides
+    entries, first, bits = unpack.unpack(raw)
+    return (entries + 65536 if entries < 0 else entries, first, bits)
+
+
 def _value(raw: bytes, vr: str) -> Any:
+    if vr == "OW":
+        return raw
     if vr == "US":
         if len(raw) != 2:
             raise _Unusual  # multi-valued or odd: pydicom decides

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 
@@ -547,7 +548,7 @@ _PALETTE_PLANS: dict[tuple, RenderPlan] = {}
 def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
     """PALETTE COLOR: the palette over every stored value (pydicom expands segmented LUTs)."""
     raw = []
-    for keyword in _PALETTE_KEYWORDS:
+    for keyword in ("PixelPresentation", *_PALETTE_KEYWORDS):
         value = ds.get(keyword)
         raw.append(value if value is None or isinstance(value, (bytes, int)) else tuple(value))
     key = (spec.bits_stored, spec.is_signed, out_dtype.str, ymax, *raw)
@@ -566,6 +567,8 @@ def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float
 
 def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
     mask, flip, _ = stored_range(spec)
+    if isinstance(ds, Attributes):
+        ds = _palette_dataset(ds)
     try:
         rgb = apply_color_lut(_stored_values(spec), ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
@@ -575,6 +578,18 @@ def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: flo
     scale = ymax / float((1 << (8 if bits == 8 else 16)) - 1)
     table = quantize(rgb.astype(np.float64) * scale, ymax, False).astype(out_dtype)
     return RenderPlan("palette", "palette", out_dtype, ymax, mask, flip, np.ascontiguousarray(table))
+
+
+def _palette_dataset(attrs: Attributes) -> Dataset:
+    """The palette elements of a fast-parsed header as a pydicom Dataset, for ``apply_color_lut``
+    (the fast path reads little-endian files only, which a segmented LUT's reading needs to know)."""
+    ds = Dataset()
+    for keyword in ("PixelPresentation", *_PALETTE_KEYWORDS):
+        if keyword in attrs:
+            setattr(ds, keyword, attrs[keyword])
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
 import numpy as np
+import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from fastdcm import fastheader, header
-from fastdcm.errors import FastDcmError
+from fastdcm.errors import FastDcmError, InvalidPixelModuleError
 from fastdcm.render import Image
 
 FILES = sorted(f for f in get_testdata_files() if os.path.isfile(f))
@@ -63,11 +65,67 @@ def test_fast_parser_is_used_for_plain_ct():
     assert not isinstance(h.attrs, type(h.dataset)) and h.dataset.Rows == 512
 
 
-@pytest.mark.parametrize("name", ["OBXXXX1A.dcm", "SC_rgb_expb.dcm", "image_dfl.dcm"])
+@pytest.mark.parametrize("name", ["SC_rgb_expb.dcm", "image_dfl.dcm", "gdcm-US-ALOKA-16.dcm"])
 def test_unusual_files_go_to_pydicom(name):
-    """Palette (its LUTs), big-endian and deflated files are left to pydicom."""
+    """Big-endian and deflated files, and palettes in implicit VR (the descriptor's VR is
+    ambiguous there), are left to pydicom."""
     data = open(get_testdata_file(name), "rb").read()
     assert fastheader.parse(data) is None
+
+
+def _saved(ds) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _palette_variant(kind: str) -> bytes:
+    if kind == "segmented":  # the implicit-VR original, written as explicit VR
+        ds = pydicom.dcmread(get_testdata_file("gdcm-US-ALOKA-16.dcm"))
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        return _saved(ds)
+    ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
+    if kind == "signed first value":  # SS descriptors, stored values below the first mapped one
+        ds.PixelRepresentation = 1
+        for c in ("Red", "Green", "Blue"):
+            elem = ds[f"{c}PaletteColorLookupTableDescriptor"]
+            elem.VR, elem.value = "SS", [256, -20, 16]
+    elif kind == "8-bit entries":
+        for c in ("Red", "Green", "Blue"):
+            ds[f"{c}PaletteColorLookupTableDescriptor"].value = [256, 0, 8]
+            data = np.frombuffer(ds[f"{c}PaletteColorLookupTableData"].value, "<u2")
+            ds[f"{c}PaletteColorLookupTableData"].value = (data >> 8).astype(np.uint8).tobytes()
+    return _saved(ds)
+
+
+@pytest.mark.parametrize("kind", ["plain", "signed first value", "8-bit entries", "segmented"])
+def test_palettes_are_read_on_the_fast_path_as_pydicom_reads_them(kind, monkeypatch):
+    data = _palette_variant(kind)
+    assert fastheader.parse(data) is not None
+    fast, slow = _both(data, monkeypatch)
+    assert fast.attrs is not fast.dataset and slow.attrs is slow.dataset
+    a, b = Image(fast).render_frame(0), Image(slow).render_frame(0)
+    np.testing.assert_array_equal(a.array, b.array)
+    assert a.voi == b.voi == "palette" and a.array.ndim == 3
+
+
+def test_rgba_palettes_go_to_pydicom():
+    """Alpha palette data makes apply_color_lut's answer RGBA: pydicom's path."""
+    ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
+    ds.add_new(0x00281204, "OW", ds.RedPaletteColorLookupTableData)
+    assert fastheader.parse(_saved(ds)) is None
+
+
+def test_a_supplemental_palette_is_refused_on_both_paths(monkeypatch):
+    """Pixel Presentation COLOR (a supplemental palette, which pydicom's apply_color_lut does not
+    do) fails the same way whichever path read the header."""
+    ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
+    ds.PixelPresentation = "COLOR"
+    fast, slow = _both(_saved(ds), monkeypatch)
+    assert fast.attrs is not fast.dataset
+    for h in (fast, slow):
+        with pytest.raises(InvalidPixelModuleError, match="Supplemental"):
+            Image(h).render_frame(0)
 
 
 @pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm", "emri_small_jpeg_ls_lossless.dcm"])

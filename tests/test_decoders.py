@@ -465,3 +465,17 @@ def test_a_threaded_jpeg_2000_decode_equals_one_thread(monkeypatch):
     monkeypatch.setenv(backends.THREADS_ENV, "4")
     four = stored_frame(read_header(path), 0)
     assert calls == [1, 4] and np.array_equal(one, four)
+
+
+def test_a_small_jpeg_2000_codestream_decodes_on_one_thread(monkeypatch):
+    """Below THREADED_J2K_BYTES OpenJPEG's threads cost more than they save (a 30 kB 400x400
+    codestream: 4x slower on two): one thread, whatever the setting."""
+    path = get_testdata_file("GDCMJ2K_TextGBR.dcm")
+    header = read_header(path)
+    assert len(frames.frame_bytes(header.buffer, header.frames[0])) < backends.THREADED_J2K_BYTES
+    calls = []
+    real = imagecodecs.jpeg2k_decode
+    monkeypatch.setattr(imagecodecs, "jpeg2k_decode", lambda data, **kw: calls.append(kw["numthreads"]) or real(data, **kw))
+    monkeypatch.setenv(backends.THREADS_ENV, "4")
+    stored_frame(header, 0)
+    assert calls == [1]

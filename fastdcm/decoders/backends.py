@@ -169,9 +169,11 @@ def _ic_jpegls(data: Any, spec: PixelSpec) -> np.ndarray:
 #: The variable that sets how many threads one frame's decode may use (OpenJPEG's own).
 THREADS_ENV = "FASTDCM_DECODE_THREADS"
 #: A JPEG 2000 codestream of at least this many bytes is decoded with :func:`decode_threads` threads;
-#: below it starting them costs more than they save (64x64: 0.64 -> 1.21 ms with 2; 1760x1760
-#: lossless, 830 kB: 147 -> 85 ms; 1955x1841, 4.3 MB: 0.68-0.81 -> 0.38-0.40 s; this 2-core VM).
-THREADED_J2K_BYTES = 16 << 10
+#: below it starting them costs more than they save. Measured one thread against two on this 2-core
+#: VM, OpenJPEG 2.5 through imagecodecs: 30 kB (GDCMJ2K_TextGBR, 400x400 RGB) 10.3 -> 44.9 ms, 57 kB
+#: (US1_J2KI) 19.2 -> 19.0 ms, 105-152 kB 1.3-1.6x faster, 830 kB (1760x1760) 160 -> 94 ms, 4.3 MB
+#: (1955x1841) 0.68-0.76 -> 0.35-0.39 s.
+THREADED_J2K_BYTES = 64 << 10
 #: At most this many threads by default (OpenJPEG's gain flattens; a process is rarely alone).
 MAX_DEFAULT_THREADS = 8
 

@@ -76,6 +76,10 @@ UNUSUAL = {
     0x7FE00001, 0x7FE00002,  # Extended Offset Table (and its lengths)
 }
 
+_WANTED_LIST = sorted(WANTED)
+_WANTED_TAGS = np.array(_WANTED_LIST, dtype=np.int64)
+_UNUSUAL_TAGS = np.array(sorted(UNUSUAL), dtype=np.int64)
+
 PIXEL_DATA = elements.PIXEL_DATA
 _UNDEFINED = elements.UNDEFINED
 _VR_BYTES = {vr: vr.encode() for vr in ("US", "CS", "UI", "IS", "DS", "OW")}
@@ -118,44 +122,103 @@ def parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
 
 
 def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
-    meta = _file_meta(buffer)
-    if meta is None:
+    read = _read(buffer)
+    if read is None:
         return None
-    ts, pos = meta
-    explicit = _explicit(buffer, ts, pos)
-    walked = _walk(buffer, pos, explicit)
-    if walked is None:
+    ts, explicit, start, length, key, rows = read
+    if start < 0:
         return None
-    start, length, rows = walked
     if length == _UNDEFINED:
         if ts not in ENCAPSULATED:
             return None  # undefined length in a native file: header.py's path reports it
         length = -1
     elif ts in ENCAPSULATED or second_pixel_element(buffer, start + length):
         return None  # native data in an encapsulated syntax, or two pixel elements: header.py reports it
-    raw = (ts, explicit, tuple(None if s < 0 else (buffer[s : s + n], vr) for s, n, vr in rows))
-    if sum(n for s, n, _ in rows if s >= 0) > _CACHEABLE_BYTES:
-        attrs = _decode(raw)
+    if key is None:  # too large to keep
+        attrs = _decode(explicit, _values(buffer, rows))
         return None if attrs is None else (ts, attrs, start, length)
-    attrs = _DECODED.get(raw)
+    cache_key = (ts, explicit, key)
+    attrs = _DECODED.get(cache_key)
     if attrs is None:
-        attrs = _decode(raw)
+        attrs = _decode(explicit, _values(buffer, rows))
         if attrs is None:
             return None
         if len(_DECODED) >= 256:
             _DECODED.clear()
-        _DECODED[raw] = attrs
+        _DECODED[cache_key] = attrs
     return ts, attrs, start, length
+
+
+#: ``read_header``'s key holds 6 bytes per wanted tag and at most this many bytes of values.
+_KEY_BYTES = _CACHEABLE_BYTES + 6 * len(_WANTED_LIST)
+_IMPLICIT_TS = np.frombuffer(IMPLICIT_LE.encode(), np.uint8)
+
+
+def _read(buffer: bytes) -> tuple[str, bool, int, int, bytes | None, Any] | None:
+    """(transfer syntax, explicit VR, pixel data start and length (start < 0: the walk declined),
+    the key of the wanted values (None: larger than ``_CACHEABLE_BYTES``), their [start, length,
+    VR code] rows) of a little-endian file with a file meta, or None. One compiled call
+    (``kernels.read_header``); with the kernels' numpy twins in use, ``read_python``. The meta
+    read is kept for ``find_elements`` (``_LAST_META``)."""
+    if kernels.twins_active():
+        read = read_python(buffer)
+        if read is not None and type(buffer) is bytes:
+            _LAST_META[:] = [buffer, (read[0], read[1])]
+        return None if read is None else read[:1] + read[2:]
+    found = np.empty((len(_WANTED_LIST), 3), np.int64)
+    stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
+    meta = np.empty(4, np.int64)
+    key = np.empty(_KEY_BYTES, np.uint8)
+    start, length, key_length = kernels.compiled().read_header(
+        np.frombuffer(buffer, np.uint8), elements.VR_CLASS, _IMPLICIT_TS, _WANTED_TAGS, _UNUSUAL_TAGS,
+        found, stack, meta, key,
+    )
+    if start == -2:
+        return None
+    pos, ts_start, ts_length, explicit = meta.tolist()
+    ts = elements.uid_text(buffer[ts_start : ts_start + ts_length])
+    if ts not in (EXPLICIT_LE, IMPLICIT_LE) and ts not in ENCAPSULATED:
+        return None
+    if type(buffer) is bytes:
+        _LAST_META[:] = [buffer, (ts, pos)]
+    packed = key[:key_length].tobytes() if start >= 0 and key_length >= 0 else None
+    return ts, bool(explicit), start, length, packed, found
+
+
+def read_python(buffer: bytes) -> tuple[str, int, bool, int, int, bytes | None, Any] | None:
+    """The plain-Python twin of ``kernels.read_header`` (the definition the tests hold it to):
+    (transfer syntax, position after the file meta, explicit VR, pixel data start and length, key,
+    rows), or None, from ``elements.file_meta``, ``_explicit`` and ``walk_python``."""
+    meta = _read_file_meta(buffer)
+    if meta is None:
+        return None
+    ts, pos = meta
+    explicit = _explicit(buffer, ts, pos)
+    walked = walk_python(buffer, pos, explicit)
+    if walked is None:
+        return ts, pos, explicit, -1, 0, None, None
+    start, length, rows = walked
+    key = bytearray()
+    for s, n, vr in rows:
+        key += struct.pack("<IH", n if s >= 0 else 0xFFFFFFFF, vr)
+        if s >= 0:
+            key += buffer[s : s + n]
+    return ts, pos, explicit, start, length, bytes(key) if len(key) <= _KEY_BYTES else None, rows
+
+
+def _values(buffer: bytes, rows: Any) -> list[tuple[bytes, int] | None]:
+    """(value bytes, VR code) of each wanted tag in ``_WANTED_LIST`` order, None when absent."""
+    rows = rows.tolist() if isinstance(rows, np.ndarray) else rows
+    return [None if s < 0 else (buffer[s : s + n], vr) for s, n, vr in rows]
 
 
 #: Decoded values by their raw bytes: the slices of a series share one (read-only) Attributes.
 _DECODED: dict[tuple, Attributes] = {}
 
 
-def _decode(raw: tuple) -> Attributes | None:
+def _decode(explicit: bool, values: list[tuple[bytes, int] | None]) -> Attributes | None:
     """The wanted values from their (bytes, VR code) in ``_WANTED_LIST`` order, or None when a
     VR is not the expected one (pydicom knows what to do)."""
-    _, explicit, values = raw
     attrs = Attributes()
     for tag, value in zip(_WANTED_LIST, values):
         if value is None:
@@ -202,9 +265,6 @@ def _read_file_meta(buffer: bytes) -> tuple[str, int] | None:
     return ts, pos
 
 
-_WANTED_LIST = sorted(WANTED)
-_WANTED_TAGS = np.array(_WANTED_LIST, dtype=np.int64)
-_UNUSUAL_TAGS = np.array(sorted(UNUSUAL), dtype=np.int64)
 def _explicit(buffer: bytes, ts: str, pos: int) -> bool:
     explicit = ts != IMPLICIT_LE
     if pos + 6 <= len(buffer) and (buffer[pos + 4 : pos + 6] in elements.VRS) != explicit:

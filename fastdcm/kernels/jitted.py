@@ -30,6 +30,7 @@ __all__ = [
     "voi_int",
     "voi_float",
     "walk_header",
+    "read_header",
     "box_shrink",
     "ybr_full_to_rgb",
     "resample",
@@ -575,7 +576,89 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
             stack[depth] = _IN_ITEM
 
 
+@jit
+def read_header(buf, vr_class, implicit_ts, wanted, unusual, found, stack, meta, key):
+    """A whole little-endian file's header in one call: its file meta, then :func:`walk_header` on
+    its dataset, then the values of ``wanted`` packed into ``key``.
+
+    The file meta (group 0002 after the preamble, explicit VR) is read as ``elements.file_meta``
+    reads it: ``meta[0:4]`` = the position after it, the transfer syntax value's start and length,
+    and 1 when the dataset is walked as explicit VR. It is implicit VR when the transfer syntax (its
+    trailing NULs and spaces removed) is ``implicit_ts``, else explicit, unless the first element's
+    VR bytes say the opposite (pydicom's rule, ``fastheader._explicit``).
+
+    Returns (pixel start, pixel length, key length): (-2, 0, 0) when there is no preamble, no
+    transfer syntax, or a meta element that does not fit; else walk_header's answer with, when it
+    found the pixel data, the length of ``key`` used (-1 when the values do not fit in it). Per
+    tag of ``wanted``, ``key`` holds its value length as 4 little-endian bytes (0xFFFFFFFF when
+    absent), its VR code as 2, then its value: equal keys, equal values.
+    """
+    n = buf.shape[0]
+    meta[0] = -1
+    meta[1] = -1
+    meta[2] = 0
+    meta[3] = 0
+    if n < 144 or buf[128] != 68 or buf[129] != 73 or buf[130] != 67 or buf[131] != 77:  # DICM
+        return -2, 0, 0
+    pos = 132
+    while pos + 8 <= n:
+        if _u16(buf, pos) != 2:
+            break
+        elem = _u16(buf, pos + 2)
+        if vr_class[_u16(buf, pos + 4)] == VR_LONG:
+            if pos + 12 > n:
+                return -2, 0, 0
+            length = _u32(buf, pos + 8)
+            start = pos + 12
+        else:
+            length = _u16(buf, pos + 6)
+            start = pos + 8
+        if length == _UNDEFINED_LENGTH or start + length > n:
+            return -2, 0, 0
+        if elem == 0x0010:
+            meta[1] = start
+            meta[2] = length
+        pos = start + length
+    meta[0] = pos
+    ts_start = meta[1]
+    if ts_start < 0:
+        return -2, 0, 0
+    m = meta[2]
+    while m > 0 and (buf[ts_start + m - 1] == 0 or buf[ts_start + m - 1] == 32):
+        m -= 1
+    explicit = True
+    if m == implicit_ts.shape[0]:
+        explicit = False
+        for i in range(m):
+            if buf[ts_start + i] != implicit_ts[i]:
+                explicit = True
+                break
+    if pos + 6 <= n and (vr_class[_u16(buf, pos + 4)] != 0) != explicit:
+        explicit = not explicit
+    meta[3] = 1 if explicit else 0
+    start, length = walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack)
+    if start < 0:
+        return start, length, 0
+    cap = key.shape[0]
+    k = 0
+    for w in range(found.shape[0]):
+        s = found[w, 0]
+        size = found[w, 1] if s >= 0 else 0
+        if k + 6 + size > cap:
+            return start, length, -1
+        stored = size if s >= 0 else 0xFFFFFFFF
+        for i in range(4):
+            key[k + i] = (stored >> (8 * i)) & 0xFF
+        key[k + 4] = found[w, 2] & 0xFF
+        key[k + 5] = (found[w, 2] >> 8) & 0xFF
+        k += 6
+        for i in range(size):
+            key[k + i] = buf[s + i]
+        k += size
+    return start, length, k
+
+
 KERNELS = (
-    lut_gather, lut_gather_channels, lut_affine, lut_affine_stack, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header,
+    lut_gather, lut_gather_channels, lut_affine, lut_affine_stack, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header, read_header,
     box_shrink, ybr_full_to_rgb, resample, resample_affine,
 )

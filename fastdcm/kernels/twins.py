@@ -1,6 +1,6 @@
 """Plain-numpy twins of the kernels: the definition the tests hold each kernel to, bit for bit.
 
-(``walk_header``'s twin is ``fastheader.walk_python``.)
+(``walk_header``'s twin is ``fastheader.walk_python``, ``read_header``'s ``fastheader.read_python``.)
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ def warmup_arrays():
         voi_float as k_voi_float,
         voi_int as k_voi_int,
         walk_header as k_walk_header,
+        read_header as k_read_header,
         box_shrink as k_box_shrink,
         ybr_full_to_rgb as k_ybr_full_to_rgb,
         resample as k_resample,
@@ -161,6 +162,10 @@ def warmup_arrays():
             (k_walk_header, (np.zeros(16, np.uint8), 0, explicit, np.zeros(1 << 16, np.uint8), i64, i64,
                              np.zeros((1, 3), np.int64), np.zeros(4, np.int64)))
         )
+    calls.append(
+        (k_read_header, (np.zeros(16, np.uint8), np.zeros(1 << 16, np.uint8), np.zeros(1, np.uint8), i64, i64,
+                         np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8)))
+    )
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
         for acc_dtype in (np.uint16, np.uint32) if raw_dtype is np.uint8 else (np.uint32,):
             calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, acc_dtype), np.zeros((1, 1, 1), np.uint8))))

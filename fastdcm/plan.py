@@ -410,26 +410,28 @@ def build_plan(
     *,
     present: np.ndarray | None = None,
     value_range: tuple[float, float] | None = None,
+    extremes: tuple[int, int] | None = None,
 ) -> RenderPlan | None:
     """The plan for frame ``frame``; None when min-max needs the frame's values first.
 
     For the table path, pass ``present`` (a bool per stored value, from the
-    ``stored_presence`` kernel); for the arithmetic path, ``value_range`` (the frame's
-    stored min and max).
+    ``stored_presence`` kernel) or, without a Modality LUT, ``extremes`` (the frame's least and
+    greatest stored value: a rescale keeps their order, so the modality values' min and max are
+    theirs); for the arithmetic path, ``value_range`` (the frame's stored min and max).
     """
     # A fast-parsed header (fastheader.Attributes: no sequences, no functional groups) plans the
     # same for every frame and every slice that shares its values: the plan is kept on them.
     # So does a min-max frame's plan by its value range (small frames: the arithmetic path).
     if present is None and isinstance(ds, Attributes):
-        key = options if value_range is None else (options, value_range)
+        key = options if value_range is None and extremes is None else (options, value_range, extremes)
         plan = ds.plans.get(key)
         if plan is None:
-            plan = _build_plan(ds, spec, frame, options, present, value_range)
+            plan = _build_plan(ds, spec, frame, options, present, value_range, extremes)
             if len(ds.plans) >= 64:
                 ds.plans.clear()
             ds.plans[key] = _NEEDS_VALUES if plan is None else plan
         return None if plan is _NEEDS_VALUES else plan
-    return _build_plan(ds, spec, frame, options, present, value_range)
+    return _build_plan(ds, spec, frame, options, present, value_range, extremes)
 
 
 #: Kept in Attributes.plans for options whose plan needs each frame's values (min-max).
@@ -439,6 +441,7 @@ _NEEDS_VALUES: Any = object()
 def _build_plan(
     ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions,
     present: np.ndarray | None, value_range: tuple[float, float] | None,
+    extremes: tuple[int, int] | None = None,
 ) -> RenderPlan | None:
     out_dtype, ymax = _out(options)
     if spec.is_palette:
@@ -460,10 +463,15 @@ def _build_plan(
                 voi.mode, voi.p1, voi.p2, ymax, invert, out_dtype.str,
             )
             return RenderPlan("table", voi.describe(), out_dtype, ymax, mask, flip, table, affine, window=voi.window())
-        if voi is None and present is None:
+        if voi is None and present is None and (extremes is None or modality.lut):
             return None  # min-max: the caller finds the frame's values first
         mvals = _modality_table(ds, spec, modality)
-        if voi is None:
+        if voi is None and present is None:  # a rescale is monotonic: its extremes are the stored extremes'
+            first = stored_range(spec)[2]
+            a, b = float(mvals[extremes[0] - first]), float(mvals[extremes[1] - first])
+            lo, hi = min(a, b), max(a, b)
+            voi = Voi(step="minmax", mode=MODE_SCALE, p1=lo, p2=hi)
+        elif voi is None:
             if not present.any():  # cannot happen for a non-empty frame
                 present = np.ones_like(present)
             lo, hi = float(mvals[present].min()), float(mvals[present].max())

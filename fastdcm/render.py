@@ -18,7 +18,7 @@ from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError, InvalidPixelModuleError, from_dependency
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import Frames, RenderOptions
-from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, stored_range
+from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, modality_of, stored_range
 from .resample import reduced_size
 from .resize import apply as resize_apply, apply_line as resize_line, resize_plan
 
@@ -218,16 +218,35 @@ def _plan_with_range(
         plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
     elif not minmax_by_range(ds, spec, frame, stored.size):
         mask, flip, _ = stored_range(spec)
-        present = np.zeros(mask + 1, np.bool_)
-        k.stored_presence(_as_unsigned(stored), mask, flip, present)
-        plan = build_plan(ds, spec, frame, options, present=present)
+        if not modality_of(ds, spec, frame).lut:
+            plan = build_plan(ds, spec, frame, options, extremes=_stored_extremes(_as_unsigned(stored), mask, flip, k))
+        else:  # a LUT's values need not keep the stored values' order: which stored values occur
+            present = np.zeros(mask + 1, np.bool_)
+            k.stored_presence(_as_unsigned(stored), mask, flip, present)
+            plan = build_plan(ds, spec, frame, options, present=present)
     else:
         mask, flip, _ = stored_range(spec)
-        rng = np.empty(2, np.int64)
-        k.int_minmax(_as_unsigned(stored), mask, flip, rng)
-        plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
+        lo, hi = _stored_extremes(_as_unsigned(stored), mask, flip, k)
+        plan = build_plan(ds, spec, frame, options, value_range=(float(lo), float(hi)))
     assert plan is not None
     return plan
+
+
+def _stored_extremes(raw: np.ndarray, mask: int, flip: int, k: Any) -> tuple[int, int]:
+    """The least and greatest sign-extended stored value of ``raw`` (1-D, unsigned), as the
+    ``int_minmax`` kernel finds them. numpy's reductions (SIMD: a 1024 x 256 16-bit frame, 19
+    against 58 us) answer when masking changes nothing: unsigned values none above ``mask``, or
+    signed values that fill their dtype."""
+    if flip == 0:
+        hi = int(raw.max())
+        if hi <= mask:
+            return int(raw.min()), hi
+    elif mask == np.iinfo(raw.dtype).max:
+        signed = raw.view(raw.dtype.str.replace("u", "i"))
+        return int(signed.min()), int(signed.max())
+    rng = np.empty(2, np.int64)
+    k.int_minmax(raw, mask, flip, rng)
+    return int(rng[0]), int(rng[1])
 
 
 # ---------------------------------------------------------------------------------------

@@ -344,3 +344,20 @@ def test_box_shrink_rounds_an_exact_half_up(k, samples):
     kernels.box_shrink(img, k, 0, np.empty(img.shape[1] * samples, np.uint16), out)
     twins.box_shrink(img, k, 0, None, want)
     np.testing.assert_array_equal(out, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stored_data())
+def test_stored_extremes_equal_the_minmax_kernel(data):
+    """numpy's reductions where masking changes nothing, the kernel elsewhere: the same answer."""
+    import importlib
+
+    render = importlib.import_module("fastdcm.render")
+    raw, bits, mask, flip = data
+    want = np.zeros(2, np.int64)
+    twins.int_minmax(raw, mask, flip, want)
+    assert render._stored_extremes(raw, mask, flip, kernels) == (want[0], want[1])
+    if raw.dtype.itemsize * 8 == bits or not flip:  # the numpy branch: values within the stored bits
+        clean = raw & raw.dtype.type(mask)
+        twins.int_minmax(clean, mask, flip, want)
+        assert render._stored_extremes(clean, mask, flip, kernels) == (want[0], want[1])

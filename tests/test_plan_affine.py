@@ -180,3 +180,45 @@ def test_palette_plans_are_shared_by_value_not_by_identity():
     ds.RedPaletteColorLookupTableData = (65535 - red).tobytes()
     edited = open_image(ds).render_frame(0).array
     assert np.array_equal(edited[..., 1:], first[..., 1:]) and not np.array_equal(edited[..., 0], first[..., 0])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from([(8, 8, False), (12, 16, False), (12, 16, True), (16, 16, True), (16, 16, False)]),
+    st.sampled_from([1.0, 0.5, -1.0, 2.5, -0.37]),
+    st.floats(-3000, 3000, allow_nan=False),
+    st.integers(0, 2**32 - 1),
+)
+def test_a_min_max_plan_from_the_extremes_equals_the_plan_from_presence(layout, slope, intercept, seed):
+    """Without a Modality LUT the min-max table is planned from the frame's least and greatest
+    stored value (a rescale keeps or reverses their order): the same plan as from which values occur."""
+    bits, allocated, signed = layout
+    ds = pydicom.Dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 64, 64, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, bits, bits - 1, int(signed)
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    mask, flip, _ = plan_module.stored_range(open_image_spec(ds))
+    rng = np.random.default_rng(seed)
+    lo, hi = sorted(rng.integers(0, mask + 1, 2))
+    j = rng.integers(lo, hi + 1, 4096)
+    j[:2] = lo, hi
+    raw = (j ^ flip).astype({8: np.uint8, 16: np.uint16}[allocated])
+    spec = open_image_spec(ds)
+    present = np.zeros(mask + 1, np.bool_)
+    kernels.stored_presence(raw, mask, flip, present)
+    from fastdcm.render import _stored_extremes
+
+    by_presence = plan_module.build_plan(ds, spec, 0, RenderOptions(), present=present)
+    by_extremes = plan_module.build_plan(ds, spec, 0, RenderOptions(), extremes=_stored_extremes(raw, mask, flip, kernels))
+    assert by_presence.voi == by_extremes.voi and by_presence.window == by_extremes.window
+    np.testing.assert_array_equal(by_presence.table, by_extremes.table)
+
+
+def open_image_spec(ds):
+    """The validated spec of a header-only dataset (pixel data of the right size added)."""
+    from fastdcm.header import read_header
+
+    ds = ds.copy()
+    ds.PixelData = bytes(ds.Rows * ds.Columns * ds.BitsAllocated // 8)
+    ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+    return read_header(ds).spec

@@ -82,7 +82,9 @@ _UNUSUAL_TAGS = np.array(sorted(UNUSUAL), dtype=np.int64)
 
 PIXEL_DATA = elements.PIXEL_DATA
 _UNDEFINED = elements.UNDEFINED
-_VR_BYTES = {vr: vr.encode() for vr in ("US", "CS", "UI", "IS", "DS", "OW")}
+_VR_BYTES = {vr: vr.encode() for vr in ("US", "SS", "CS", "UI", "IS", "DS", "OW", "OB")}
+#: The one other VR a wanted value may have and still be read the same (as pydicom reads it).
+_VR_ALSO = {"US": "SS", "OW": "OB"}
 _H = struct.Struct("<H")
 _LUTD = {b"US": struct.Struct("<3H"), b"SS": struct.Struct("<3h")}
 _HH = struct.Struct("<HH")
@@ -152,6 +154,7 @@ def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
 #: ``read_header``'s key holds 6 bytes per wanted tag and at most this many bytes of values.
 _KEY_BYTES = _CACHEABLE_BYTES + 6 * len(_WANTED_LIST)
 _IMPLICIT_TS = np.frombuffer(IMPLICIT_LE.encode(), np.uint8)
+_MAGIC = np.frombuffer(elements.MAGIC, np.uint8)
 
 
 def _read(buffer: bytes) -> tuple[str, bool, int, int, bytes | None, Any] | None:
@@ -170,7 +173,7 @@ def _read(buffer: bytes) -> tuple[str, bool, int, int, bytes | None, Any] | None
     meta = np.empty(4, np.int64)
     key = np.empty(_KEY_BYTES, np.uint8)
     start, length, key_length = kernels.compiled().read_header(
-        np.frombuffer(buffer, np.uint8), elements.VR_CLASS, _IMPLICIT_TS, _WANTED_TAGS, _UNUSUAL_TAGS,
+        np.frombuffer(buffer, np.uint8), elements.VR_CLASS, _MAGIC, _IMPLICIT_TS, _WANTED_TAGS, _UNUSUAL_TAGS,
         found, stack, meta, key,
     )
     if start == -2:
@@ -230,7 +233,7 @@ def _decode(explicit: bool, values: list[tuple[bytes, int] | None]) -> Attribute
             if want_vr == "LUTD":
                 attrs[keyword] = _lut_descriptor(data, vr)
                 continue
-            if vr != _VR_BYTES[want_vr] and not (want_vr == "US" and vr == b"SS") and not (want_vr == "OW" and vr == b"OB"):
+            if vr != _VR_BYTES[want_vr] and vr != _VR_BYTES.get(_VR_ALSO.get(want_vr, "")):
                 return None
         elif tag in _EXPLICIT_ONLY:
             return None

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from ..elements import ITEM as _ITEM_TAG, ITEM_END as _ITEM_END_TAG, SEQ_END as _SEQ_END_TAG
-from ..elements import PIXEL_DATA as _PIXEL_DATA_TAG, UNDEFINED as _UNDEFINED_LENGTH, VR_LONG, VR_SHORT
+from ..elements import PIXEL_DATA as _PIXEL_DATA_TAG, PREAMBLE as _PREAMBLE, UNDEFINED as _UNDEFINED_LENGTH, VR_LONG, VR_SHORT
 from .voi import MODE_LINEAR, MODE_LINEAR_EXACT, MODE_LUT, MODE_SIGMOID
 
 from . import POLICY
@@ -577,11 +577,11 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
 
 
 @jit
-def read_header(buf, vr_class, implicit_ts, wanted, unusual, found, stack, meta, key):
+def read_header(buf, vr_class, magic, implicit_ts, wanted, unusual, found, stack, meta, key):
     """A whole little-endian file's header in one call: its file meta, then :func:`walk_header` on
     its dataset, then the values of ``wanted`` packed into ``key``.
 
-    The file meta (group 0002 after the preamble, explicit VR) is read as ``elements.file_meta``
+    The file meta (group 0002 after the preamble and ``magic``, ``elements.MAGIC``; explicit VR) is read as ``elements.file_meta``
     reads it: ``meta[0:4]`` = the position after it, the transfer syntax value's start and length,
     and 1 when the dataset is walked as explicit VR. It is implicit VR when the transfer syntax (its
     trailing NULs and spaces removed) is ``implicit_ts``, else explicit, unless the first element's
@@ -598,9 +598,12 @@ def read_header(buf, vr_class, implicit_ts, wanted, unusual, found, stack, meta,
     meta[1] = -1
     meta[2] = 0
     meta[3] = 0
-    if n < 144 or buf[128] != 68 or buf[129] != 73 or buf[130] != 67 or buf[131] != 77:  # DICM
+    pos = _PREAMBLE + magic.shape[0]
+    if n < pos + 12:
         return -2, 0, 0
-    pos = 132
+    for i in range(magic.shape[0]):
+        if buf[_PREAMBLE + i] != magic[i]:
+            return -2, 0, 0
     while pos + 8 <= n:
         if _u16(buf, pos) != 2:
             break

@@ -163,7 +163,7 @@ def warmup_arrays():
                              np.zeros((1, 3), np.int64), np.zeros(4, np.int64)))
         )
     calls.append(
-        (k_read_header, (np.zeros(16, np.uint8), np.zeros(1 << 16, np.uint8), np.zeros(1, np.uint8), i64, i64,
+        (k_read_header, (np.zeros(16, np.uint8), np.zeros(1 << 16, np.uint8), np.zeros(4, np.uint8), np.zeros(1, np.uint8), i64, i64,
                          np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8)))
     )
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):

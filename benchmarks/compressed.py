@@ -12,7 +12,7 @@ in one process and interleaved file by file (so both see the same machine state)
               library's own figure, with no windowing and no 8-bit output).
 
 Each time is the median of ``--repeat`` timings of a loop that runs at least ``--min-time``
-seconds. The ratio is dicomsdl's time over fastdcm's (above 1: fastdcm does all of its work in
+seconds, the two sides' loops alternated (a shared machine's slow moments fall on both). The ratio is dicomsdl's time over fastdcm's (above 1: fastdcm does all of its work in
 less time than dicomsdl takes to decode); per transfer syntax and overall, the geometric mean.
 """
 
@@ -51,25 +51,32 @@ def compressed_files() -> list[tuple[str, str]]:
     return out
 
 
-def _time(fn, min_time: float, repeat: int) -> float:
-    """Median seconds per call."""
+def _loop_length(fn, min_time: float) -> int:
+    """Calls of ``fn`` that take at least ``min_time`` seconds in a loop."""
     fn()
-    n, t = 1, 0.0
-    while True:  # calibrate the loop length
+    n = 1
+    while True:
         t0 = time.perf_counter()
         for _ in range(n):
             fn()
         t = time.perf_counter() - t0
         if t >= min_time:
-            break
+            return n
         n = max(n * 2, int(n * min_time / max(t, 1e-9)))
-    samples = [t / n]
-    for _ in range(repeat - 1):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        samples.append((time.perf_counter() - t0) / n)
-    return statistics.median(samples)
+
+
+def _time_pair(fa, fb, min_time: float, repeat: int) -> tuple[float, float]:
+    """Median seconds per call of ``fa`` and of ``fb``, their timed loops alternated (a, b, a,
+    b, ...) so that both see the same moments of a shared machine."""
+    na, nb = _loop_length(fa, min_time), _loop_length(fb, min_time)
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        for fn, n, out in ((fa, na, samples[0]), (fb, nb, samples[1])):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def _crashes_dicomsdl(path: str) -> str:
@@ -102,8 +109,7 @@ def run(repeat: int, min_time: float) -> dict:
             rows.append({"file": os.path.basename(path), "ts": ts, "skipped": f"{type(exc).__name__}: {exc}"[:200]})
             continue
         assert img.shape[:2] == ref.shape[:2], (path, img.shape, ref.shape)
-        t_fast = _time(lambda: fastdcm.render(path), min_time, repeat)
-        t_sdl = _time(lambda: dicomsdl.open(path).pixelData(), min_time, repeat)
+        t_fast, t_sdl = _time_pair(lambda: fastdcm.render(path), lambda: dicomsdl.open(path).pixelData(), min_time, repeat)
         rows.append({"file": os.path.basename(path), "ts": ts, "fastdcm_s": t_fast, "dicomsdl_s": t_sdl, "ratio": t_sdl / t_fast})
     by_ts = defaultdict(list)
     for r in rows:

@@ -61,9 +61,6 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00281222: ("SegmentedGreenPaletteColorLookupTableData", "OW"),
     0x00281223: ("SegmentedBluePaletteColorLookupTableData", "OW"),
 }
-#: Palette elements are read on the fast path in explicit VR only (implicit VR leaves the
-#: descriptor's VR, US or SS, to pydicom's rules for ambiguous VRs).
-_EXPLICIT_ONLY = frozenset(t for t, (_, vr) in WANTED.items() if vr in ("LUTD", "OW"))
 
 # Elements whose presence sends the file to pydicom (the pipeline needs their structure).
 UNUSUAL = {
@@ -228,15 +225,20 @@ def _decode(explicit: bool, values: list[tuple[bytes, int] | None]) -> Attribute
             continue
         data, code = value
         keyword, want_vr = WANTED[tag]
+        if want_vr == "LUTD":
+            if explicit:
+                vr = bytes((code & 0xFF, code >> 8))
+            else:  # "US or SS": pydicom's rule for the ambiguous VR, by Pixel Representation
+                representation = attrs.get("PixelRepresentation")
+                if representation not in (0, 1):
+                    return None
+                vr = _VR_BYTES["SS" if representation else "US"]
+            attrs[keyword] = _lut_descriptor(data, vr)
+            continue
         if explicit:
             vr = bytes((code & 0xFF, code >> 8))
-            if want_vr == "LUTD":
-                attrs[keyword] = _lut_descriptor(data, vr)
-                continue
             if vr != _VR_BYTES[want_vr] and vr != _VR_BYTES.get(_VR_ALSO.get(want_vr, "")):
                 return None
-        elif tag in _EXPLICIT_ONLY:
-            return None
         attrs[keyword] = _value(data, want_vr)
     return attrs
 

@@ -65,10 +65,9 @@ def test_fast_parser_is_used_for_plain_ct():
     assert not isinstance(h.attrs, type(h.dataset)) and h.dataset.Rows == 512
 
 
-@pytest.mark.parametrize("name", ["SC_rgb_expb.dcm", "image_dfl.dcm", "gdcm-US-ALOKA-16.dcm"])
+@pytest.mark.parametrize("name", ["SC_rgb_expb.dcm", "image_dfl.dcm"])
 def test_unusual_files_go_to_pydicom(name):
-    """Big-endian and deflated files, and palettes in implicit VR (the descriptor's VR is
-    ambiguous there), are left to pydicom."""
+    """Big-endian and deflated files are left to pydicom."""
     data = open(get_testdata_file(name), "rb").read()
     assert fastheader.parse(data) is None
 
@@ -80,17 +79,20 @@ def _saved(ds) -> bytes:
 
 
 def _palette_variant(kind: str) -> bytes:
-    if kind == "segmented":  # the implicit-VR original, written as explicit VR
+    if kind.startswith("segmented"):  # the implicit-VR original, and written as explicit VR
         ds = pydicom.dcmread(get_testdata_file("gdcm-US-ALOKA-16.dcm"))
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        if "explicit" in kind:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         return _saved(ds)
     ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))
-    if kind == "signed first value":  # SS descriptors, stored values below the first mapped one
+    if "implicit" in kind:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    if kind.startswith("signed first value"):  # SS descriptors (implicit VR: by Pixel Representation), stored values below the first mapped one
         ds.PixelRepresentation = 1
         for c in ("Red", "Green", "Blue"):
             elem = ds[f"{c}PaletteColorLookupTableDescriptor"]
             elem.VR, elem.value = "SS", [256, -20, 16]
-    elif kind == "8-bit entries":
+    elif kind.startswith("8-bit entries"):
         for c in ("Red", "Green", "Blue"):
             ds[f"{c}PaletteColorLookupTableDescriptor"].value = [256, 0, 8]
             data = np.frombuffer(ds[f"{c}PaletteColorLookupTableData"].value, "<u2")
@@ -98,7 +100,11 @@ def _palette_variant(kind: str) -> bytes:
     return _saved(ds)
 
 
-@pytest.mark.parametrize("kind", ["plain", "signed first value", "8-bit entries", "segmented"])
+@pytest.mark.parametrize(
+    "kind",
+    ["plain", "signed first value", "8-bit entries", "segmented explicit", "segmented",
+     "plain implicit", "signed first value implicit"],
+)
 def test_palettes_are_read_on_the_fast_path_as_pydicom_reads_them(kind, monkeypatch):
     data = _palette_variant(kind)
     assert fastheader.parse(data) is not None

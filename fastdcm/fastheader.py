@@ -3,9 +3,9 @@
 pydicom's ``dcmread`` costs about 0.4 ms for a CT header, several times the fused kernel.
 For the files that make up most archives (preamble + meta, Explicit or Implicit VR Little
 Endian or an encapsulated transfer syntax, rescale and window as plain elements)
-this module walks the top-level elements (a compiled loop, ``kernels.walk_header``, whose
-plain-Python twin is ``walk_python``) and keeps only the few values the pixel pipeline
-needs. Anything unusual returns None and header.py uses pydicom as before:
+this module reads the file meta and walks the top-level elements in one compiled call
+(``kernels.read_header``, whose plain-Python twin is ``read_python``) and keeps only the few
+values the pixel pipeline needs. Anything unusual returns None and header.py uses pydicom as before:
 other transfer syntaxes, sequences the pipeline reads (modality/VOI LUT, functional groups),
 RGBA palettes, float pixel data, or any structure this walker does not fully understand. A
 test holds this parser to pydicom's answer on every file of the test corpora.

@@ -173,3 +173,33 @@ def test_an_output_path_that_is_a_file_or_unwritable_is_a_usage_error(tmp_path, 
         ro.mkdir()
         ro.chmod(0o500)
         assert cli.main(["convert", str(src), "-o", str(ro), "--quiet"]) == 2
+
+
+def test_a_stop_signal_inside_release_never_closes_the_held_folder_twice(tmp_path, monkeypatch):
+    """The pool's stop signal raises inside ``release`` just after the held folder's fd is closed;
+    the clean-up that follows releases again and must not close that fd number a second time
+    (a CI run printed EBADF from a worker stopped on a full disk)."""
+    root = OutputRoot.create(str(tmp_path / "out"))
+    root.hold()
+    fd, _ = root.folder("a/b/x.png")
+    os.close(fd)
+    held_fd = root._held[1]
+    closed = []
+    real_close = os.close
+
+    class Stop(BaseException):
+        pass
+
+    def close_then_stop(fd):
+        real_close(fd)
+        closed.append(fd)
+        if len(closed) == 1:
+            raise Stop
+
+    monkeypatch.setattr(writer.os, "close", close_then_stop)
+    with pytest.raises(Stop):
+        root.release()
+    root.release()  # the clean-up's second release
+    monkeypatch.setattr(writer.os, "close", real_close)
+    assert closed == [held_fd]
+    root.close()

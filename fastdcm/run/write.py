@@ -195,9 +195,12 @@ class OutputRoot:
 
     def release(self) -> None:
         self._holding = False
-        if self._held is not None:
-            os.close(self._held[1])
-            self._held = None
+        # Forget the fd before closing it: a stop signal raised in between (the pool's SIGTERM
+        # handler) leaves at most an fd open in a process that is ending, where the other order
+        # made the caller's clean-up close it again (EBADF, or another file's fd reused since).
+        held, self._held = self._held, None
+        if held is not None:
+            os.close(held[1])
 
     def folder(self, name: str, create: bool = True) -> tuple[int, str]:
         """(fd of the folder holding output ``name``, the file's own name), walked from the root

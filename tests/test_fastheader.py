@@ -202,15 +202,18 @@ def test_compiled_walk_equals_its_twin_on_every_real_and_fuzzed_file():
 )
 def test_compiled_walk_equals_its_twin_on_damaged_headers(name, flips, cut):
     """Random byte changes and truncations in real headers: the same answer, never a crash."""
-    data = bytearray(open(get_testdata_file(name), "rb").read())
-    for pos, value in flips:
-        if 132 <= pos < len(data):
-            data[pos] = value
-    if cut is not None:
-        data = data[:cut]
-    both = _walks(bytes(data))
+    both = _walks(_damaged(name, flips, cut, first=132))
     if both is not None:
         assert both[0] == both[1]
+
+
+def _damaged(name: str, flips: list[tuple[int, int]], cut: int | None, first: int) -> bytes:
+    """Test file ``name`` with the bytes at ``flips`` positions (from ``first`` on) changed, cut at ``cut``."""
+    data = bytearray(open(get_testdata_file(name), "rb").read())
+    for pos, value in flips:
+        if first <= pos < len(data):
+            data[pos] = value
+    return bytes(data if cut is None else data[:cut])
 
 
 def _reads(buffer: bytes):
@@ -251,13 +254,7 @@ def test_compiled_read_equals_its_twin_on_every_real_and_fuzzed_file():
 )
 def test_compiled_read_equals_its_twin_on_damaged_headers(name, flips, cut):
     """Random byte changes (the preamble's magic and the file meta included) and truncations."""
-    data = bytearray(open(get_testdata_file(name), "rb").read())
-    for pos, value in flips:
-        if pos < len(data):
-            data[pos] = value
-    if cut is not None:
-        data = data[:cut]
-    compiled, python = _reads(bytes(data))
+    compiled, python = _reads(_damaged(name, flips, cut, first=0))
     assert compiled == python
 
 

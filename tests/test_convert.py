@@ -74,6 +74,30 @@ def test_serial_executor_gives_the_same_manifest(archive, tmp_path):
     assert statuses(tmp_path / "a") == statuses(tmp_path / "b")
 
 
+def test_the_heap_is_frozen_for_the_run_and_thawed_after(archive, tmp_path, monkeypatch):
+    """The objects there before the run are kept out of full collections while it runs (a
+    gen-2 pass over numba's, pydicom's and pyarrow's objects cost a 2,000-file run 59 ms), and
+    given back to the collector when it ends; a caller's own freeze is left as it was."""
+    import gc
+
+    import fastdcm.run.convert as run_convert
+
+    seen = []
+    close = run_convert._close_sinks
+    monkeypatch.setattr(run_convert, "_close_sinks", lambda *a: (seen.append(gc.get_freeze_count()), close(*a)))
+    gc.unfreeze()
+    fastdcm.convert([archive], tmp_path / "a", workers=0, quiet=True)
+    assert seen and seen[-1] > 1000 and gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        fastdcm.convert([archive], tmp_path / "b", workers=0, quiet=True)
+        # the caller's freeze: not thawed, nothing added (objects of it that died are gone from it)
+        assert 0.9 * frozen < gc.get_freeze_count() <= frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_invalid_options_fail_before_any_work(archive, tmp_path):
     with pytest.raises(ValueError):
         fastdcm.convert([archive], tmp_path / "o1", format="gif")

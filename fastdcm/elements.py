@@ -78,7 +78,7 @@ def item(buffer: bytes | memoryview, pos: int) -> tuple[int, int, int]:
     """(tag, length, value start) of the item or delimiter header at ``pos``."""
     if pos + 8 > len(buffer):
         raise Malformed(f"an item header at byte {pos} is cut off by the end of the data")
-    group, elem, length = _IMPLICIT.unpack_from(buffer, pos)
+    group, elem, length = _IMPLICIT.unpack(buffer[pos : pos + 8])  # (a slice: frames.FileRanges too)
     return group << 16 | elem, length, pos + 8
 
 

@@ -111,17 +111,20 @@ class Attributes(dict):
 _CACHEABLE_BYTES = 4096
 
 
-def parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
+def parse(buffer: bytes, total: int | None = None) -> tuple[str, Attributes, int, int] | None:
     """(transfer syntax, attributes, pixel offset, pixel length), or None for pydicom.
-    Encapsulated pixel data has length -1 and the offset of its first item."""
+    Encapsulated pixel data has length -1 and the offset of its first item. ``total``: the
+    file's size when ``buffer`` is only its first bytes (``header.py`` reads a large file in
+    parts); then everything before the pixel data must be in ``buffer``, and the check for a
+    second pixel data element after the first is the caller's."""
     try:
-        return _parse(buffer)
+        return _parse(buffer, total)
     except (_Unusual, struct.error, ValueError, UnicodeDecodeError, IndexError):
         return None
 
 
-def _parse(buffer: bytes) -> tuple[str, Attributes, int, int] | None:
-    read = _read(buffer)
+def _parse(buffer: bytes, total: int | None = None) -> tuple[str, Attributes, int, int] | None:
+    read = _read(buffer, total)
     if read is None:
         return None
     ts, explicit, start, length, key, rows = read
@@ -154,14 +157,14 @@ _IMPLICIT_TS = np.frombuffer(IMPLICIT_LE.encode(), np.uint8)
 _MAGIC = np.frombuffer(elements.MAGIC, np.uint8)
 
 
-def _read(buffer: bytes) -> tuple[str, bool, int, int, bytes | None, Any] | None:
+def _read(buffer: bytes, total: int | None = None) -> tuple[str, bool, int, int, bytes | None, Any] | None:
     """(transfer syntax, explicit VR, pixel data start and length (start < 0: the walk declined),
     the key of the wanted values (None: larger than ``_CACHEABLE_BYTES``), their [start, length,
     VR code] rows) of a little-endian file with a file meta, or None. One compiled call
     (``kernels.read_header``); with the kernels' numpy twins in use, ``read_python``. The meta
     read is kept for ``find_elements`` (``_LAST_META``)."""
     if kernels.twins_active():
-        read = read_python(buffer)
+        read = read_python(buffer, total)
         if read is not None and type(buffer) is bytes:
             _LAST_META[:] = [buffer, (read[0], read[1])]
         return None if read is None else read[:1] + read[2:]
@@ -171,7 +174,7 @@ def _read(buffer: bytes) -> tuple[str, bool, int, int, bytes | None, Any] | None
     key = np.empty(_KEY_BYTES, np.uint8)
     start, length, key_length = kernels.compiled().read_header(
         np.frombuffer(buffer, np.uint8), elements.VR_CLASS, _MAGIC, _IMPLICIT_TS, _WANTED_TAGS, _UNUSUAL_TAGS,
-        found, stack, meta, key,
+        found, stack, meta, key, len(buffer) if total is None else total,
     )
     if start == -2:
         return None
@@ -185,7 +188,7 @@ def _read(buffer: bytes) -> tuple[str, bool, int, int, bytes | None, Any] | None
     return ts, bool(explicit), start, length, packed, found
 
 
-def read_python(buffer: bytes) -> tuple[str, int, bool, int, int, bytes | None, Any] | None:
+def read_python(buffer: bytes, total: int | None = None) -> tuple[str, int, bool, int, int, bytes | None, Any] | None:
     """The plain-Python twin of ``kernels.read_header`` (the definition the tests hold it to):
     (transfer syntax, position after the file meta, explicit VR, pixel data start and length, key,
     rows), or None, from ``elements.file_meta``, ``_explicit`` and ``walk_python``."""
@@ -194,7 +197,7 @@ def read_python(buffer: bytes) -> tuple[str, int, bool, int, int, bytes | None, 
         return None
     ts, pos = meta
     explicit = _explicit(buffer, ts, pos)
-    walked = walk_python(buffer, pos, explicit)
+    walked = walk_python(buffer, pos, explicit, total=total)
     if walked is None:
         return ts, pos, explicit, -1, 0, None, None
     start, length, rows = walked
@@ -282,7 +285,7 @@ def _explicit(buffer: bytes, ts: str, pos: int) -> bool:
 _NO_TAGS = np.empty(0, np.int64)
 
 
-def find_elements(buffer: bytes, tags: np.ndarray) -> tuple[bool, int, list[list[int]]] | None:
+def find_elements(buffer: bytes, tags: np.ndarray, total: int | None = None) -> tuple[bool, int, list[list[int]]] | None:
     """(explicit VR, where the pixel data value starts, [value start, value length, VR code] per
     tag of ``tags``, start -1 when absent) for top-level elements of a little-endian file, by the
     same walk (sequences of undefined length are skipped, not found); None when this walk cannot
@@ -292,12 +295,13 @@ def find_elements(buffer: bytes, tags: np.ndarray) -> tuple[bool, int, list[list
         return None
     ts, pos = meta
     explicit = _explicit(buffer, ts, pos)
-    walked = _walk(buffer, pos, explicit, tags, _NO_TAGS)
+    walked = _walk(buffer, pos, explicit, tags, _NO_TAGS, total)
     return None if walked is None else (explicit, walked[0], walked[2])
 
 
 def _walk(
-    buffer: bytes, pos: int, explicit: bool, wanted: np.ndarray | None = None, unusual: np.ndarray | None = None
+    buffer: bytes, pos: int, explicit: bool, wanted: np.ndarray | None = None, unusual: np.ndarray | None = None,
+    total: int | None = None,
 ) -> tuple[int, int, list[list[int]]] | None:
     """The top-level walk, compiled (``kernels.walk_header``): (pixel data start, its length,
     [value start, value length, VR code] per tag of ``wanted`` (default ``_WANTED_LIST``), start -1
@@ -306,11 +310,12 @@ def _walk(
     wanted = _WANTED_TAGS if wanted is None else wanted
     unusual = _UNUSUAL_TAGS if unusual is None else unusual
     if kernels.twins_active():
-        return walk_python(buffer, pos, explicit, wanted, unusual)
+        return walk_python(buffer, pos, explicit, wanted, unusual, total)
     found = np.empty((len(wanted), 3), np.int64)
     stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
     start, length = kernels.compiled().walk_header(
-        np.frombuffer(buffer, np.uint8), pos, explicit, elements.VR_CLASS, wanted, unusual, found, stack
+        np.frombuffer(buffer, np.uint8), pos, explicit, elements.VR_CLASS, wanted, unusual, found, stack,
+        len(buffer) if total is None else total,
     )
     if start < 0:
         return None
@@ -318,11 +323,13 @@ def _walk(
 
 
 def walk_python(
-    buffer: bytes, pos: int, explicit: bool, wanted: np.ndarray | None = None, unusual: np.ndarray | None = None
+    buffer: bytes, pos: int, explicit: bool, wanted: np.ndarray | None = None, unusual: np.ndarray | None = None,
+    total: int | None = None,
 ) -> tuple[int, int, list[list[int]]] | None:
     """The plain-Python twin of ``_walk`` (the definition the tests hold the kernel to), on
     the shared element reader (``elements``)."""
     n = len(buffer)
+    total = n if total is None else total
     wanted_list = _WANTED_LIST if wanted is None else [int(t) for t in wanted]
     unusual_set = UNUSUAL if unusual is None else {int(t) for t in unusual}
     found = {tag: [-1, 0, 0] for tag in wanted_list}
@@ -332,7 +339,7 @@ def walk_python(
         except elements.Malformed:
             return None  # a cut header, an unknown VR or reserved bytes: let pydicom sort it out
         if tag == PIXEL_DATA:
-            if length != _UNDEFINED and start + length > n:
+            if length != _UNDEFINED and start + length > total:
                 return None  # short: pydicom's path reports it
             return start, length, [found[tag] for tag in wanted_list]
         if tag in unusual_set:

@@ -10,6 +10,7 @@ full dataset and go through pydicom's decoders (see decoders/).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -29,7 +30,7 @@ from pydicom.uid import (
 )
 
 from . import elements, fastheader
-from .decoders.frames import frame_table
+from .decoders.frames import FileRanges, frame_table
 from .errors import (
     FastDcmError,
     InvalidPixelModuleError,
@@ -54,6 +55,14 @@ MAX_FRAME_BYTES = int(os.environ.get("FASTDCM_MAX_FRAME_BYTES", str(1 << 30)))
 MAX_FRAMES = int(os.environ.get("FASTDCM_MAX_FRAMES", "100000"))
 #: Inputs larger than this are refused before reading (FASTDCM_MAX_FILE_BYTES).
 MAX_FILE_BYTES = int(os.environ.get("FASTDCM_MAX_FILE_BYTES", str(8 << 30)))
+#: Files larger than this are read in parts (FASTDCM_READ_IN_PARTS_ABOVE): the header from their
+#: first :data:`HEAD_BYTES`, then only the bytes of the frame asked for (``frames.FileRanges``), when
+#: the header lies in those bytes and the pixel data is little endian, native or encapsulated (else
+#: the whole file is read). ``render`` of frame 1 of a 105 MB 200-frame CT: 51 -> 0.35 ms (and 105 MB
+#: less memory); of a 6 MB 120-frame JPEG cine (color3d_jpeg_baseline.dcm): 2.9 -> 1.9 ms; single-frame
+#: files from 2 to 7 MB the same or faster (the pixel data read into its own buffer).
+READ_IN_PARTS_ABOVE = int(os.environ.get("FASTDCM_READ_IN_PARTS_ABOVE", str(1 << 20)))
+HEAD_BYTES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -115,27 +124,34 @@ class PixelSpec:
 class Header:
     """A parsed header: the validated spec, the attributes the pipeline reads, and the bytes
     of the file (frames of native data are views into them, encapsulated frames byte ranges:
-    ``frames`` holds each frame's (start, length) ranges, from decoders/frames.py).
+    ``frames`` holds each frame's (start, length) ranges, from decoders/frames.py). ``data`` is
+    where the pixel data is read from: ``buffer``, or for a file read in parts
+    (:data:`READ_IN_PARTS_ABOVE`) a ``FileRanges`` of it, ``buffer`` then being its first bytes.
 
     ``attrs`` is pydicom's dataset, or for files the fast parser read (fastheader.py) a
     small mapping with the same keywords; ``dataset`` is always pydicom's, parsed on first
     use when the fast parser was enough for rendering.
     """
 
-    __slots__ = ("spec", "attrs", "buffer", "path", "frames", "_dataset")
+    __slots__ = ("spec", "attrs", "buffer", "data", "path", "frames", "_dataset")
 
-    def __init__(self, spec: PixelSpec, attrs: Any, buffer: bytes | None, path: str | None) -> None:
+    def __init__(
+        self, spec: PixelSpec, attrs: Any, buffer: bytes | None, path: str | None, data: FileRanges | None = None
+    ) -> None:
         self.spec = spec
         self.attrs = attrs
         self.buffer = buffer
+        self.data = buffer if data is None else data
         self.path = path
         self.frames: list[list[tuple[int, int]]] | None = None
         self._dataset = attrs if isinstance(attrs, Dataset) else None
-        if spec.is_encapsulated and buffer is not None and spec.pixel_offset >= 0:
+        if spec.is_encapsulated and self.data is not None and spec.pixel_offset >= 0:
             # offset 0: the buffer is a Dataset's PixelData value, which has no sequence delimiter
-            self.frames = frame_table(
-                buffer, spec.pixel_offset, spec.number_of_frames, _extended_offsets(attrs), delimited=spec.pixel_offset > 0
-            )
+            with data.opened() if data is not None else contextlib.nullcontext():
+                self.frames = frame_table(
+                    self.data, spec.pixel_offset, spec.number_of_frames, _extended_offsets(attrs),
+                    delimited=spec.pixel_offset > 0,
+                )
 
     @property
     def dataset(self) -> Dataset:
@@ -177,30 +193,7 @@ def read_bytes(src: SourceLike) -> tuple[bytes, str | None]:
     """The whole input as bytes, with its path when it has one."""
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
-        try:
-            # os.open / os.read, not open(): a file object costs ~8 us a file more (a 644-byte file: 16 -> 8 us)
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            try:
-                size = os.fstat(fd).st_size
-                if size > MAX_FILE_BYTES:
-                    raise InvalidPixelModuleError(
-                        f"file is {size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)",
-                        path=path,
-                    )
-                if size > _PEEK_ABOVE:  # a large file that is no dataset is told from its head
-                    try:
-                        _refuse_zero_dataset(os.pread(fd, 1 << 16, 0))
-                    except NotDicomError as exc:
-                        raise exc.with_path(path) from None
-                return _read_all(fd, size), path
-            finally:
-                os.close(fd)
-        except IsADirectoryError:
-            raise NotDicomError("is a directory, not a file", path=path) from None
-        except FileNotFoundError:
-            raise NotDicomError("no such file", path=path) from None
-        except PermissionError as exc:
-            raise NotDicomError(f"cannot be read: {exc.strerror}", path=path) from None
+        return _read_path(path, in_parts=False)[0], path
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src), None
     if hasattr(src, "read"):
@@ -214,12 +207,75 @@ def read_bytes(src: SourceLike) -> tuple[bytes, str | None]:
     )
 
 
+def _read_path(path: str, in_parts: bool) -> tuple[bytes, os.stat_result | None]:
+    """(the file's bytes, None); with ``in_parts``, for a file above :data:`READ_IN_PARTS_ABOVE`,
+    (its first :data:`HEAD_BYTES`, its stat)."""
+    try:
+        # os.open / os.read, not open(): a file object costs ~8 us a file more (a 644-byte file: 16 -> 8 us)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            if size > MAX_FILE_BYTES:
+                raise InvalidPixelModuleError(
+                    f"file is {size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)",
+                    path=path,
+                )
+            if size > _PEEK_ABOVE:  # a large file that is no dataset is told from its head
+                try:
+                    _refuse_zero_dataset(os.pread(fd, 1 << 16, 0))
+                except NotDicomError as exc:
+                    raise exc.with_path(path) from None
+            if in_parts and size > READ_IN_PARTS_ABOVE and hasattr(os, "pread"):
+                return os.pread(fd, HEAD_BYTES, 0), st
+            return _read_all(fd, size), None
+        finally:
+            os.close(fd)
+    except IsADirectoryError:
+        raise NotDicomError("is a directory, not a file", path=path) from None
+    except FileNotFoundError:
+        raise NotDicomError("no such file", path=path) from None
+    except PermissionError as exc:
+        raise NotDicomError(f"cannot be read: {exc.strerror}", path=path) from None
+
+
+def _header_in_parts(head: bytes, path: str, st: os.stat_result) -> Header | None:
+    """The header of a large file from its first bytes, its pixel data left in the file (read
+    by ``frames.FileRanges``); None when the whole file must be read (the header runs past
+    ``head``, or the pixel data is of a kind only the whole-buffer paths read)."""
+    fast = fastheader.parse(head, total=st.st_size)
+    if fast is None:
+        return None
+    ts, attrs, offset, length = fast
+    pi = str(attrs.get("PhotometricInterpretation", ""))
+    encapsulated = length < 0
+    if attrs.get("BitsAllocated") not in (8, 16, 32) or (not encapsulated and pi.startswith("YBR")) or "Rows" not in attrs:
+        return None
+    data = FileRanges(path, st.st_size, st.st_mtime_ns)
+    if not encapsulated and fastheader.second_pixel_element(data[offset + length : offset + length + 4], 0):
+        return None  # two pixel data elements: the whole-buffer path reports it
+    module = attrs.module
+    if module is None:
+        module = attrs.module = _validate(attrs, _uid(ts), "PixelData", encapsulated, -1, -1)
+    return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=head, path=path, data=data)
+
+
 def read_header(src: SourceLike) -> Header:
-    """Parse and validate the header of ``src``; raise a FastDcmError subclass naming it."""
+    """Parse and validate the header of ``src``; raise a FastDcmError subclass naming it.
+    A large file (:data:`READ_IN_PARTS_ABOVE`) is read in parts where it can be."""
     name = source_name(src)
     try:
         if isinstance(src, Dataset):
             return _header_from_dataset(src, buffer=None, path=name, pixel_pos=None)
+        if isinstance(src, (str, os.PathLike)):
+            path = os.fspath(src)
+            buffer, st = _read_path(path, in_parts=True)
+            if st is not None:
+                header = _header_in_parts(buffer, path, st)
+                if header is not None:
+                    return header
+                buffer = _read_path(path, in_parts=False)[0]
+            return _header_from_bytes(buffer, path)
         buffer, path = read_bytes(src)
         return _header_from_bytes(buffer, path or name)
     except FastDcmError as exc:

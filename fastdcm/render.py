@@ -56,8 +56,15 @@ class Image:
 
     @property
     def header_bytes(self) -> bytes | None:
-        """The bytes of the file (None for a pydicom Dataset source)."""
+        """The bytes of the file: its first bytes for a file read in parts (``header.READ_IN_PARTS_ABOVE``),
+        None for a pydicom Dataset source."""
         return self._header.buffer
+
+    @property
+    def file_size(self) -> int | None:
+        """The size of the input's bytes (for a file read in parts, more than ``header_bytes``)."""
+        data = self._header.data
+        return None if data is None else len(data)
 
     @property
     def n_frames(self) -> int:

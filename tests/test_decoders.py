@@ -78,7 +78,7 @@ def test_frame_table_agrees_with_pydicom(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = list(generate_frames(ds.PixelData, number_of_frames=h.spec.number_of_frames))
-    got = [bytes(frames.frame_bytes(h.buffer, r)) for r in h.frames]
+    got = [bytes(frames.frame_bytes(h.data, r)) for r in h.frames]
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert g.rstrip(b"\0") == e.rstrip(b"\0")  # pydicom may strip the padding byte
@@ -456,7 +456,7 @@ def test_a_threaded_jpeg_2000_decode_equals_one_thread(monkeypatch):
     """OpenJPEG's threads decode code-blocks in parallel: the same values (a codestream big enough)."""
     path = get_testdata_file("RG3_J2KR.dcm")
     header = read_header(path)
-    assert len(frames.frame_bytes(header.buffer, header.frames[0])) >= backends.THREADED_J2K_BYTES
+    assert len(frames.frame_bytes(header.data, header.frames[0])) >= backends.THREADED_J2K_BYTES
     calls = []
     real = imagecodecs.jpeg2k_decode
     monkeypatch.setattr(imagecodecs, "jpeg2k_decode", lambda data, **kw: calls.append(kw["numthreads"]) or real(data, **kw))
@@ -472,7 +472,7 @@ def test_a_small_jpeg_2000_codestream_decodes_on_one_thread(monkeypatch):
     codestream: 4x slower on two): one thread, whatever the setting."""
     path = get_testdata_file("GDCMJ2K_TextGBR.dcm")
     header = read_header(path)
-    assert len(frames.frame_bytes(header.buffer, header.frames[0])) < backends.THREADED_J2K_BYTES
+    assert len(frames.frame_bytes(header.data, header.frames[0])) < backends.THREADED_J2K_BYTES
     calls = []
     real = imagecodecs.jpeg2k_decode
     monkeypatch.setattr(imagecodecs, "jpeg2k_decode", lambda data, **kw: calls.append(kw["numthreads"]) or real(data, **kw))

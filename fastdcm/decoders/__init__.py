@@ -34,7 +34,7 @@ from ..errors import DecodeError, MissingDecoderError, UnsupportedTransferSyntax
 from ..resample import reduce_stored, reduced_size
 from . import backends as _backends
 from .backends import BACKENDS, FAMILIES, Backend, chain, family, interleave
-from .frames import frame_bytes
+from .frames import FileRanges, frame_bytes
 
 if TYPE_CHECKING:
     from ..header import Header, PixelSpec
@@ -122,8 +122,8 @@ def decode_frame(
     """
     spec = header.spec
     done = 0
-    if header.buffer is not None and spec.is_native_view:
-        arr, name = _native_view(header.buffer, spec, index), NATIVE
+    if header.data is not None and spec.is_native_view:
+        arr, name = _native_view(header.data, spec, index), NATIVE
     elif spec.is_encapsulated and header.frames is not None:
         arr, name, done = _decode_encapsulated(header, index, choice, reduce)
     else:
@@ -144,8 +144,8 @@ def _decode_encapsulated(
     """(frame, backend name, the reduction the backend did: ``reduce`` or 0)."""
     spec = header.spec
     ts = spec.transfer_syntax_uid
-    assert header.frames is not None and header.buffer is not None
-    data = frame_bytes(header.buffer, header.frames[index])
+    assert header.frames is not None and header.data is not None
+    data = frame_bytes(header.data, header.frames[index])
     errors = []
     for b in candidates(ts, spec, choice, reduce):
         try:
@@ -195,11 +195,14 @@ _NATIVE_DTYPES = {
 }
 
 
-def _native_view(buffer: bytes, spec: PixelSpec, index: int) -> np.ndarray:
+def _native_view(buffer: bytes | FileRanges, spec: PixelSpec, index: int) -> np.ndarray:
     dtype = np.dtype(_NATIVE_DTYPES[spec.is_float, spec.bits_allocated])
     count = spec.rows * spec.columns * spec.samples_per_pixel
     offset = spec.pixel_offset + index * count * dtype.itemsize
-    flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
+    if isinstance(buffer, FileRanges):  # a file read in parts: this frame's bytes only
+        flat = np.frombuffer(buffer[offset : offset + count * dtype.itemsize], dtype=dtype)
+    else:
+        flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset)
     if spec.samples_per_pixel == 1:
         return flat.reshape(spec.rows, spec.columns)
     if spec.planar_configuration == 1:  # (a copy: the kernels read pixels in order)

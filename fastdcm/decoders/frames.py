@@ -8,12 +8,17 @@ Table, one fragment per frame, or (no table, more fragments than frames) the cod
 start marker at the beginning of a frame's first fragment. Frame N is then a memoryview of its
 fragment (a join only when a frame spans several fragments): no frame before N is decoded or
 copied. The tests hold it to pydicom's ``generate_frames`` on every test file.
+
+A large file is not read whole (``header.py``): its pixel data is a :class:`FileRanges`, read by
+ranges, and the same walk reads the item headers from it; a frame is then read alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .. import elements
 from ..errors import DecodeError, TruncatedPixelDataError
@@ -29,21 +34,92 @@ _STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
 MAX_FRAGMENTS = 1 << 20
 
 
+class FileRanges:
+    """A file's bytes by ranges, read when asked for (``os.pread``): ``len()`` is its size,
+    ``[a:b]`` its bytes from a to b, as bytes. Each read opens the file for itself (so threads
+    may share one); a run of reads inside :meth:`opened` (the item headers' walk, while its header
+    is made) shares one descriptor and serves small reads from a 4 kB window. A file whose size
+    or modification time is no longer what they were when its header was read is refused
+    (TruncatedPixelDataError): its frames would not be the ones the header describes."""
+
+    WINDOW = 4096
+
+    def __init__(self, path: str, size: int, mtime_ns: int) -> None:
+        self.path, self.size, self.mtime_ns = path, size, mtime_ns
+        self._fd: int | None = None  # inside opened() only
+        self._window = (0, b"")
+
+    def __len__(self) -> int:
+        return self.size
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[FileRanges]:
+        """Reads share one descriptor until the block ends (not for use by several threads)."""
+        self._fd = self._open()
+        try:
+            yield self
+        finally:
+            fd, self._fd = self._fd, None
+            self._window = (0, b"")
+            os.close(fd)
+
+    def _open(self) -> int:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise TruncatedPixelDataError(f"the file cannot be read again for its pixel data: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
+            os.close(fd)
+            raise TruncatedPixelDataError("the file changed after its header was read: its pixel data is not read")
+        return fd
+
+    def __getitem__(self, key: slice) -> bytes:
+        start, stop, step = key.indices(self.size)
+        if step != 1:
+            raise ValueError("FileRanges reads contiguous ranges only")
+        if stop <= start:
+            return b""
+        fd = self._fd
+        if fd is None:
+            fd = self._open()
+            try:
+                data = os.pread(fd, stop - start, start)
+            finally:
+                os.close(fd)
+        else:
+            at, window = self._window
+            if at <= start and stop <= at + len(window):
+                return window[start - at : stop - at]
+            if stop - start <= 64:  # an item header or a start marker: read the window it begins
+                self._window = (start, os.pread(fd, self.WINDOW, start))
+                data = self._window[1][: stop - start]
+            else:
+                data = os.pread(fd, stop - start, start)
+        if len(data) != stop - start:
+            raise TruncatedPixelDataError(f"the file ends at byte {start + len(data)}, inside its pixel data")
+        return data
+
+
+def _view(buffer: bytes | memoryview | FileRanges) -> memoryview | FileRanges:
+    return buffer if isinstance(buffer, FileRanges) else memoryview(buffer)
+
+
 def fragments(
-    buffer: bytes | memoryview, offset: int, delimited: bool = True
+    buffer: bytes | memoryview | FileRanges, offset: int, delimited: bool = True
 ) -> tuple[list[int], list[tuple[int, int]]]:
     """(Basic Offset Table entries, [(start, length)] of each fragment) of the encapsulated
     value that starts at ``offset`` of ``buffer`` (at the Basic Offset Table item). In a file
     the value ends with a sequence delimiter; ``delimited=False`` is for a value on its own
     (a pydicom Dataset's ``PixelData``), which ends with its last fragment."""
-    view = memoryview(buffer)
+    view = _view(buffer)
     n = len(view)
     if offset + 8 > n or view[offset : offset + 4] != _ITEM:
         raise TruncatedPixelDataError("encapsulated pixel data does not start with an item (the Basic Offset Table)")
     _, bot_length, pos = elements.item(view, offset)
     if bot_length % 4 or pos + bot_length > n:
         raise TruncatedPixelDataError(f"the Basic Offset Table claims {bot_length} bytes, which do not fit")
-    bot = list(struct.unpack_from(f"<{bot_length // 4}I", view, pos)) if bot_length else []
+    bot = list(struct.unpack(f"<{bot_length // 4}I", view[pos : pos + bot_length])) if bot_length else []
     pos += bot_length
     frags: list[tuple[int, int]] = []
     while True:
@@ -69,7 +145,7 @@ def fragments(
 
 
 def frame_table(
-    buffer: bytes | memoryview,
+    buffer: bytes | memoryview | FileRanges,
     offset: int,
     n_frames: int,
     extended: tuple[Sequence[int], Sequence[int]] | None = None,
@@ -90,7 +166,7 @@ def frame_table(
         return [[f] for f in frags]
     if len(frags) < n_frames:
         raise TruncatedPixelDataError(f"encapsulated pixel data has {len(frags)} fragment(s) for {n_frames} frame(s)")
-    view = memoryview(buffer)
+    view = _view(buffer)
     starts = [i for i, (s, length) in enumerate(frags) if any(view[s : s + len(m)] == m for m in _STARTS)]
     if len(starts) != n_frames or starts[0] != 0:
         raise DecodeError(
@@ -118,7 +194,7 @@ def _from_bot(bot: list[int], frags: list[tuple[int, int]], first: int, n_frames
 
 
 def _from_extended(
-    buffer: bytes | memoryview, first: int, n_frames: int, extended: tuple[Sequence[int], Sequence[int]]
+    buffer: bytes | memoryview | FileRanges, first: int, n_frames: int, extended: tuple[Sequence[int], Sequence[int]]
 ) -> list[list[tuple[int, int]]]:
     offsets, lengths = extended
     if len(offsets) != n_frames or len(lengths) != n_frames:
@@ -130,16 +206,16 @@ def _from_extended(
     for k, (off, length) in enumerate(zip(offsets, lengths)):
         item = first + int(off)
         start = item + 8
-        if item < first or start + int(length) > n or memoryview(buffer)[item : item + 4] != _ITEM:
+        if item < first or start + int(length) > n or _view(buffer)[item : item + 4] != _ITEM:
             raise TruncatedPixelDataError(f"Extended Offset Table entry {k} does not point at a fragment inside the data")
         table.append([(start, int(length))])
     return table
 
 
-def frame_bytes(buffer: bytes | memoryview, ranges: list[tuple[int, int]]) -> bytes | memoryview:
+def frame_bytes(buffer: bytes | memoryview | FileRanges, ranges: list[tuple[int, int]]) -> bytes | memoryview:
     """The bytes of one frame: a view when it is one fragment, else the fragments joined.
     Trailing padding (the even-length byte) is left for the codec to ignore."""
-    view = memoryview(buffer)
+    view = _view(buffer)
     if len(ranges) == 1:
         s, length = ranges[0]
         return view[s : s + length]

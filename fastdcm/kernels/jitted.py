@@ -478,10 +478,12 @@ def _u32(buf, pos):
 
 
 @jit
-def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
+def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack, total):
     """Walk the dataset's top-level elements from ``pos`` to the pixel data element.
 
-    ``buf`` is the file (uint8); ``explicit`` its VR encoding (little endian either way).
+    ``buf`` is the file (uint8), or its first bytes when the file (``total`` bytes) is read in
+    parts: every element before the pixel data must lie in ``buf``, native pixel data in ``total``;
+    ``explicit`` its VR encoding (little endian either way).
     For each tag ``wanted[k]`` met at the top level, its value's start, length and VR code
     (``buf[p] | buf[p + 1] << 8``, 0 for implicit VR) go to ``found[k, 0:3]`` (the last one
     wins; a tag not met leaves ``-1, 0, 0``); sequences of undefined length are skipped item by item,
@@ -531,7 +533,7 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
                 if tag == _PIXEL_DATA_TAG:
                     if length == _UNDEFINED_LENGTH:
                         return start, length  # encapsulated: the caller walks its items
-                    if start + length > n:
+                    if start + length > total:
                         return -1, 0
                     return start, length
                 for k in range(unusual.shape[0]):
@@ -577,9 +579,10 @@ def walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack):
 
 
 @jit
-def read_header(buf, vr_class, magic, implicit_ts, wanted, unusual, found, stack, meta, key):
+def read_header(buf, vr_class, magic, implicit_ts, wanted, unusual, found, stack, meta, key, total):
     """A whole little-endian file's header in one call: its file meta, then :func:`walk_header` on
-    its dataset, then the values of ``wanted`` packed into ``key``.
+    its dataset, then the values of ``wanted`` packed into ``key`` (``buf`` and ``total``: as
+    walk_header takes them).
 
     The file meta (group 0002 after the preamble and ``magic``, ``elements.MAGIC``; explicit VR) is read as ``elements.file_meta``
     reads it: ``meta[0:4]`` = the position after it, the transfer syntax value's start and length,
@@ -639,7 +642,7 @@ def read_header(buf, vr_class, magic, implicit_ts, wanted, unusual, found, stack
     if pos + 6 <= n and (vr_class[_u16(buf, pos + 4)] != 0) != explicit:
         explicit = not explicit
     meta[3] = 1 if explicit else 0
-    start, length = walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack)
+    start, length = walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack, total)
     if start < 0:
         return start, length, 0
     cap = key.shape[0]

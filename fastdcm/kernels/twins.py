@@ -160,11 +160,11 @@ def warmup_arrays():
     for explicit in (True, False):
         calls.append(
             (k_walk_header, (np.zeros(16, np.uint8), 0, explicit, np.zeros(1 << 16, np.uint8), i64, i64,
-                             np.zeros((1, 3), np.int64), np.zeros(4, np.int64)))
+                             np.zeros((1, 3), np.int64), np.zeros(4, np.int64), 16))
         )
     calls.append(
         (k_read_header, (np.zeros(16, np.uint8), np.zeros(1 << 16, np.uint8), np.zeros(4, np.uint8), np.zeros(1, np.uint8), i64, i64,
-                         np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8)))
+                         np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8), 16))
     )
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
         for acc_dtype in (np.uint16, np.uint32) if raw_dtype is np.uint8 else (np.uint32,):

@@ -279,17 +279,17 @@ def extract_from(image: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
     header's bytes by the compiled header walk (about 20 us) when every item is a top-level
     attribute of a plain little-endian file with ASCII text; else from pydicom's dataset (~1-2 ms).
     Both give the same values (a test holds them to each other on every test file)."""
-    row = _fast(image.header_bytes, specs)
+    row = _fast(image.header_bytes, specs, image.file_size)
     return row if row is not None else extract(image.dataset, specs)
 
 
-def _fast(buffer: bytes | None, specs: tuple[TagSpec, ...]) -> dict[str, Any] | None:
+def _fast(buffer: bytes | None, specs: tuple[TagSpec, ...], total: int | None = None) -> dict[str, Any] | None:
     from .. import fastheader
 
     selection = _selection(specs)
     if buffer is None or selection.nested:
         return None
-    found = fastheader.find_elements(buffer, selection.tags)
+    found = fastheader.find_elements(buffer, selection.tags, total)
     if found is None:
         return None
     explicit, pixels, rows = found

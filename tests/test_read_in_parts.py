@@ -177,3 +177,53 @@ def test_threads_may_share_an_image_read_in_parts(tmp_path, monkeypatch, in_part
     with ThreadPoolExecutor(4) as pool:
         shared = list(pool.map(lambda f: image.render_frame(f % FRAMES).array, range(8 * FRAMES)))
     assert all(np.array_equal(a, alone[i % FRAMES]) for i, a in enumerate(shared))
+
+
+FUZZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "dicom-fuzzing-corpus")
+
+
+def _outcome(path):
+    """What open_image and the first and last frame give: arrays, or the typed errors' names."""
+    from fastdcm.errors import FastDcmError
+
+    try:
+        image = open_image(path)
+    except FastDcmError as exc:
+        return [type(exc).__name__], None
+    out = []
+    for k in sorted({0, image.n_frames - 1}):
+        try:
+            out.append(image.render_frame(k).array)
+        except FastDcmError as exc:
+            out.append(type(exc).__name__)
+    return out, image._header.data
+
+
+def test_every_test_and_fuzzed_file_ends_the_same_read_in_parts(monkeypatch):
+    """On pydicom's test files and the fuzzing corpus, with every file over 1 kB read in parts (the
+    header from its first 8 kB): the same images, or the same typed errors, as read whole."""
+    import warnings
+
+    from pydicom.data import get_testdata_files
+
+    fuzz = sorted(os.path.join(d, f) for d, _, names in os.walk(FUZZ) for f in names) if os.path.isdir(FUZZ) else []
+    if not fuzz:
+        pytest.skip(f"the fuzzing corpus is not at {FUZZ}")
+    files = fuzz + sorted(f for f in get_testdata_files() if os.path.isfile(f))
+    in_parts = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            monkeypatch.setattr(header, "READ_IN_PARTS_ABOVE", 1 << 62)
+            whole, _ = _outcome(path)
+            monkeypatch.setattr(header, "READ_IN_PARTS_ABOVE", 1024)
+            monkeypatch.setattr(header, "HEAD_BYTES", 8192)
+            parts, data = _outcome(path)
+            in_parts += isinstance(data, FileRanges)
+            assert len(parts) == len(whole), path
+            for a, b in zip(parts, whole):
+                if isinstance(a, str) or isinstance(b, str):
+                    assert a == b, (path, a, b)
+                else:
+                    assert a.shape == b.shape and np.array_equal(a, b), path
+    assert in_parts > 300  # (the path was taken: 482 files of 843 here)

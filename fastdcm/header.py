@@ -58,9 +58,9 @@ MAX_FILE_BYTES = int(os.environ.get("FASTDCM_MAX_FILE_BYTES", str(8 << 30)))
 #: Files larger than this are read in parts (FASTDCM_READ_IN_PARTS_ABOVE): the header from their
 #: first :data:`HEAD_BYTES`, then only the bytes of the frame asked for (``frames.FileRanges``), when
 #: the header lies in those bytes and the pixel data is little endian, native or encapsulated (else
-#: the whole file is read). ``render`` of frame 1 of a 105 MB 200-frame CT: 51 -> 0.35 ms (and 105 MB
-#: less memory); of a 6 MB 120-frame JPEG cine (color3d_jpeg_baseline.dcm): 2.9 -> 1.9 ms; single-frame
-#: files from 2 to 7 MB the same or faster (the pixel data read into its own buffer).
+#: the whole file is read). ``render`` of frame 1 of a 105 MB 200-frame CT: 50.7 -> 0.34 ms (and 99 MiB
+#: less peak memory); of a 6 MB 120-frame JPEG cine (color3d_jpeg_baseline.dcm): 2.15 -> 1.61 ms
+#: (benchmarks/frames.py); single-frame files of 2 to 7 MB the same or faster.
 READ_IN_PARTS_ABOVE = int(os.environ.get("FASTDCM_READ_IN_PARTS_ABOVE", str(1 << 20)))
 HEAD_BYTES = 1 << 18
 

@@ -11,7 +11,9 @@ with a plain run, and memory as the table grows.
             ``os.sync``) into fresh folders; the median of each, files/s, and
             each one's ratio to the plain run (the issue's goal: at most 10 %, a ratio of at least 0.90),
             in wall time and in CPU time (the process and its workers: RUSAGE_CHILDREN counts
-            workers once they have exited, which they have when ``convert`` returns).
+            workers once they have exited, which they have when ``convert`` returns); then the same
+            variants in one process (``workers=0``), alternated, CPU time per file: what each costs
+            without the pool, the second core or the parent in between.
 ``gallery`` the gallery of 1,000 and 100,000 images: build time, what the browser loads first, and
             how long headless chromium takes to show the first page.
 ``memory``  peak resident memory of a ``fastdcm.convert`` process (``ru_maxrss``, workers not
@@ -79,6 +81,17 @@ def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
             # (outputs stay until the end: deleting thousands of files slows the next run's creations)
     med = {k: statistics.median(v) for k, v in times.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    # One process (workers=0), the same variants alternated: the CPU time each costs per file, with no
+    # pool, no second core and no parent in between (a 1-second parallel run on this VM swings by 30 %)
+    serial: dict[str, list[float]] = {name: [] for name in variants}
+    for i in range(max(3, rounds // 2)):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            out = work / f"serial-{name}-{i}"
+            c0 = time.process_time()
+            report = fastdcm.convert([str(corpus)], str(out), workers=0, format="jpeg", quiet=True, **variants[name])
+            serial[name].append((time.process_time() - c0) / files * 1e6)
+            assert report.ok and report.converted == files, report.summary()
+    us = {k: statistics.median(v) for k, v in serial.items()}
     return {
         "files": files, "workers": workers, "rounds": rounds,
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
@@ -87,6 +100,9 @@ def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
         "ratio_over_plain": {k: round(med["plain"] / med[k], 3) for k in variants if k != "plain"},
         # CPU time of the run and its workers: less swayed than wall time by the VM's neighbours
         "cpu_ratio_over_plain": {k: round(med_cpu["plain"] / med_cpu[k], 3) for k in variants if k != "plain"},
+        "serial_cpu_us_per_file": {k: [round(x, 1) for x in v] for k, v in serial.items()},
+        "serial_added_us": {k: round(us[k] - us["plain"], 1) for k in variants if k != "plain"},
+        "serial_ratio_over_plain": {k: round(us["plain"] / us[k], 3) for k in variants if k != "plain"},
     }
 
 
@@ -211,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, ratio in c["ratio_over_plain"].items():
         print(f"  with {name}: {c['files_per_s'][name]} files/s, {ratio:.2f} of plain (goal >= 0.90); "
               f"CPU time {c['cpu_ratio_over_plain'][name]:.2f} of plain")
+    print(f"one process, CPU per file (median of {len(c['serial_cpu_us_per_file']['plain'])}): "
+          f"plain {statistics.median(c['serial_cpu_us_per_file']['plain']):.0f} us")
+    for name, added in c["serial_added_us"].items():
+        print(f"  with {name}: +{added:.0f} us, {c['serial_ratio_over_plain'][name]:.2f} of plain (goal >= 0.90)")
     for n, run in m["runs"].items():
         print(f"{run['rows']} rows: peak RSS {run['peak_rss_mib_with']} MiB with the table, "
               f"{run['peak_rss_mib_without']} MiB without (the table's share: {run['table_mib']} MiB)")

@@ -183,7 +183,21 @@ def test_dataset_benchmark_measures_table_and_gallery_cost_and_memory(tmp_path):
     result = dataset.cost(tmp_path, files=12, rounds=1, workers=1)
     assert set(result["ratio_over_plain"]) == set(result["cpu_ratio_over_plain"]) == {"metadata", "gallery", "both"}
     assert all(r > 0 for r in result["ratio_over_plain"].values()) and result["files_per_s"]["gallery"] > 0
+    assert set(result["serial_ratio_over_plain"]) == set(result["serial_added_us"]) == {"metadata", "gallery", "both"}
+    assert all(len(v) >= 3 and min(v) > 0 for v in result["serial_cpu_us_per_file"].values())
     scale = dataset.gallery_scale(tmp_path, 300)
     assert scale["pages"] == 2 and scale["index_html_bytes"] > 1000 and scale["build_s"] >= 0
     mem = dataset.memory(tmp_path, rows=[10, 30])
     assert mem["runs"]["30"]["rows"] == 30 and mem["runs"]["10"]["peak_rss_mib_with"] > 0
+
+
+def test_training_benchmark_measures_window_stacks_in_png_and_jpeg(tmp_path):
+    import training
+
+    corpus = training._corpus(tmp_path, "ct", 4)
+    result = training.stacks(tmp_path, corpus, files=4, rounds=1, workers=1, repeat=1)
+    assert set(result["convert"]) == set(result["encode_us"]) == {"png", "jpeg"}
+    for fmt in ("png", "jpeg"):
+        assert result["convert"][fmt]["cost_three_over_one"] > 0
+        assert result["encode_us"][fmt]["three"] > 0 and result["encode_us"][fmt]["one"] > 0
+    assert result["render_us_three"] > 0 and result["kernel_us_three"] > 0

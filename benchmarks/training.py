@@ -17,9 +17,10 @@
             alternated; the share the resize adds to the decode (goal: at most 5 %); and the two
             ``fastdcm convert`` runs (``--size 1024``), files/s.
 ``stacks``  the ct workload: ``fastdcm convert --window 40,80`` against ``--windows
-            brain,subdural,bone`` (one RGB image a slice), PNG and JPEG q90 (4:4:4), as in ``resize``; the render alone
-            (decode + VOI, in one process, 200 slices) for one window and for the stack of 3; and
-            the encoders alone on the rendered images; the kernel alone on one slice with its output allocated once (``lut_affine`` against
+            brain,subdural,bone`` (one RGB image a slice), PNG and JPEG q90 (4:4:4), as in
+            ``resize``; the render alone (decode + VOI, in one process, 200 slices) for one window
+            and for the stack of 3; the encoders alone on the rendered images; and the kernel alone
+            on one slice with its output allocated once (``lut_affine`` against
             ``lut_affine_stack``): the goal, a stack of 3 at most 1.5x one window.
 
 Work folders are made in ``benchmarks/.cache`` beside the corpora (``results_io.work_dir``), and

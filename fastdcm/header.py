@@ -221,13 +221,16 @@ def _read_path(path: str, in_parts: bool) -> tuple[bytes, os.stat_result | None]
                     f"file is {size} bytes, over the limit of {MAX_FILE_BYTES} (FASTDCM_MAX_FILE_BYTES)",
                     path=path,
                 )
+            head = None
+            if in_parts and size > READ_IN_PARTS_ABOVE and hasattr(os, "pread"):
+                head = os.pread(fd, HEAD_BYTES, 0)
             if size > _PEEK_ABOVE:  # a large file that is no dataset is told from its head
                 try:
-                    _refuse_zero_dataset(os.pread(fd, 1 << 16, 0))
+                    _refuse_zero_dataset(head[: 1 << 16] if head is not None else os.pread(fd, 1 << 16, 0))
                 except NotDicomError as exc:
                     raise exc.with_path(path) from None
-            if in_parts and size > READ_IN_PARTS_ABOVE and hasattr(os, "pread"):
-                return os.pread(fd, HEAD_BYTES, 0), st
+            if head is not None:
+                return head, st
             return _read_all(fd, size), None
         finally:
             os.close(fd)

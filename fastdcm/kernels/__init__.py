@@ -29,8 +29,9 @@ takes about 0.8 s in a fresh process, rendering one CT slice with the twins abou
 ``walk_header`` is the hot loop of ``fastheader``: it walks the top-level elements of a
 file up to its pixel data (native or encapsulated); its twin is ``fastheader``'s plain-Python
 walk. ``read_header`` reads the file meta, walks, and packs the values read into one key, in
-one call (a call of a compiled function costs microseconds); its twin is ``fastheader.read_python``. Every read of the buffer is preceded by a check that the bytes are there (fuzzed files
-reach it).
+one call (a call of a compiled function costs microseconds); its twin is
+``fastheader.read_python``. Every read of the buffer is preceded by a check that the bytes are
+there (fuzzed files reach it).
 
 ``ybr_full_to_rgb`` converts YBR_FULL frames a codec returns unconverted (RLE, JPEG-LS, JPEG 2000
 without a colour transform), bit for bit as pydicom's conversion on this machine, 3.6-4x faster

@@ -239,16 +239,23 @@ def _plan_with_range(
     return plan
 
 
+#: Frames of fewer values have their extremes found by the kernel (numpy's min + max cost more
+#: there: 16,384 values 3.0 against 1.9 us; 65,536 values 4.8 against 6.9 us).
+_NUMPY_EXTREMES_FROM = 32768
+
+
 def _stored_extremes(raw: np.ndarray, mask: int, flip: int, k: Any) -> tuple[int, int]:
     """The least and greatest sign-extended stored value of ``raw`` (1-D, unsigned), as the
     ``int_minmax`` kernel finds them. numpy's reductions (SIMD: a 1024 x 256 16-bit frame, 19
     against 58 us) answer when masking changes nothing: unsigned values none above ``mask``, or
-    signed values that fill their dtype."""
-    if flip == 0:
+    signed values that fill their dtype, on frames of at least :data:`_NUMPY_EXTREMES_FROM` values
+    (below, the kernel's one call is cheaper than numpy's two: 450 values 0.3 against 2.2 us)."""
+    large = raw.shape[0] >= _NUMPY_EXTREMES_FROM
+    if large and flip == 0:
         hi = int(raw.max())
         if hi <= mask:
             return int(raw.min()), hi
-    elif mask == np.iinfo(raw.dtype).max:
+    elif large and mask == np.iinfo(raw.dtype).max:
         signed = raw.view(raw.dtype.str.replace("u", "i"))
         return int(signed.min()), int(signed.max())
     rng = np.empty(2, np.int64)

@@ -15,6 +15,7 @@ import importlib
 import io
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -88,7 +89,9 @@ def _installed(modules: tuple[str, ...]) -> bool:
 
 
 def _module(name: str) -> Any:
-    return importlib.import_module(name)
+    """The backend's module (imported on first use; then from ``sys.modules``, ~1 us less a frame)."""
+    module = sys.modules.get(name)
+    return module if module is not None else importlib.import_module(name)
 
 
 def interleave(planes: np.ndarray) -> np.ndarray:

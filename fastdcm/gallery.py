@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .errors import Status
+from .run.sinks.manifest import loads
 
 __all__ = ["build_gallery", "GalleryReport", "GALLERY", "PER_PAGE", "FAILURES_PER_PAGE", "GALLERY_TAGS"]
 
@@ -125,12 +126,12 @@ RECORD_FIELDS = ("source", "status", "reason", "outputs", "gallery", "voi", "sha
 def latest_records(lines: Iterable[bytes], manifest: str) -> dict[str, dict[str, Any]]:
     """The latest record of every input among a manifest's ``lines`` (named ``manifest`` in
     warnings), as the JSON objects, in the order of those latest records. Parsed with
-    ``json.loads`` only (no Record objects: a build at the end of a run is a serial tail of it);
+    the manifest's JSON parser only (no Record objects: a build at the end of a run is a serial tail of it);
     lines that do not parse are skipped, as ``read_manifest`` skips them."""
     latest: dict[str, dict[str, Any]] = {}
     for number, raw in enumerate(lines, 1):
         try:
-            record = json.loads(raw)
+            record = loads(raw)
             source = record["source"]
             record["status"] = str(record["status"])
         except (ValueError, TypeError, KeyError):

@@ -6,6 +6,7 @@ import json
 import os
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from fastdcm.run.discover import Rejected, Source
@@ -13,6 +14,8 @@ from fastdcm.errors import Status
 from fastdcm.run.naming import owner_key
 from fastdcm.run.sinks.manifest import (
     ManifestWriter,
+    dumps,
+    loads,
     Record,
     resume_index,
     format_summary,
@@ -54,6 +57,37 @@ def test_record_odd_paths_round_trip():
         line = rec.to_json()
         line.encode("ascii")  # ASCII-only: valid UTF-8 whatever the names
         assert Record.from_json(line).source == path
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"source": "/a/b.dcm", "status": "converted", "timings": {"read": 5e-05, "write": 0.000269}, "time": 1796634213.384},
+        {"source": "/data/Müller/患者/IM1", "status": "error"},  # beyond ASCII: escaped, as the stdlib does
+        {"source": "/data/\udcff\udcfebytes", "status": "error"},  # lone surrogates: orjson refuses them
+        {"source": "/nullable/x", "gallery": {"windows": [None, [40.0, 400.0]]}},  # a real null
+        {"source": "x", "size": 1 << 70},  # beyond 64 bits
+        {"source": "x", "status": Status.CONVERTED, "window": np.float64(40.5), "shape": (512, 512)},  # a float subclass
+    ],
+)
+def test_lines_are_the_stdlibs_json(data):
+    """orjson writes the common record; whatever it would write otherwise goes through the stdlib:
+    every line ASCII, parsed back the same by the stdlib and by :func:`loads`."""
+    line = dumps(data)
+    line.encode("ascii")
+    want = json.loads(json.dumps(data))
+    assert json.loads(line) == want and loads(line) == want and loads(line.encode()) == want
+
+
+def test_a_nan_is_refused_as_before():
+    with pytest.raises(ValueError):
+        dumps({"source": "x", "time": float("nan")})
+
+
+def test_loads_takes_what_only_the_stdlib_reads():
+    assert loads('{"source": "x", "v": NaN}')["source"] == "x"
+    with pytest.raises(ValueError):
+        loads('{"source": "x"')
 
 
 def test_record_statuses_accept_strings_and_reject_unknown():

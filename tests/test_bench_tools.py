@@ -201,3 +201,16 @@ def test_training_benchmark_measures_window_stacks_in_png_and_jpeg(tmp_path):
         assert result["convert"][fmt]["cost_three_over_one"] > 0
         assert result["encode_us"][fmt]["three"] > 0 and result["encode_us"][fmt]["one"] > 0
     assert result["render_us_three"] > 0 and result["kernel_us_three"] > 0
+
+
+def test_report_clears_an_earlier_reports_outputs_before_timing(tmp_path):
+    """With --work-dir, every entry writes into a folder that does not exist yet (a peer writing
+    over its earlier run's files was timed slower, and fastdcm looked faster than it is)."""
+    import report
+
+    for name in ("ct-fast-jpeg-0", "ct-fastdcm-jpeg-0-warm", "ct-floor-jpeg-3", "ct-fast-png-0", "mixed-fast-jpeg-0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "000000.jpg").write_bytes(b"old")
+    (tmp_path / "ct-notes.txt").write_text("kept")
+    report.clear_outputs(tmp_path, "ct", "jpeg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct-fast-png-0", "ct-notes.txt", "mixed-fast-jpeg-0"]

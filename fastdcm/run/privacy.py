@@ -100,12 +100,23 @@ def _needles_of(items: tuple) -> tuple[tuple[str, frozenset, tuple], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=1024)
+def _needles_by(pairs: tuple) -> tuple[tuple[str, frozenset, tuple], ...]:
+    """:func:`_needles_of` of the identifying values as the guard reads them, (keyword, value) pairs
+    with None and empty values among them (one cache lookup a file: a series repeats them)."""
+    items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in pairs if v not in (None, "", [], ()))
+    return _needles_of(items) if items else ()
+
+
 def guard_names(names: list[str], values: dict[str, Any], pseudonymizer: "Pseudonymizer | None" = None) -> list[str]:
     """``names`` unchanged when no identifying value of the file (``values``: :data:`NAME_GUARD`'s)
     shows in them; with a pseudonymizer, each folder or file name that shows one replaced by its
     keyed hash (the file name keeps its extension); else IdentifierInNameError naming the attribute."""
-    items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v not in (None, "", []))
-    needles = _needles_of(items) if items else ()
+    pairs = tuple(values.items())
+    try:
+        needles = _needles_by(pairs)
+    except TypeError:  # a multi-valued identifier (a list) cannot be a cache key
+        needles = _needles_by(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in pairs))
     if not needles:
         return names
     out = []
@@ -134,7 +145,10 @@ def _parts_of(part: str) -> tuple[frozenset, str]:
     return frozenset(_NOT_ALNUM.split(low)), _NOT_ALNUM.sub("", low)
 
 
+@functools.lru_cache(maxsize=8192)
 def _hit(part: str, needles: tuple) -> str | None:
+    """The keyword of the first identifying value ``part`` of a name shows, or None (cached: the
+    folders of a series' names repeat, with the same needles)."""
     tokens, joined = _parts_of(part)
     for keyword, words, runs in needles:
         if not tokens.isdisjoint(words) or any(r in joined for r in runs):

@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .. import fastheader
 from ..errors import InvalidOptionError
 from .privacy import IDENTIFIERS, check_fields, pseudonymized
 
@@ -284,8 +285,6 @@ def extract_from(image: Any, specs: tuple[TagSpec, ...]) -> dict[str, Any]:
 
 
 def _fast(buffer: bytes | None, specs: tuple[TagSpec, ...], total: int | None = None) -> dict[str, Any] | None:
-    from .. import fastheader
-
     selection = _selection(specs)
     if buffer is None or selection.nested:
         return None

@@ -59,6 +59,45 @@ def test_writes_refuse_a_symlink_at_any_depth(tmp_path, canary):
     root.close()
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["openat2", "walk"])
+def test_folders_open_in_one_call_or_by_the_walk_alike(tmp_path, canary, monkeypatch, fast):
+    """openat2 (where the kernel has it) and the component walk give the same folder and refuse the
+    same symlinks, with the same message; the one-call path is the one used when it can be."""
+    if fast and writer._load_openat2() is None:
+        pytest.skip("no openat2 here (not Linux x86_64/aarch64)")
+    calls = []
+    if fast:
+        real = writer._load_openat2()
+
+        def counted(fd, path):
+            calls.append(path)
+            return real(fd, path)
+
+        monkeypatch.setattr(writer, "_OPENAT2", counted)
+    else:
+        monkeypatch.setattr(writer, "_OPENAT2", None)
+    out = tmp_path / "out"
+    root = OutputRoot.create(str(out))
+    root.write("p/s/x.png", b"one", replace=False)  # folders made by the walk
+    root.write("p/s/y.png", b"two", replace=False)  # then opened in one call
+    assert (out / "p" / "s" / "y.png").read_bytes() == b"two" and root.exists("p/s/x.png")
+    assert bool(calls) is fast and (not fast or b"p/s" in calls)
+    before = _snapshot(canary)
+    os.symlink(canary, out / "p" / "t")
+    os.rename(out / "p" / "s", out / "moved")
+    os.symlink(canary, out / "p" / "s")  # swapped for a link
+    for name in ("p/s/z.png", "p/t/z.png"):
+        with pytest.raises(UnsafePathError, match=f"{name[:3]} under the output folder is a symlink"):
+            root.write(name, b"three", replace=False)
+        assert not root.exists(name)
+    os.symlink(canary, out / "q")
+    with pytest.raises(UnsafePathError, match="q under the output folder is a symlink"):
+        root.write("q/deeper/z.png", b"four", replace=False)
+    assert _snapshot(canary) == before
+    root.remove_tmp()
+    root.close()
+
+
 def test_a_symlink_at_the_manifest_is_refused_before_any_work(tmp_path, canary):
     src = _archive(tmp_path, 2)
     out = tmp_path / "out"

@@ -2,8 +2,10 @@
 
 The output root is opened once (``O_DIRECTORY``; the path the user gave may pass through
 symlinks of their own). Below it nothing is ever reached by a path string: each output's
-folder is walked component by component from the root's fd with ``openat(O_NOFOLLOW |
-O_DIRECTORY)`` (``mkdirat`` where a folder is missing), every time a file is written, so a
+folder is opened from the root's fd every time a file is written, in one ``openat2`` call that
+resolves no symlink anywhere on the way (``RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH``, Linux 5.6+),
+or else (a folder to make, a refusal to explain, no ``openat2``) walked component by component
+with ``openat(O_NOFOLLOW | O_DIRECTORY)`` (``mkdirat`` where a folder is missing), so a
 symlink anywhere under the root, planted before the run or swapped in during it, is refused
 (:class:`~fastdcm.errors.UnsafePathError`), never followed. A file appears complete or not at
 all:
@@ -63,6 +65,50 @@ def _load_renameat2():
 
 _RENAMEAT2 = _load_renameat2()
 _RENAME_NOREPLACE = 1
+
+#: openat2's resolve flags (linux/openat2.h): no symlink anywhere on the path (magic links
+#: included), nothing outside the directory it starts from.
+_RESOLVE_NO_MAGICLINKS, _RESOLVE_NO_SYMLINKS, _RESOLVE_BENEATH = 0x02, 0x04, 0x08
+_SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "arm64": 437}  # (the same number on both tables)
+
+
+def _load_openat2():
+    """A function ``(dir_fd, path bytes) -> fd or -1`` opening the folder ``path`` below ``dir_fd``
+    with openat2(RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) (Linux >= 5.6,
+    through libc's ``syscall``), or None where there is none."""
+    import platform
+
+    number = _SYS_OPENAT2.get(platform.machine()) if hasattr(os, "sched_getaffinity") else None
+    if number is None:
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t]
+    how = OpenHow(os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0), 0,
+                  _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+    how_ref, how_size = ctypes.byref(how), ctypes.sizeof(how)
+
+    def openat2(dir_fd: int, path: bytes) -> int:
+        global _OPENAT2
+        fd = syscall(number, dir_fd, path, how_ref, how_size)
+        if fd < 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG):
+            _OPENAT2 = None  # an older kernel, or a sandbox that refuses the call: the walk, from now on
+        return int(fd)
+
+    return openat2
+
+
+_OPENAT2 = _load_openat2()
 
 
 def _components(name: str) -> list[str]:
@@ -217,6 +263,13 @@ class OutputRoot:
         return fd, parts[-1]
 
     def _walk(self, parts: list[str], create: bool) -> int:
+        if len(parts) > 1 and _OPENAT2 is not None:
+            # The folder in one call where the kernel has openat2 (3.6 against 7.5 us for three
+            # levels here): it refuses a symlink at any step as the walk below does. Any failure
+            # (a folder to make, a symlink to name in the refusal) is the walk's to handle.
+            fd = _OPENAT2(self.fd, os.fsencode("/".join(parts[:-1])))
+            if fd >= 0:
+                return fd
         fd = os.dup(self.fd)
         try:
             for i, part in enumerate(parts[:-1]):

@@ -135,6 +135,17 @@ def _frame_item(ds: Dataset, frame: int, sequence: str) -> Dataset | None:
 
 
 def modality_of(ds: Dataset, spec: PixelSpec, frame: int) -> Modality:
+    """The modality step of frame ``frame``; for a fast-parsed header (no functional groups: the
+    same for every frame and every slice that shares its values) kept on it with its plans."""
+    if ds.__class__ is Attributes:
+        modality = ds.plans.get(Modality)
+        if modality is None:
+            modality = ds.plans[Modality] = _modality_of(ds, spec, frame)
+        return modality
+    return _modality_of(ds, spec, frame)
+
+
+def _modality_of(ds: Dataset, spec: PixelSpec, frame: int) -> Modality:
     item = _frame_item(ds, frame, "PixelValueTransformationSequence")
     src = item if item is not None and "RescaleSlope" in item else ds
     if item is None and ds.get("ModalityLUTSequence"):

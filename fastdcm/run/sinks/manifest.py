@@ -135,7 +135,9 @@ class Record:
     @staticmethod
     def data_of(source: Any, result: Any, fingerprint: str | None = None) -> dict[str, Any]:
         """The JSON object of :meth:`line_of` (its fields that are not None)."""
-        status = Status(result.status)
+        status = result.status
+        if status.__class__ is not Status:
+            status = Status(status)
         data = {
             "source": source.path, "status": status.value, "reason": result.reason,
             "size": getattr(source, "size", None), "mtime_ns": getattr(source, "mtime_ns", None),
@@ -147,7 +149,9 @@ class Record:
             "fingerprint": fingerprint if status in DONE_STATUSES else None,
             "timings": {k: round(v, 6) for k, v in result.timings.items() if v}, "time": round(time.time(), 3),
         }
-        return {k: v for k, v in data.items() if v is not None}
+        for key in [k for k, v in data.items() if v is None]:  # (with the status check: 4.4 -> 4.0 us a record)
+            del data[key]
+        return data
 
     def to_json(self) -> str:
         """One line of JSON (no newline). ASCII-only, so any path, even one with bytes that

@@ -166,7 +166,7 @@ def _read(buffer: bytes, total: int | None = None) -> tuple[str, bool, int, int,
     if kernels.twins_active():
         read = read_python(buffer, total)
         if read is not None and type(buffer) is bytes:
-            _LAST_META[:] = [buffer, (read[0], read[1])]
+            _keep_meta(buffer, (read[0], read[1]))
         return None if read is None else read[:1] + read[2:]
     found = np.empty((len(_WANTED_LIST), 3), np.int64)
     stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
@@ -183,7 +183,7 @@ def _read(buffer: bytes, total: int | None = None) -> tuple[str, bool, int, int,
     if ts not in (EXPLICIT_LE, IMPLICIT_LE) and ts not in ENCAPSULATED:
         return None
     if type(buffer) is bytes:
-        _LAST_META[:] = [buffer, (ts, pos)]
+        _keep_meta(buffer, (ts, pos))
     packed = key[:key_length].tobytes() if start >= 0 and key_length >= 0 else None
     return ts, bool(explicit), start, length, packed, found
 
@@ -255,12 +255,19 @@ def _file_meta(buffer: bytes) -> tuple[str, int] | None:
         return last[1]
     meta = _read_file_meta(buffer)
     if type(buffer) is bytes:  # (immutable: the same object has the same meta)
-        _LAST_META[:] = [buffer, meta]
+        _keep_meta(buffer, meta)
     return meta
 
 
-#: [the last buffer whose file meta was read, its answer] (a reference: ``is`` cannot be fooled)
-_LAST_META: list[Any] = [None, None]
+#: (the last buffer whose file meta was read, its answer) (a reference: ``is`` cannot be fooled).
+#: One tuple, replaced whole: a thread reads a consistent pair even while another replaces it
+#: (two slots of one list could be read from two different files' calls).
+_LAST_META: tuple[Any, Any] = (None, None)
+
+
+def _keep_meta(buffer: bytes, meta: Any) -> None:
+    global _LAST_META
+    _LAST_META = (buffer, meta)
 
 
 def _read_file_meta(buffer: bytes) -> tuple[str, int] | None:

@@ -219,7 +219,7 @@ def _damaged(name: str, flips: list[tuple[int, int]], cut: int | None, first: in
 def _reads(buffer: bytes):
     """``kernels.read_header`` (through ``_read``) and its twin ``read_python``, side by side:
     (transfer syntax, meta end, explicit, pixel start, length, key, rows) or None each."""
-    fastheader._LAST_META[:] = [None, None]
+    fastheader._keep_meta(None, None)
     compiled = fastheader._read(buffer)
     if compiled is not None:
         ts, explicit, start, length, key, rows = compiled

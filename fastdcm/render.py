@@ -168,7 +168,7 @@ def _render_stored(
         out = np.empty(raw.shape[0], dtype=plan.out_dtype)
         k.voi_float(
             raw, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2, plan.ymax, plan.invert,
-            plan.lut.astype(plan.out_dtype), plan.lut_first, out,
+            plan.lut.astype(plan.out_dtype, copy=False), plan.lut_first, out,
         )
         return out.reshape(shape), plan
     raw = _as_unsigned(stored)
@@ -176,7 +176,7 @@ def _render_stored(
         out = np.empty(raw.shape[0], dtype=plan.out_dtype)
         k.voi_int(
             raw, plan.mask, plan.flip, plan.slope, plan.intercept, plan.mode, plan.p1, plan.p2,
-            plan.ymax, plan.invert, plan.lut.astype(plan.out_dtype), plan.lut_first, out,
+            plan.ymax, plan.invert, plan.lut.astype(plan.out_dtype, copy=False), plan.lut_first, out,
         )
         return out.reshape(shape), plan
     assert plan.table is not None and plan.table.shape[0] == plan.mask + 1

@@ -47,16 +47,24 @@ class Exists(Exception):
     """The final name is taken and must not be replaced."""
 
 
-def _load_renameat2():
-    """libc's renameat2 (Linux, glibc >= 2.28), or None."""
+def _libc_function(name: str):
+    """libc's function ``name`` through ctypes (errno kept), or None (not Linux, no such function)."""
     if not hasattr(os, "sched_getaffinity"):  # not Linux
         return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.renameat2
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
+        return None
+
+
+def _load_renameat2():
+    """libc's renameat2 (Linux, glibc >= 2.28), or None."""
+    import ctypes
+
+    func = _libc_function("renameat2")
+    if func is None:
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     func.restype = ctypes.c_int
@@ -76,17 +84,12 @@ def _load_openat2():
     """A function ``(dir_fd, path bytes) -> fd or -1`` opening the folder ``path`` below ``dir_fd``
     with openat2(RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) (Linux >= 5.6,
     through libc's ``syscall``), or None where there is none."""
+    import ctypes
     import platform
 
-    number = _SYS_OPENAT2.get(platform.machine()) if hasattr(os, "sched_getaffinity") else None
-    if number is None:
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        syscall = libc.syscall
-    except (OSError, AttributeError):
+    number = _SYS_OPENAT2.get(platform.machine())
+    syscall = _libc_function("syscall") if number is not None else None
+    if syscall is None:
         return None
 
     class OpenHow(ctypes.Structure):

@@ -150,6 +150,47 @@ def test_a_stop_that_arrives_in_a_finalizer_still_stops_the_worker():
     assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
+_STOP_IN_A_CTYPES_CALLBACK = r"""
+import ctypes, os, signal, sys, time
+from fastdcm.run.executors import process
+
+signal.signal(signal.SIGTERM, process._on_sigterm)
+signal.signal(signal.SIGALRM, process._on_sigterm)
+
+# A comparator that libc's qsort calls back, compiled as if it were llvmlite's (whose object-cache
+# callbacks Numba's cache loader runs): an exception raised inside is printed and dropped by ctypes.
+source = (
+    "def compare(a, b):\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)  # the pool's stop, arriving inside the callback\n"
+    "    time.sleep(0.05)\n"
+    "    return a[0] - b[0]\n"
+)
+space = {"os": os, "signal": signal, "time": time}
+exec(compile(source, "/site-packages/llvmlite/binding/executionengine.py", "exec"), space)
+CMP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
+libc = ctypes.CDLL(None)
+values = (ctypes.c_int * 2)(2, 1)
+try:
+    libc.qsort(values, 2, ctypes.sizeof(ctypes.c_int), CMP(space["compare"]))
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        time.sleep(0.001)
+    print("not stopped")
+except process._Stop:
+    print("stopped")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="libc's qsort through ctypes")
+def test_a_stop_that_arrives_in_a_numba_cache_callback_still_stops_the_worker():
+    """A worker loading a kernel from Numba's disk cache runs llvmlite's ctypes callbacks: the stop
+    raised inside one was printed as 'Exception ignored on calling ctypes callback function' and lost
+    (seen in the process-group SIGTERM test)."""
+    run = subprocess.run([sys.executable, "-c", _STOP_IN_A_CTYPES_CALLBACK], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "stopped", run.stdout + run.stderr
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
 def test_a_commit_holds_off_the_deferred_stop_too(tmp_path):
     """While an output is committed, the pool's stop waits: SIGTERM, and SIGALRM (the stop raised again
     after it first arrived in a finalizer)."""

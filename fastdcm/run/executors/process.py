@@ -72,17 +72,28 @@ class _Stop(BaseException):
     """Raised in a worker by SIGTERM: unwinds through ``finally`` blocks (temp files)."""
 
 
-def _on_sigterm(signum, frame):
-    # Not inside a finalizer: an exception raised in a ``__del__`` (the garbage collector runs them
-    # anywhere: llvmlite's, say) is printed as "Exception ignored" and dropped, and the stop with it.
-    # Asked again 10 ms later (SIGALRM, which comes back here and which the pipeline holds off
-    # with SIGTERM while an output is committed), once the finalizer has returned.
+def _dropped_here(frame) -> bool:
+    """Whether an exception raised at ``frame`` would be printed as "Exception ignored" and dropped
+    instead of unwinding the stack: inside a finalizer (a ``__del__``: the garbage collector runs
+    them anywhere, llvmlite's say), or inside llvmlite, whose ctypes callbacks Numba's cache loader
+    runs (a kernel signature a worker loads on its first file: a stop arriving then was lost, 1 run
+    of the process-group test in ~50 on a busy machine)."""
     f = frame
     while f is not None:
-        if f.f_code.co_name == "__del__":
-            signal.setitimer(signal.ITIMER_REAL, STOP_RETRY)
-            return
+        code = f.f_code
+        if code.co_name == "__del__" or "llvmlite" in code.co_filename:
+            return True
         f = f.f_back
+    return False
+
+
+def _on_sigterm(signum, frame):
+    # Not where the exception would be dropped, and the stop with it (_dropped_here): asked again
+    # 10 ms later (SIGALRM, which comes back here and which the pipeline holds off with SIGTERM
+    # while an output is committed), once the finalizer or the callback has returned.
+    if _dropped_here(frame):
+        signal.setitimer(signal.ITIMER_REAL, STOP_RETRY)
+        return
     # Once: a second SIGTERM (the process group's and then the pool's) must not cut short the
     # cleanup the first one started (removing the outputs of unreported inputs).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -361,3 +361,44 @@ def test_stored_extremes_equal_the_minmax_kernel(data):
         clean = raw & raw.dtype.type(mask)
         twins.int_minmax(clean, mask, flip, want)
         assert render._stored_extremes(clean, mask, flip, kernels) == (want[0], want[1])
+
+
+_LAZY_AFTER_WARMUP = r"""
+import json, sys
+from fastdcm import kernels
+kernels.warmup()
+k = kernels.compiled()
+names = [n for n in k.__all__ if hasattr(getattr(k, n), "signatures")]
+before = {n: set(getattr(k, n).signatures) for n in names}
+import fastdcm
+from fastdcm.run.privacy import NAME_GUARD
+from fastdcm.run.tags import extract_from, parse_tags
+image = fastdcm.open_image(sys.argv[1])  # a native 16-bit CT slice with a window
+image.render_frame(0)
+extract_from(image, parse_tags(list(NAME_GUARD), allow_phi=True))  # the name guard's second walk
+print(json.dumps({n: [str(s) for s in set(getattr(k, n).signatures) - before[n]] for n in names}))
+"""
+
+
+def test_warmup_loads_what_a_native_ct_slice_uses(tmp_path):
+    """The parent's warm-up (before the workers fork) loads the signatures a plain run uses, so no
+    worker loads one from the disk cache on its first file: the header walks take the file's bytes
+    (read-only views) and a native frame is a read-only view too (the warm-up once passed writable
+    arrays, a signature no real call has)."""
+    import json
+    import subprocess
+    import sys
+
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    import pydicom
+
+    ds = pydicom.dcmread(ct)
+    ds.WindowCenter, ds.WindowWidth = 40, 400  # (a window: the table path's line, as most CT has)
+    path = tmp_path / "ct.dcm"
+    ds.save_as(path)
+    run = subprocess.run([sys.executable, "-c", _LAZY_AFTER_WARMUP, str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    loaded = {name: sigs for name, sigs in json.loads(run.stdout.strip().splitlines()[-1]).items() if sigs}
+    assert loaded == {}, loaded

@@ -111,6 +111,11 @@ def resample_affine(raw, mask, flip, j0, a, b, ymax, ys, yn, wy, tx, wx, acc, vb
     resample(windowed.reshape(raw.shape[0], raw.shape[1], 1), ys, yn, wy, tx, wx, ymax, acc, vbuf, out)
 
 
+def _read_only(n: int, dtype) -> np.ndarray:
+    """``n`` zeros of ``dtype`` as a read-only view of bytes, as frames and headers read from a file are."""
+    return np.frombuffer(bytes(n * np.dtype(dtype).itemsize), dtype)
+
+
 def warmup_arrays():
     """(kernel, args) pairs covering the signatures the renderer compiles."""
     from .jitted import (
@@ -147,6 +152,12 @@ def warmup_arrays():
         calls.append((k_int_minmax, (raw, 255, 0, np.zeros(2, np.int64))))
     for raw_dtype in (np.float32, np.float64):
         calls.append((k_float_minmax, (np.zeros(4, raw_dtype), np.zeros(2, np.float64))))
+    # Frames read straight from the file's bytes are read-only arrays, a signature of their own: the
+    # commonest (an 8- or 16-bit native frame through its window's line, to 8 bits) is loaded here too,
+    # not by every worker on its first file (~5 ms each); rarer ones load where they are first used.
+    for raw_dtype in (np.uint8, np.uint16):
+        f32 = np.float32(1.0)
+        calls.append((k_lut_affine, (_read_only(4, raw_dtype), raw_dtype(255), raw_dtype(0), f32, f32, f32, f32, np.zeros(4, np.uint8))))
     for out_dtype in (np.uint8, np.uint16):
         lut = np.zeros(2, out_dtype)
         calls.append(
@@ -159,11 +170,12 @@ def warmup_arrays():
     i64 = np.zeros(1, np.int64)
     for explicit in (True, False):
         calls.append(
-            (k_walk_header, (np.zeros(16, np.uint8), 0, explicit, np.zeros(1 << 16, np.uint8), i64, i64,
+            (k_walk_header, (_read_only(16, np.uint8), 0, explicit, np.zeros(1 << 16, np.uint8), i64, i64,
                              np.zeros((1, 3), np.int64), np.zeros(4, np.int64), 16))
         )
     calls.append(
-        (k_read_header, (np.zeros(16, np.uint8), np.zeros(1 << 16, np.uint8), np.zeros(4, np.uint8), np.zeros(1, np.uint8), i64, i64,
+        # (the header and the constants it is matched against are views of bytes: read-only, as fastheader passes them)
+        (k_read_header, (_read_only(16, np.uint8), np.zeros(1 << 16, np.uint8), _read_only(4, np.uint8), _read_only(1, np.uint8), i64, i64,
                          np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8), 16))
     )
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):

@@ -177,13 +177,17 @@ def test_interrupt_stops_cleanly_and_resume_finishes(archive, tmp_path, sig):
         ["convert", str(archive), "-o", str(out), "--workers", "2", "--batch-size", "2"],
         env={"FASTDCM_TEST_FAULTS": "hang:b2.dcm"},
     )
-    # wait until the hang is reached (the other worker finishes its files)
-    deadline = time.monotonic() + 60
+    # wait until the hang is reached and the other worker has finished what it can: a0..a3 and b0 at
+    # least (b1 waits in the hanging batch [b1, b2], and b3 too when it was queued behind it), and the
+    # manifest has stopped growing (waiting for 6 lines waited 60 s whenever b3 was queued there)
+    manifest, deadline, lines, since = out / "manifest.jsonl", time.monotonic() + 60, -1, time.monotonic()
     while time.monotonic() < deadline:
-        if (out / "manifest.jsonl").exists() and len((out / "manifest.jsonl").read_text().splitlines()) >= 6:
+        n = len(manifest.read_text().splitlines()) if manifest.exists() else 0
+        if n != lines:
+            lines, since = n, time.monotonic()
+        elif n >= 5 and time.monotonic() - since > 1.0:
             break
-        time.sleep(0.2)
-    time.sleep(0.5)
+        time.sleep(0.1)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr

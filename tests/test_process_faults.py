@@ -119,46 +119,47 @@ def test_sigterm_to_the_process_group_leaves_no_image_recorded_interrupted(tmp_p
     assert on_disk == claimed  # every image on disk has its converted record, and no more
 
 
-_STOP_IN_A_FINALIZER = r"""
-import os, signal, sys, time
-from fastdcm.run.executors import process
+def _assert_a_stop_inside_stops(setup: str, trigger: str) -> None:
+    """Run ``setup`` then ``trigger`` (which makes the pool's stop arrive somewhere an exception is
+    dropped) in a process with the worker's stop handlers; the stop must still end the process with
+    ``_Stop`` once that place has returned, and nothing be printed as ignored."""
+    script = (
+        "import ctypes, os, signal, sys, time\n"
+        "from fastdcm.run.executors import process\n"
+        "signal.signal(signal.SIGTERM, process._on_sigterm)\n"
+        "signal.signal(signal.SIGALRM, process._on_sigterm)\n"
+        + setup
+        + "try:\n"
+        + f"    {trigger}\n"
+        + "    deadline = time.monotonic() + 2\n"
+        "    while time.monotonic() < deadline:\n"
+        "        time.sleep(0.001)\n"
+        "    print('not stopped')\n"
+        "except process._Stop:\n"
+        "    print('stopped')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "stopped", run.stdout + run.stderr
+    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
 
-signal.signal(signal.SIGTERM, process._on_sigterm)
-signal.signal(signal.SIGALRM, process._on_sigterm)
 
+_FINALIZED = r"""
 class Finalized:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGTERM)  # the pool's stop, arriving while a finalizer runs
         time.sleep(0.05)
-
-try:
-    Finalized()
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        time.sleep(0.001)
-    print("not stopped")
-except process._Stop:
-    print("stopped")
 """
 
 
 def test_a_stop_that_arrives_in_a_finalizer_still_stops_the_worker():
     """The garbage collector runs ``__del__`` methods anywhere (llvmlite's, in a worker stopped on a
     full disk): the stop raised there was printed as 'Exception ignored ... _Stop' and lost."""
-    run = subprocess.run([sys.executable, "-c", _STOP_IN_A_FINALIZER], capture_output=True, text=True, timeout=60)
-    assert run.stdout.strip() == "stopped", run.stdout + run.stderr
-    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    _assert_a_stop_inside_stops(_FINALIZED, "Finalized()")
 
-
-_STOP_IN_A_CTYPES_CALLBACK = r"""
-import ctypes, os, signal, sys, time
-from fastdcm.run.executors import process
-
-signal.signal(signal.SIGTERM, process._on_sigterm)
-signal.signal(signal.SIGALRM, process._on_sigterm)
 
 # A comparator that libc's qsort calls back, compiled as if it were llvmlite's (whose object-cache
 # callbacks Numba's cache loader runs): an exception raised inside is printed and dropped by ctypes.
+_LLVMLITE_CALLBACK = r"""
 source = (
     "def compare(a, b):\n"
     "    os.kill(os.getpid(), signal.SIGTERM)  # the pool's stop, arriving inside the callback\n"
@@ -170,14 +171,6 @@ exec(compile(source, "/site-packages/llvmlite/binding/executionengine.py", "exec
 CMP = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int))
 libc = ctypes.CDLL(None)
 values = (ctypes.c_int * 2)(2, 1)
-try:
-    libc.qsort(values, 2, ctypes.sizeof(ctypes.c_int), CMP(space["compare"]))
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline:
-        time.sleep(0.001)
-    print("not stopped")
-except process._Stop:
-    print("stopped")
 """
 
 
@@ -186,9 +179,9 @@ def test_a_stop_that_arrives_in_a_numba_cache_callback_still_stops_the_worker():
     """A worker loading a kernel from Numba's disk cache runs llvmlite's ctypes callbacks: the stop
     raised inside one was printed as 'Exception ignored on calling ctypes callback function' and lost
     (seen in the process-group SIGTERM test)."""
-    run = subprocess.run([sys.executable, "-c", _STOP_IN_A_CTYPES_CALLBACK], capture_output=True, text=True, timeout=60)
-    assert run.stdout.strip() == "stopped", run.stdout + run.stderr
-    assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    _assert_a_stop_inside_stops(
+        _LLVMLITE_CALLBACK, 'libc.qsort(values, 2, ctypes.sizeof(ctypes.c_int), CMP(space["compare"]))'
+    )
 
 
 def test_a_commit_holds_off_the_deferred_stop_too(tmp_path):

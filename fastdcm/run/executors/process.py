@@ -77,7 +77,7 @@ def _dropped_here(frame) -> bool:
     instead of unwinding the stack: inside a finalizer (a ``__del__``: the garbage collector runs
     them anywhere, llvmlite's say), or inside llvmlite, whose ctypes callbacks Numba's cache loader
     runs (a kernel signature a worker loads on its first file: a stop arriving then was lost, 1 run
-    of the process-group test in ~50 on a busy machine)."""
+    of the process-fault tests in 7 beside a CPU hog)."""
     f = frame
     while f is not None:
         code = f.f_code

@@ -222,7 +222,7 @@ def dumps(data: dict[str, Any]) -> str:
         out = orjson.dumps(data)
     except TypeError:  # (orjson.JSONEncodeError is one)
         return _ENCODER.encode(data)
-    if not out.isascii() or b"null" in out:  # (a record leaves out None: a null is a NaN)
+    if not out.isascii() or b"null" in out:  # (a null may be a NaN orjson wrote: the stdlib refuses it)
         return _ENCODER.encode(data)
     return out.decode("ascii")
 

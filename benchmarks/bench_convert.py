@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="png")
     parser.add_argument("--memory", type=int, nargs="*", default=[], help="counts for the peak-memory runs (2 workers)")
     args = parser.parse_args(argv)
-    fastdcm.kernels.warmup()
+    fastdcm.kernels.warmup(full=True)
     print(f"machine: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
     if args.count:
         folder = ensure_corpus("ct", count=args.count)

@@ -95,7 +95,7 @@ def run(repeat: int, min_time: float) -> dict:
     import fastdcm
     from fastdcm import kernels
 
-    kernels.warmup()
+    kernels.warmup(full=True)
     rows = []
     for path, ts in compressed_files():
         crash = _crashes_dicomsdl(path)

@@ -40,7 +40,7 @@ def pytest_addoption(parser):
 def _warm_numba():
     from fastdcm import kernels
 
-    kernels.warmup()
+    kernels.warmup(full=True)
 
 
 def _medians(config) -> dict[str, dict[str, float]]:

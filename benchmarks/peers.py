@@ -661,8 +661,53 @@ def run_peer(name: str, files: Sequence[str], out_dir: str | os.PathLike, fmt: s
     }
 
 
+# --------------------------------------------------------------------------- as a user runs it
+#: the peers whose recipe runs as a script of its own (``python peers.py --script NAME ...``)
+SCRIPTS = ("naive", "pydicom", "fast")
+
+
+def script(name: str, src: str, out: str, fmt: str, workers: int, quality: int = 90) -> int:
+    """Peer ``name`` as a user's script runs it, for ``report.py --as-user``: walk ``src`` (every
+    file but ``.json``, the corpus' own list), make the mirrored output folders, start a pool of
+    ``workers`` (fork) and convert every file to ``out/<relative path><ext>``; the errors are
+    printed, one a line. Start-up (interpreter, imports, the pool, Numba's kernels) is the
+    script's own, as fastdcm's command line pays its own."""
+    if name not in SCRIPTS:
+        raise SystemExit(f"no script form for {name!r} (one of {', '.join(SCRIPTS)})")
+    tasks = []
+    for folder, dirs, names in os.walk(src):
+        dirs.sort()
+        rel = os.path.relpath(folder, src)
+        for n in sorted(names):
+            if not n.endswith(".json"):
+                tasks.append((name, os.path.join(folder, n), os.path.normpath(os.path.join(out, rel, n)), fmt, quality))
+    for d in {os.path.dirname(t[2]) for t in tasks}:
+        os.makedirs(d, exist_ok=True)
+    # The recipe's imports and kernels, once in the parent, inherited by the forked workers (as a
+    # script importing them at its top would have them), not paid again by each worker's first file
+    _init_worker(name)
+    if name == "fast":
+        import dicomsdl  # noqa: F401
+        import simplejpeg  # noqa: F401
+        if fmt == "png":
+            import cv2  # noqa: F401
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
+                                initializer=_init_worker, initargs=(name,)) as ex:
+        results = list(ex.map(_convert_task, tasks, chunksize=_chunksize(len(tasks), workers)))
+    errors = [f"{t[1]}: {e}" for t, (_, e) in zip(tasks, results) if e]
+    for e in errors:
+        print(e, file=sys.stderr)
+    return 1 if errors else 0
+
+
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--script"]:
+        if len(argv) != 7:
+            raise SystemExit("usage: peers.py --script NAME SRC OUT FMT WORKERS QUALITY")
+        return script(argv[1], argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from make_corpus import corpus_files, ensure_corpus
 

@@ -17,6 +17,11 @@ every peer of peers.py (``naive``, ``pydicom``, ``dicom2jpg``, ``fast``, ``dcmj2
 ``floor``     reading every file's bytes + encoding the already rendered images with
               fastdcm's own encoder (``--floor-encoder fastdcm``, the default here).
 
+``--as-user`` runs every entry as a user runs it instead, a fresh process timed from its start to
+its exit: ``python -m fastdcm convert CORPUS -o OUT ...`` against each Python peer's own script
+(``peers.py --script NAME``: its imports, its walk of the folder, its pool and kernels), start-up
+counted on both sides (ct and mixed; no floor).
+
 Every entry converts the first frame of every file and every output is checked (it
 decodes, its size matches the DICOM). The page cache is warmed by reading every file once
 before anything is timed, so no entry pays for the disk.
@@ -187,24 +192,7 @@ def run_fastdcm(folder: Path, files: list[str], out_dir: Path, fmt: str, workers
         if report.failed else []
     if report.discovered != len(files):
         errors.append(f"fastdcm discovered {report.discovered} inputs, the corpus has {len(files)}")
-    ext = peers.EXTENSIONS[fmt]
-    produced = sorted(p for p in out_dir.rglob(f"*{ext}") if p.is_file())
-    if len(produced) != len(files):
-        errors.append(f"fastdcm wrote {len(produced)} images for {len(files)} inputs")
-    # every output decodes, and the multiset of sizes is the inputs' (names are fastdcm's own)
-    from PIL import Image
-
-    sizes = []
-    for p in produced:
-        problem = peers.check_image(str(p), None)
-        if problem:
-            errors.append(problem)
-            continue
-        with Image.open(p) as im:
-            sizes.append(im.size)
-    expected = _expected_sizes(files, int(options.get("reduce", 0)))
-    if sorted(sizes) != sorted(s for s in expected if s is not None) and not errors:
-        errors.append("the sizes of fastdcm's outputs are not the inputs' sizes")
+    produced = _check_outputs("fastdcm", out_dir, files, fmt, int(options.get("reduce", 0)), errors)
     n = len(files)
     return {
         "peer": "fastdcm", "fmt": fmt, "workers": workers, "files": n, "seconds": seconds,
@@ -213,6 +201,60 @@ def run_fastdcm(folder: Path, files: list[str], out_dir: Path, fmt: str, workers
         "output_bytes": sum(p.stat().st_size for p in produced),
         "convert_elapsed": report.elapsed,
         "convert_options": options,
+    }
+
+
+def _check_outputs(who: str, out_dir: Path, files: list[str], fmt: str, reduce: int, errors: list[str]) -> list[Path]:
+    """The images ``who`` wrote under ``out_dir``; appends to ``errors`` unless there is one per
+    input, each decodes, and the multiset of their sizes is the inputs' (names are each tool's own)."""
+    from PIL import Image
+
+    ext = peers.EXTENSIONS[fmt]
+    produced = sorted(p for p in out_dir.rglob(f"*{ext}") if p.is_file())
+    if len(produced) != len(files):
+        errors.append(f"{who} wrote {len(produced)} images for {len(files)} inputs")
+    sizes = []
+    for p in produced:
+        problem = peers.check_image(str(p), None)
+        if problem:
+            errors.append(problem)
+            continue
+        with Image.open(p) as im:
+            sizes.append(im.size)
+    expected = _expected_sizes(files, reduce)
+    if sorted(sizes) != sorted(s for s in expected if s is not None) and not errors:
+        errors.append(f"the sizes of {who}'s outputs are not the inputs' sizes")
+    return produced
+
+
+def run_as_user(name: str, folder: Path, files: list[str], out_dir: Path, fmt: str, workers: int, quality: int) -> dict:
+    """``--as-user``: one entry as a user runs it, a fresh process from start to exit, timed around
+    it: ``python -m fastdcm convert FOLDER -o OUT ...`` (interpreter, imports, kernels, the pool,
+    discovery, the manifest) or the peer's own script (``peers.py --script``: interpreter, imports,
+    its walk of the folder, its pool, its kernels). Outputs are checked as in-process runs' are."""
+    if name == "fastdcm":
+        cmd = [sys.executable, "-m", "fastdcm", "convert", str(folder), "-o", str(out_dir), "--format", fmt,
+               "--quality", str(quality), "--frames", "first", "--workers", str(workers), "--quiet"]
+    elif name in peers.SCRIPTS:
+        reason = peers.unavailable_reason(name)
+        if reason:
+            return {"peer": name, "fmt": fmt, "workers": workers, "skipped": reason}
+        cmd = [sys.executable, str(HERE / "peers.py"), "--script", name, str(folder), str(out_dir), fmt,
+               str(workers), str(quality)]
+    else:
+        return {"peer": name, "fmt": fmt, "workers": workers, "skipped": "no script form (--as-user)"}
+    in_bytes = sum(os.path.getsize(f) for f in files)
+    t0 = time.perf_counter()
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    errors = [] if run.returncode == 0 else [f"exit {run.returncode}: {run.stderr.strip()[-300:]}"]
+    produced = _check_outputs(name, out_dir, files, fmt, 0, errors)
+    n = len(files)
+    return {
+        "peer": name, "fmt": fmt, "workers": workers, "files": n, "seconds": seconds,
+        "files_per_s": n / seconds, "mb_per_s": in_bytes / 1e6 / seconds,
+        "errors": len(errors), "error_samples": errors[:5],
+        "output_bytes": sum(p.stat().st_size for p in produced), "as_user": True,
     }
 
 
@@ -259,6 +301,8 @@ def _median_row(rows: list[dict]) -> dict:
 
 def run_once(name: str, workload: str, folder: Path, files: list[str], root: Path, fmt: str, args, i: int) -> dict:
     out = root / f"{workload}-{name}-{fmt}-{i}"
+    if args.as_user:
+        return run_as_user(name, folder, files, out, fmt, args.workers, args.quality)
     if name == "fastdcm":
         return run_fastdcm(folder, files, out, fmt, args.workers, args.quality, args.fastdcm_option)
     if name == "j2k-decode":
@@ -304,6 +348,8 @@ def run_entries(names: list[str], workload: str, folder: Path, files: list[str],
 def entries_for(workload: str, args) -> list[str]:
     if workload == "mammo":
         return ["fastdcm", "j2k-decode"]
+    if args.as_user:  # the floor has no start-up of its own to count
+        return ["fastdcm", *args.peers]
     return ["fastdcm", *args.peers, "floor"]
 
 
@@ -417,11 +463,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fastdcm-option", action="append", default=[], metavar="KEY=VALUE",
                    help="another keyword option for fastdcm.convert, e.g. batch_size=1 (repeatable)")
     p.add_argument("--repeat", type=int, default=1, help="runs per entry; the median run is reported")
+    p.add_argument("--as-user", action="store_true",
+                   help="run every entry as a fresh process, start-up counted: fastdcm's command line against "
+                        "each peer's own script (peers.py --script); ct and mixed, no floor")
     p.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
     p.add_argument("--replot", type=Path, default=None, metavar="JSON",
                    help="only redraw the chart of a report JSON (next to it, .png)")
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder for outputs (default: a temp dir)")
     args = p.parse_args(argv)
+    if args.as_user and "mammo" in args.workloads:
+        p.error("--as-user runs the ct and mixed workloads (mammo compares with a decoder, not a tool)")
     if args.replot:
         doc = json.loads(args.replot.read_text())
         chart(doc["rows"], doc["summary"], doc["machine"], args.replot.with_suffix(".png"))
@@ -478,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/report.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": info,
-        "settings": {"workers": args.workers, "formats": args.formats, "quality": args.quality,
+        "settings": {"workers": args.workers, "formats": args.formats, "quality": args.quality, "as_user": args.as_user,
                      "floor_encoder": args.floor_encoder or "default", "repeat": args.repeat,
                      "frames": "first", "fastdcm_options": args.fastdcm_option},
         "corpora": corpora,

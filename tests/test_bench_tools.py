@@ -214,3 +214,37 @@ def test_report_clears_an_earlier_reports_outputs_before_timing(tmp_path):
     (tmp_path / "ct-notes.txt").write_text("kept")
     report.clear_outputs(tmp_path, "ct", "jpeg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct-fast-png-0", "ct-notes.txt", "mixed-fast-jpeg-0"]
+
+
+@pytest.mark.parametrize("name", ["naive", "fast"])
+def test_peer_script_mirrors_the_folder_as_a_users_script_would(name, ct5, tmp_path):
+    """``peers.py --script``: the recipe as a user runs it (report.py --as-user), every DICOM file of
+    the nested folder to its mirrored path, the corpus' own .json list left out."""
+    reason = peers.unavailable_reason(name)
+    if reason:
+        pytest.skip(reason)
+    import subprocess
+
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(BENCH / "peers.py"), "--script", name, str(ct5), str(out), "jpeg", "2", "90"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    want = sorted(str(Path(f).relative_to(ct5)) + ".jpg" for f in make_corpus.corpus_files(ct5))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == want
+    assert all(peers.check_image(str(out / w), (512, 512)) is None for w in want)
+
+
+def test_report_as_user_times_the_command_line_and_the_script(ct5, tmp_path):
+    import report
+
+    files = make_corpus.corpus_files(ct5)[:5]
+    rows = {name: report.run_as_user(name, ct5, files, tmp_path / name, "png", 1, 90) for name in ("fastdcm", "naive", "floor")}
+    for name in ("fastdcm", "naive"):
+        assert rows[name]["errors"] == 0, rows[name]["error_samples"]
+        assert rows[name]["as_user"] and rows[name]["seconds"] > 0 and rows[name]["files"] == 5
+    assert "no script form" in rows["floor"]["skipped"]
+    # a run that writes no image for an input is an error of that entry, not a fast row
+    (tmp_path / "fastdcm" / "x").mkdir()
+    errors: list[str] = []
+    report._check_outputs("x", tmp_path / "fastdcm", files + files[:1], "png", 0, errors)
+    assert errors and "wrote 5 images for 6 inputs" in errors[0]

@@ -402,3 +402,31 @@ def test_warmup_loads_what_a_native_ct_slice_uses(tmp_path):
     assert run.returncode == 0, run.stderr
     loaded = {name: sigs for name, sigs in json.loads(run.stdout.strip().splitlines()[-1]).items() if sigs}
     assert loaded == {}, loaded
+
+
+_COUNT_AFTER_WARMUP = r"""
+import json, sys
+from fastdcm import kernels
+kernels.warmup(full=sys.argv[1] == "full")
+k = kernels.compiled()
+print(json.dumps(sum(len(getattr(k, n).signatures) for n in k.__all__ if hasattr(getattr(k, n), "signatures"))))
+"""
+
+
+def test_default_warmup_loads_the_core_and_full_loads_every_signature():
+    """A run's start-up loads the few signatures nearly every file uses (each costs a few ms from the
+    disk cache; all of them ~0.5 s, once more than a short run's whole work), the rest where used."""
+    import json
+    import subprocess
+    import sys
+
+    from fastdcm.kernels.twins import warmup_arrays
+
+    core, every = warmup_arrays(full=False), warmup_arrays(full=True)
+    assert [k for k, _ in every[: len(core)]] == [k for k, _ in core] and len(core) <= 8 < len(every)
+    counts = {}
+    for which in ("core", "full"):
+        run = subprocess.run([sys.executable, "-c", _COUNT_AFTER_WARMUP, which], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        counts[which] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert counts["core"] == len(core) and counts["full"] > 3 * counts["core"]

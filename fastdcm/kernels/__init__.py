@@ -107,14 +107,17 @@ def impl() -> ModuleType:
     return compiled()
 
 
-def warmup() -> None:
-    """Compile (or load from the disk cache) the signatures the renderer uses; nothing when
-    the twins are in use."""
+def warmup(full: bool = False) -> None:
+    """Compile (or load from the disk cache) the core signatures, those a native 8- or 16-bit
+    frame needs (the header walks, the window's line, the min-max: 6, ~40 ms from the cache);
+    ``full=True``: every signature the renderer uses (~55, ~0.5 s), for timings that must not
+    include a load. Nothing when the twins are in use. Any other signature loads (or compiles)
+    where it is first called."""
     if twins_active():
         return
     from .twins import warmup_arrays
 
-    for kernel, args in warmup_arrays():
+    for kernel, args in warmup_arrays(full):
         kernel(*args)
 
 

@@ -116,8 +116,11 @@ def _read_only(n: int, dtype) -> np.ndarray:
     return np.frombuffer(bytes(n * np.dtype(dtype).itemsize), dtype)
 
 
-def warmup_arrays():
-    """(kernel, args) pairs covering the signatures the renderer compiles."""
+def warmup_arrays(full: bool = True):
+    """(kernel, args) pairs covering the signatures the renderer compiles; ``full=False``: only the
+    core a native 8- or 16-bit frame needs (the header walks, its window's line, its min-max), what
+    nearly every file of an archive uses, so that a run's start-up does not load ~50 signatures
+    (~0.45 s) of which it uses a few; the rest load where they are first used."""
     from .jitted import (
         float_minmax as k_float_minmax,
         int_minmax as k_int_minmax,
@@ -136,7 +139,23 @@ def warmup_arrays():
         resample_affine as k_resample_affine,
     )
 
-    calls = []
+    i64 = np.zeros(1, np.int64)
+    calls = [
+        # (the header and the constants it is matched against are views of bytes: read-only, as fastheader passes them)
+        (k_read_header, (_read_only(16, np.uint8), np.zeros(1 << 16, np.uint8), _read_only(4, np.uint8), _read_only(1, np.uint8), i64, i64,
+                         np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8), 16)),
+        (k_walk_header, (_read_only(16, np.uint8), 0, True, np.zeros(1 << 16, np.uint8), i64, i64,
+                         np.zeros((1, 3), np.int64), np.zeros(4, np.int64), 16)),
+    ]
+    # Frames read straight from the file's bytes are read-only arrays, a signature of their own: the
+    # commonest (an 8- or 16-bit native frame through its window's line, to 8 bits, or its min-max)
+    # are in the core, not loaded by every worker on its first file (~5 ms each).
+    for raw_dtype in (np.uint8, np.uint16):
+        f32 = np.float32(1.0)
+        calls.append((k_lut_affine, (_read_only(4, raw_dtype), raw_dtype(255), raw_dtype(0), f32, f32, f32, f32, np.zeros(4, np.uint8))))
+    calls.append((k_int_minmax, (_read_only(4, np.uint16), 65535, 0, np.zeros(2, np.int64))))
+    if not full:
+        return calls
     for raw_dtype in (np.uint8, np.uint16, np.uint32):
         raw = np.zeros(4, raw_dtype)
         for out_dtype in (np.uint8, np.uint16):
@@ -152,12 +171,6 @@ def warmup_arrays():
         calls.append((k_int_minmax, (raw, 255, 0, np.zeros(2, np.int64))))
     for raw_dtype in (np.float32, np.float64):
         calls.append((k_float_minmax, (np.zeros(4, raw_dtype), np.zeros(2, np.float64))))
-    # Frames read straight from the file's bytes are read-only arrays, a signature of their own: the
-    # commonest (an 8- or 16-bit native frame through its window's line, to 8 bits) is loaded here too,
-    # not by every worker on its first file (~5 ms each); rarer ones load where they are first used.
-    for raw_dtype in (np.uint8, np.uint16):
-        f32 = np.float32(1.0)
-        calls.append((k_lut_affine, (_read_only(4, raw_dtype), raw_dtype(255), raw_dtype(0), f32, f32, f32, f32, np.zeros(4, np.uint8))))
     for out_dtype in (np.uint8, np.uint16):
         lut = np.zeros(2, out_dtype)
         calls.append(
@@ -167,17 +180,6 @@ def warmup_arrays():
             calls.append(
                 (k_voi_float, (np.zeros(4, raw_dtype), 1.0, 0.0, 0, 40.0, 400.0, 255.0, False, lut, 0, np.zeros(4, out_dtype)))
             )
-    i64 = np.zeros(1, np.int64)
-    for explicit in (True, False):
-        calls.append(
-            (k_walk_header, (_read_only(16, np.uint8), 0, explicit, np.zeros(1 << 16, np.uint8), i64, i64,
-                             np.zeros((1, 3), np.int64), np.zeros(4, np.int64), 16))
-        )
-    calls.append(
-        # (the header and the constants it is matched against are views of bytes: read-only, as fastheader passes them)
-        (k_read_header, (_read_only(16, np.uint8), np.zeros(1 << 16, np.uint8), _read_only(4, np.uint8), _read_only(1, np.uint8), i64, i64,
-                         np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8), 16))
-    )
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
         for acc_dtype in (np.uint16, np.uint32) if raw_dtype is np.uint8 else (np.uint32,):
             calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, acc_dtype), np.zeros((1, 1, 1), np.uint8))))

@@ -312,5 +312,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def run() -> None:
+    """The command's entry point (``fastdcm``, ``python -m fastdcm``): :func:`main`, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once its work is done: flush stdout and stderr, run the atexit
+    handlers (logging's, multiprocessing's), then ``os._exit``, skipping the interpreter's teardown of
+    every module, which takes ~0.25 s once Numba is loaded (the process 0.89 s -> 0.62 s for a
+    2-slice convert). Where another thread is still running, or a stream cannot be flushed, the
+    ordinary exit (which joins threads and reports the stream's error) instead."""
+    import atexit
+    import threading
+
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if run_exitfuncs is None or threading.active_count() > 1:
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        sys.exit(code)
+    run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -293,6 +293,40 @@ def test_batches_ramp_up_to_the_batch_size():
     assert [len(b) for b in _batches(iter(range(4)), 16)] == [1, 2, 1]
 
 
+@pytest.mark.parametrize("fresh", [True, False])
+def test_outputs_in_the_way_end_the_same_whether_or_not_checked_before_rendering(fresh, tmp_path, monkeypatch):
+    """An output folder that held nothing when the run began has no file in the way but another
+    input's of this run: no existence check before each input (the write's link, which never
+    replaces, finds a taken name). Either way: the same statuses, reasons and files; a folder that
+    held anything is checked before rendering."""
+    from fastdcm.run import write
+
+    checks = []
+    real = write.OutputRoot.exists
+    monkeypatch.setattr(write.OutputRoot, "exists", lambda self, name: checks.append(name) or real(self, name))
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        shutil.copyfile(CT, src / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    if not fresh:
+        (out / "notes.txt").write_text("the user's")
+    report = fastdcm.convert([str(src)], str(out), workers=0, name="{SOPInstanceUID}", quiet=True)
+    assert report.counts[Status.CONVERTED] == 1 and report.counts[Status.NAME_CONFLICT] == 1
+    assert (checks == []) == fresh
+    conflict = [r for r in read_manifest(str(out / "manifest.jsonl")) if r.status is Status.NAME_CONFLICT]
+    assert len(conflict) == 1 and "written by another input of this run" in conflict[0].reason
+    image = [p for p in out.rglob("*.png")]
+    assert len(image) == 1
+    before = image[0].read_bytes()
+    # a second run into the now full folder finds both names in the way before rendering
+    checks.clear()
+    again = fastdcm.convert([str(src)], str(out), workers=0, name="{SOPInstanceUID}", quiet=True, manifest=str(tmp_path / "m2.jsonl"))
+    assert again.counts[Status.WRITE_ERROR] == 2 and len(checks) == 2
+    assert [p for p in out.rglob("*.png")] == image and image[0].read_bytes() == before
+
+
 def test_two_inputs_with_one_name_are_a_name_conflict(tmp_path):
     """Copies of one object under a name template that maps both to the same file: the second
     is a name conflict (not a write error), and the first output is left as it was."""

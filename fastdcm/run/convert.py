@@ -253,6 +253,7 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
         name_guard=None if copts.allow_phi else parse_tags(list(NAME_GUARD), allow_phi=True),
         container=copts.container.value,
         storage_options=storage_options,
+        fresh=bool(getattr(root, "was_empty", False)),
     )
     if copts.resume and copts.on_exists is OnExists.OVERWRITE:
         # A resumed run replaces names one by one, never another input's (see _Resume).

@@ -74,6 +74,7 @@ class Job:
     name_guard: tuple[TagSpec, ...] | None = None  # identifiers no output name may show (None: --allow-phi)
     container: str = "files"  # files, or webdataset / parquet shards (sinks/shards.py)
     storage_options: dict | None = None  # fsspec options of URL inputs and outputs (storage.py); never logged
+    fresh: bool = False  # the output folder held nothing when the run began: no existence check before rendering
 
 
 @dataclass

@@ -134,6 +134,7 @@ class OutputRoot:
         self._tmp_fd: int | None = None
         self._proc_fd: int | None = None
         self._created_tmp = False
+        self.was_empty = False  # (create): the folder held nothing when this run began
         self._holding = False
         self._held: tuple[str, int] | None = None  # (folder, its fd) kept between hold() and release()
 
@@ -144,6 +145,8 @@ class OutputRoot:
         """The parent's root: makes the output folder if needed and this run's temp folder."""
         os.makedirs(path, exist_ok=True)
         root = cls(path)
+        with os.scandir(root.fd) as entries:  # (the first entry is enough: a folder of millions stays cheap)
+            root.was_empty = next(entries, None) is None
         for _ in range(8):
             name = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
             try:

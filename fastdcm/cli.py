@@ -320,8 +320,8 @@ def run() -> None:
 def exit_now(code: int) -> None:
     """End the process with ``code`` once its work is done: flush stdout and stderr, run the atexit
     handlers (logging's, multiprocessing's), then ``os._exit``, skipping the interpreter's teardown of
-    every module, which takes ~0.25 s once Numba is loaded (the process 0.89 s -> 0.62 s for a
-    2-slice convert). Where another thread is still running, or a stream cannot be flushed, the
+    every module, which takes ~0.25 s once Numba is loaded (a 2-slice convert, the whole process:
+    0.78-0.89 -> 0.63-0.67 s). Where another thread is still running, or a stream cannot be flushed, the
     ordinary exit (which joins threads and reports the stream's error) instead."""
     import atexit
     import threading

@@ -116,11 +116,11 @@ def _read_only(n: int, dtype) -> np.ndarray:
     return np.frombuffer(bytes(n * np.dtype(dtype).itemsize), dtype)
 
 
-def warmup_arrays(full: bool = True):
+def warmup_arrays(full: bool):
     """(kernel, args) pairs covering the signatures the renderer compiles; ``full=False``: only the
     core a native 8- or 16-bit frame needs (the header walks, its window's line, its min-max), what
     nearly every file of an archive uses, so that a run's start-up does not load ~50 signatures
-    (~0.45 s) of which it uses a few; the rest load where they are first used."""
+    (~0.15 s more) of which it uses a few; the rest load where they are first used."""
     from .jitted import (
         float_minmax as k_float_minmax,
         int_minmax as k_int_minmax,
@@ -149,7 +149,7 @@ def warmup_arrays(full: bool = True):
     ]
     # Frames read straight from the file's bytes are read-only arrays, a signature of their own: the
     # commonest (an 8- or 16-bit native frame through its window's line, to 8 bits, or its min-max)
-    # are in the core, not loaded by every worker on its first file (~5 ms each).
+    # are in the core, not loaded by every worker on its first file (~3 ms each).
     for raw_dtype in (np.uint8, np.uint16):
         f32 = np.float32(1.0)
         calls.append((k_lut_affine, (_read_only(4, raw_dtype), raw_dtype(255), raw_dtype(0), f32, f32, f32, f32, np.zeros(4, np.uint8))))

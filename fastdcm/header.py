@@ -11,23 +11,13 @@ full dataset and go through pydicom's decoders (see decoders/).
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import logging
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO, Union
-
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    UID,
-)
+from typing import TYPE_CHECKING, Any, BinaryIO, Union
 
 from . import elements, fastheader
 from .decoders.frames import FileRanges, frame_table
@@ -39,15 +29,19 @@ from .errors import (
     TruncatedPixelDataError,
 )
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID
+
 log = logging.getLogger(__name__)
 
-SourceLike = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Dataset]
+SourceLike = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, "Dataset"]
 
 PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 PALETTE = "PALETTE COLOR"
-NATIVE_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+NATIVE_LE = (fastheader.EXPLICIT_LE, fastheader.IMPLICIT_LE)
 
 #: Upper bound on the bytes one decoded frame may claim (FASTDCM_MAX_FRAME_BYTES).
 MAX_FRAME_BYTES = int(os.environ.get("FASTDCM_MAX_FRAME_BYTES", str(1 << 30)))
@@ -115,6 +109,8 @@ class PixelSpec:
 
     @property
     def transfer_syntax_name(self) -> str:
+        from pydicom.uid import UID
+
         return UID(self.transfer_syntax_uid).name
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +140,7 @@ class Header:
         self.data = buffer if data is None else data
         self.path = path
         self.frames: list[list[tuple[int, int]]] | None = None
-        self._dataset = attrs if isinstance(attrs, Dataset) else None
+        self._dataset = attrs if is_dataset(attrs) else None
         if spec.is_encapsulated and self.data is not None and spec.pixel_offset >= 0:
             # offset 0: the buffer is a Dataset's PixelData value, which has no sequence delimiter
             with data.opened() if data is not None else contextlib.nullcontext():
@@ -160,6 +156,8 @@ class Header:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
+                    import pydicom
+
                     self._dataset = pydicom.dcmread(io.BytesIO(self.buffer), stop_before_pixels=True)
             except Exception as exc:  # the pixel path read it; pydicom cannot (a damaged meta element)
                 raise NotDicomError(f"pydicom cannot read the header: {type(exc).__name__}: {exc}", path=self.path) from None
@@ -170,7 +168,7 @@ def source_name(src: Any) -> str:
     """A name for messages: the path, or a short description of an in-memory source."""
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
-    if isinstance(src, Dataset):
+    if is_dataset(src):
         return str(getattr(src, "filename", None) or "<Dataset>")
     if isinstance(src, (bytes, bytearray, memoryview)):
         return f"<{len(src)} bytes>"
@@ -259,7 +257,7 @@ def _header_in_parts(head: bytes, path: str, st: os.stat_result) -> Header | Non
         return None  # two pixel data elements: the whole-buffer path reports it
     module = attrs.module
     if module is None:
-        module = attrs.module = _validate(attrs, _uid(ts), "PixelData", encapsulated, -1, -1)
+        module = attrs.module = _validate(attrs, ts, "PixelData", encapsulated, -1, -1)
     return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=head, path=path, data=data)
 
 
@@ -268,7 +266,7 @@ def read_header(src: SourceLike) -> Header:
     A large file (:data:`READ_IN_PARTS_ABOVE`) is read in parts where it can be."""
     name = source_name(src)
     try:
-        if isinstance(src, Dataset):
+        if is_dataset(src):
             return _header_from_dataset(src, buffer=None, path=name, pixel_pos=None)
         if isinstance(src, (str, os.PathLike)):
             path = os.fspath(src)
@@ -285,10 +283,20 @@ def read_header(src: SourceLike) -> Header:
         raise exc.with_path(name)
 
 
-@functools.lru_cache(maxsize=64)
-def _uid(value: str) -> UID:
-    """pydicom's UID for a transfer syntax string (immutable; building one costs ~25 us)."""
-    return UID(value)
+def is_dataset(obj: Any) -> bool:
+    """Whether ``obj`` is a pydicom Dataset, told without importing pydicom (~0.17 s), which the
+    common path never needs: no Dataset exists before pydicom is imported."""
+    module = sys.modules.get("pydicom.dataset")
+    return module is not None and isinstance(obj, module.Dataset)
+
+
+def is_multi(value: Any) -> bool:
+    """Whether ``value`` holds several values: a list, a tuple or pydicom's MultiValue (told as
+    :func:`is_dataset` tells a Dataset)."""
+    if isinstance(value, (list, tuple)):
+        return True
+    module = sys.modules.get("pydicom.multival")
+    return module is not None and isinstance(value, module.MultiValue)
 
 
 def _header_from_bytes(buffer: bytes, name: str) -> Header:
@@ -302,9 +310,12 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
         if attrs.get("BitsAllocated") in (8, 16, 32) and (encapsulated or not pi.startswith("YBR")) and "Rows" in attrs:
             module = attrs.module  # validated once per series (fastheader.Attributes)
             if module is None:
-                module = attrs.module = _validate(attrs, _uid(ts), "PixelData", encapsulated, -1, -1)
+                module = attrs.module = _validate(attrs, ts, "PixelData", encapsulated, -1, -1)
             return Header(spec=_placed(module, offset, length), attrs=attrs, buffer=buffer, path=name)
     _refuse_zero_dataset(buffer)
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     fp = io.BytesIO(buffer)
     try:
         with warnings.catch_warnings():
@@ -348,6 +359,8 @@ def _refuse_zero_dataset(buffer: bytes) -> None:
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     if ts:
@@ -364,6 +377,8 @@ def _transfer_syntax(ds: Dataset) -> UID:
 def _header_from_dataset(
     ds: Dataset, *, buffer: bytes | None, path: str | None, pixel_pos: int | None
 ) -> Header:
+    from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
     ts = _transfer_syntax(ds)
     has_image_module = "Rows" in ds or "Columns" in ds or "BitsAllocated" in ds
     pixel_keyword = next((kw for tag, kw in PIXEL_TAGS.items() if tag in ds), None)
@@ -421,6 +436,8 @@ def _header_from_dataset(
 
 
 def _read_full(buffer: bytes) -> Dataset:
+    import pydicom
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -464,7 +481,7 @@ def _locate_pixel_element(
 
 def _extended_offsets(attrs: Any) -> tuple[Any, Any] | None:
     """The Extended Offset Table and its lengths (7FE0,0001/0002) as 64-bit integers, or None."""
-    if not isinstance(attrs, Dataset) or "ExtendedOffsetTable" not in attrs:
+    if not is_dataset(attrs) or "ExtendedOffsetTable" not in attrs:
         return None
     import numpy as np
 
@@ -483,7 +500,7 @@ def _int(ds: Any, keyword: str, default: int | None = None) -> int:
             raise InvalidPixelModuleError(f"{keyword} is missing")
         return default
     try:
-        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        if is_multi(value):
             raise InvalidPixelModuleError(f"{keyword} has {len(value)} values, expected one")
         return int(value)
     except (TypeError, ValueError):
@@ -491,7 +508,7 @@ def _int(ds: Any, keyword: str, default: int | None = None) -> int:
 
 
 def _validate(
-    ds: Any, ts: UID, pixel_keyword: str, encapsulated: bool, offset: int, length: int
+    ds: Any, ts: str, pixel_keyword: str, encapsulated: bool, offset: int, length: int
 ) -> PixelSpec:
     """Range and consistency checks of RENDERING.md section 1, before anything is allocated."""
     try:

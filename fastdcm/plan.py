@@ -19,17 +19,16 @@ import logging
 import math
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.multival import MultiValue
-from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi
 
 from .errors import InvalidOptionError, InvalidPixelModuleError
 from .fastheader import Attributes
-from .header import PixelSpec
+from .header import PixelSpec, is_multi
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 from .kernels.voi import (
     MODE_LINEAR,
     MODE_LINEAR_EXACT,
@@ -170,7 +169,7 @@ def _number(value, default: float) -> float:
 def _values(value) -> list:
     if value is None or value == "":
         return []
-    if isinstance(value, (list, tuple, MultiValue)):
+    if is_multi(value):
         return list(value)
     return [value]
 
@@ -283,6 +282,8 @@ def _modality_table(ds: Dataset, spec: PixelSpec, modality: Modality) -> np.ndar
     """Modality values (float64) for every stored value, in table order."""
     stored = _stored_values(spec)
     if modality.lut:
+        from pydicom.pixels.processing import apply_modality_lut
+
         try:
             return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
         except Exception as exc:
@@ -292,6 +293,9 @@ def _modality_table(ds: Dataset, spec: PixelSpec, modality: Modality) -> np.ndar
 
 def _voi_lut(ds: Dataset, frame: int, voi: Voi, modality_values: np.ndarray, ymax: float) -> np.ndarray:
     """A VOI LUT Sequence item applied through pydicom, scaled from its bit depth to 0..ymax."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels.processing import apply_voi
+
     src = _voi_source(ds, frame)
     holder = src if src.get("VOILUTSequence") else ds
     if not hasattr(holder, "file_meta") and hasattr(ds, "file_meta"):
@@ -586,6 +590,8 @@ def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float
 
 def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
     mask, flip, _ = stored_range(spec)
+    from pydicom.pixels.processing import apply_color_lut
+
     if isinstance(ds, Attributes):
         ds = _palette_dataset(ds)
     try:
@@ -602,6 +608,9 @@ def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: flo
 def _palette_dataset(attrs: Attributes) -> Dataset:
     """The palette elements of a fast-parsed header as a pydicom Dataset, for ``apply_color_lut``
     (the fast path reads little-endian files only, which a segmented LUT's reading needs to know)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
     ds = Dataset()
     for keyword in ("PixelPresentation", *_PALETTE_KEYWORDS):
         if keyword in attrs:

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from . import kernels
 from .decoders import NATIVE, candidates, decode_frame
@@ -21,6 +20,9 @@ from .options import Frames, RenderOptions
 from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, modality_of, stored_range
 from .resample import reduced_size
 from .resize import apply as resize_apply, apply_line as resize_line, resize_plan
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 

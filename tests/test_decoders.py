@@ -479,3 +479,18 @@ def test_a_small_jpeg_2000_codestream_decodes_on_one_thread(monkeypatch):
     monkeypatch.setenv(backends.THREADS_ENV, "4")
     stored_frame(header, 0)
     assert calls == [1]
+
+
+def test_the_transfer_syntax_constants_are_pydicoms():
+    """backends.py names the transfer syntaxes as pydicom.uid does, as plain strings (importing
+    pydicom costs ~0.17 s that the common path never needs): each must be pydicom's."""
+    import pydicom.uid
+
+    from fastdcm.decoders import backends
+
+    names = ["JPEGBaseline8Bit", "JPEGExtended12Bit", "JPEGLossless", "JPEGLosslessSV1", "JPEGLSLossless",
+             "JPEGLSNearLossless", "JPEG2000Lossless", "JPEG2000", "HTJ2KLossless", "HTJ2KLosslessRPCL", "HTJ2K",
+             "RLELossless"]
+    assert {n: getattr(backends, n) for n in names} == {n: str(getattr(pydicom.uid, n)) for n in names}
+    every = {ts for family in backends.FAMILIES.values() for ts in family}
+    assert every == {str(getattr(pydicom.uid, n)) for n in names}

@@ -286,7 +286,7 @@ def test_a_zero_filled_file_after_a_preamble_is_not_dicom_without_reading_it_all
     with open(path, "wb") as f:  # sparse: no disk used
         f.write(b"\0" * 128 + b"DICM")
         f.truncate(132 + size)
-    monkeypatch.setattr(header.pydicom, "dcmread", None)  # never reached
+    monkeypatch.setattr(pydicom, "dcmread", None)  # never reached (header.py imports it where it reads)
     read = []
     real_read = os.read
 

@@ -232,3 +232,14 @@ def test_shards_do_not_carry_the_source_path(tmp_path):
         shards = shards.lower()
         assert shards and b"doe" not in shards and b"mrn12345" not in shards and b"im.dcm" not in shards
         assert expected_hash("Doe_John").encode() in shards
+
+
+def test_the_known_entries_are_pydicoms_dictionary():
+    """The entries a default run parses without pydicom (privacy.KNOWN) are the data dictionary's."""
+    from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
+
+    from fastdcm.run.privacy import KNOWN, NAME_GUARD
+
+    assert set(NAME_GUARD) <= set(KNOWN)
+    for keyword, (tag, vr, vm) in KNOWN.items():
+        assert (tag, vr, vm) == (tag_for_keyword(keyword), dictionary_VR(tag), dictionary_VM(tag)), keyword

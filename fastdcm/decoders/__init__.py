@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-from pydicom.uid import UID
 
 from ..errors import DecodeError, MissingDecoderError, UnsupportedTransferSyntaxError
 from ..resample import reduce_stored, reduced_size
@@ -45,6 +44,13 @@ log = logging.getLogger(__name__)
 
 #: The name a frame read as a view of the file's bytes is reported with.
 NATIVE = "native"
+
+
+def _ts_name(ts: str) -> str:
+    """A transfer syntax's name, for messages (pydicom's dictionary, imported only then)."""
+    from pydicom.uid import UID
+
+    return UID(ts).name
 
 
 def parse_choice(value: Any) -> tuple[tuple[str, str], ...]:
@@ -94,17 +100,17 @@ def _candidates(ts: str, bits: int, pi: str, choice: tuple[tuple[str, str], ...]
         b = _backends.backend(name, ts)
         assert b is not None  # parse_choice checked it
         if not b.available:
-            raise MissingDecoderError(f"the chosen decoder {name!r} for {UID(ts).name} is not installed: {b.install}")
+            raise MissingDecoderError(f"the chosen decoder {name!r} for {_ts_name(ts)} is not installed: {b.install}")
         return (b,)
     tried = chain(ts)
     if not tried:
-        raise UnsupportedTransferSyntaxError(f"transfer syntax {ts} ({UID(ts).name}) is not supported")
+        raise UnsupportedTransferSyntaxError(f"transfer syntax {ts} ({_ts_name(ts)}) is not supported")
     usable = [b for b in tried if b.available and b.supports_pixels(bits, pi)]
     if not usable:
         missing = [b for b in tried if not b.available and b.supports_pixels(bits, pi)]
         if missing:
-            raise MissingDecoderError(f"no decoder installed for {UID(ts).name}: {missing[0].install}")
-        raise DecodeError(f"no decoder for {UID(ts).name} with {bits} bits allocated and {pi}")
+            raise MissingDecoderError(f"no decoder installed for {_ts_name(ts)}: {missing[0].install}")
+        raise DecodeError(f"no decoder for {_ts_name(ts)} with {bits} bits allocated and {pi}")
     if reduce and pi != "PALETTE COLOR":  # indices: resample.py
         usable.sort(key=lambda b: b.reduce is None)  # stable: the measured order otherwise
     return tuple(usable)
@@ -161,7 +167,7 @@ def _decode_encapsulated(
                 raise
             errors.append(f"{b.name}: panic: {exc}")
         log.debug("frame %d: %s failed, trying the next decoder", index, errors[-1])
-    raise DecodeError(f"frame {index} cannot be decoded ({UID(ts).name}): " + "; ".join(errors))
+    raise DecodeError(f"frame {index} cannot be decoded ({_ts_name(ts)}): " + "; ".join(errors))
 
 
 def _checked(arr: Any, spec: PixelSpec, reduce: int = 0) -> np.ndarray:
@@ -216,6 +222,8 @@ def _decode_with_pydicom(header: Header, index: int) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     spec = header.spec
+    from pydicom.uid import UID
+
     ts = UID(spec.transfer_syntax_uid)
     ds = header.dataset
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -269,5 +277,5 @@ def decoders() -> list[DecoderStatus]:
     for syntaxes in FAMILIES.values():
         for ts in syntaxes:
             for rank, b in enumerate(chain(ts), 1):
-                out.append(DecoderStatus(str(ts), UID(ts).name, b.name, rank, b.available, b.install, b.note))
+                out.append(DecoderStatus(str(ts), _ts_name(ts), b.name, rank, b.available, b.install, b.note))
     return out

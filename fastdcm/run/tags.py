@@ -31,7 +31,7 @@ from typing import Any, Iterable
 
 from .. import fastheader
 from ..errors import InvalidOptionError
-from .privacy import IDENTIFIERS, check_fields, pseudonymized
+from .privacy import IDENTIFIERS, KNOWN, check_fields, pseudonymized
 
 __all__ = ["TagSpec", "DEFAULT_TAGS", "parse_tags", "extract", "extract_from", "masked"]
 
@@ -68,6 +68,9 @@ class TagSpec:
 
 
 def _tag_of(text: str, item: str) -> tuple[int, str]:
+    known = KNOWN.get(text)
+    if known is not None:
+        return known[0], text
     from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
     match = _TAG.match(text)
@@ -80,7 +83,13 @@ def _tag_of(text: str, item: str) -> tuple[int, str]:
     return tag, text
 
 
+_KNOWN_BY_TAG = {tag: (vr, vm) for tag, vr, vm in KNOWN.values()}
+
+
 def _vr_vm(tag: int) -> tuple[str, str]:
+    known = _KNOWN_BY_TAG.get(tag)
+    if known is not None:
+        return known
     from pydicom.datadict import dictionary_VM, dictionary_VR
 
     try:

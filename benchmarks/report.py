@@ -248,12 +248,16 @@ def run_as_user(name: str, folder: Path, files: list[str], out_dir: Path, fmt: s
     run = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     errors = [] if run.returncode == 0 else [f"exit {run.returncode}: {run.stderr.strip()[-300:]}"]
+    checked = len(errors)
     produced = _check_outputs(name, out_dir, files, fmt, 0, errors)
+    # failed inputs, as the in-process rows count them: the images not written, and those that do not decode
+    bad = sum(1 for e in errors[checked:] if not e.startswith(f"{name} wrote ") and "outputs are not the inputs' sizes" not in e)
     n = len(files)
     return {
         "peer": name, "fmt": fmt, "workers": workers, "files": n, "seconds": seconds,
         "files_per_s": n / seconds, "mb_per_s": in_bytes / 1e6 / seconds,
-        "errors": len(errors), "error_samples": errors[:5],
+        "errors": max(0, n - len(produced)) + bad + (1 if bad == 0 and len(produced) == n and errors else 0),
+        "error_samples": errors[:5],
         "output_bytes": sum(p.stat().st_size for p in produced), "as_user": True,
     }
 

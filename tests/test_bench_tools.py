@@ -248,3 +248,16 @@ def test_report_as_user_times_the_command_line_and_the_script(ct5, tmp_path):
     errors: list[str] = []
     report._check_outputs("x", tmp_path / "fastdcm", files + files[:1], "png", 0, errors)
     assert errors and "wrote 5 images for 6 inputs" in errors[0]
+
+
+def test_report_as_user_counts_each_input_the_script_failed(ct5, tmp_path):
+    import shutil
+
+    import report
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = [shutil.copy(f, src / f"{i}.dcm") for i, f in enumerate(make_corpus.corpus_files(ct5)[:2])]
+    (src / "bad.dcm").write_bytes(b"not dicom at all")
+    row = report.run_as_user("naive", src, [*map(str, files), str(src / "bad.dcm")], tmp_path / "out", "png", 1, 90)
+    assert row["errors"] == 1 and "exit 1" in row["error_samples"][0]

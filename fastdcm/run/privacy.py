@@ -30,6 +30,7 @@ import re
 from typing import Any
 
 from ..errors import IdentifierInNameError, InvalidOptionError
+from ..header import is_multi
 
 __all__ = [
     "IDENTIFIERS", "is_identifier", "pseudonymized", "Pseudonymizer", "load_key", "KEY_VAR", "check_fields",
@@ -239,7 +240,7 @@ class Pseudonymizer:
     def __call__(self, value: Any) -> Any:
         if value is None or value == "":
             return value
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if is_multi(value):
             return [self(v) for v in value]
         digest = hmac.new(self.key, str(value).strip(" \0").encode("utf-8"), hashlib.sha256).hexdigest()
         return digest[:DIGITS]

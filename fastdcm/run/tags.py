@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 from .. import fastheader
 from ..errors import InvalidOptionError
+from ..header import is_multi
 from .privacy import IDENTIFIERS, KNOWN, check_fields, pseudonymized
 
 __all__ = ["TagSpec", "DEFAULT_TAGS", "parse_tags", "extract", "extract_from", "masked"]
@@ -188,7 +189,7 @@ def _typed(value: Any, spec: TagSpec) -> Any:
         return None
     if isinstance(value, (bytes, bytearray)):
         return value.hex() if spec.kind == "str" else None
-    many = isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue"
+    many = is_multi(value)
     values = list(value) if many else [value]
     out = []
     for v in values:

@@ -26,9 +26,6 @@ import numpy as np
 from .errors import InvalidOptionError, InvalidPixelModuleError
 from .fastheader import Attributes
 from .header import PixelSpec, is_multi
-
-if TYPE_CHECKING:
-    from pydicom.dataset import Dataset
 from .kernels.voi import (
     MODE_LINEAR,
     MODE_LINEAR_EXACT,
@@ -41,6 +38,9 @@ from .kernels.voi import (
     window_is_valid,
 )
 from .options import RenderOptions, VoiFunction, VoiPolicy, window_label
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -589,9 +589,9 @@ def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float
 
 
 def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
-    mask, flip, _ = stored_range(spec)
     from pydicom.pixels.processing import apply_color_lut
 
+    mask, flip, _ = stored_range(spec)
     if isinstance(ds, Attributes):
         ds = _palette_dataset(ds)
     try:

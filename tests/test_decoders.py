@@ -482,7 +482,7 @@ def test_a_small_jpeg_2000_codestream_decodes_on_one_thread(monkeypatch):
 
 
 def test_the_transfer_syntax_constants_are_pydicoms():
-    """backends.py names the transfer syntaxes as pydicom.uid does, as plain strings (importing
+    """fastheader.py names the transfer syntaxes as pydicom.uid does, as plain strings (importing
     pydicom costs ~0.17 s that the common path never needs): each must be pydicom's."""
     import pydicom.uid
 
@@ -494,3 +494,7 @@ def test_the_transfer_syntax_constants_are_pydicoms():
     assert {n: getattr(backends, n) for n in names} == {n: str(getattr(pydicom.uid, n)) for n in names}
     every = {ts for family in backends.FAMILIES.values() for ts in family}
     assert every == {str(getattr(pydicom.uid, n)) for n in names}
+    from fastdcm import fastheader
+
+    assert fastheader.ENCAPSULATED == every
+    assert (fastheader.EXPLICIT_LE, fastheader.IMPLICIT_LE) == (pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian)

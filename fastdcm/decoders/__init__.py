@@ -220,10 +220,9 @@ def _decode_with_pydicom(header: Header, index: int) -> np.ndarray:
     """Deflated, big endian, 1-bit and YBR native data: pydicom's native decoder."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.pixels import pixel_array
-
-    spec = header.spec
     from pydicom.uid import UID
 
+    spec = header.spec
     ts = UID(spec.transfer_syntax_uid)
     ds = header.dataset
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:

@@ -22,22 +22,21 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import kernels
+from ..fastheader import (
+    HTJ2K,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 from ..header import PixelSpec
-
-# The transfer syntaxes, as pydicom.uid names them (a test holds each to pydicom's): plain strings here, so
-# that importing fastdcm does not import pydicom (~0.17 s), which the common path never calls.
-JPEGBaseline8Bit = "1.2.840.10008.1.2.4.50"
-JPEGExtended12Bit = "1.2.840.10008.1.2.4.51"
-JPEGLossless = "1.2.840.10008.1.2.4.57"
-JPEGLosslessSV1 = "1.2.840.10008.1.2.4.70"
-JPEGLSLossless = "1.2.840.10008.1.2.4.80"
-JPEGLSNearLossless = "1.2.840.10008.1.2.4.81"
-JPEG2000Lossless = "1.2.840.10008.1.2.4.90"
-JPEG2000 = "1.2.840.10008.1.2.4.91"
-HTJ2KLossless = "1.2.840.10008.1.2.4.201"
-HTJ2KLosslessRPCL = "1.2.840.10008.1.2.4.202"
-HTJ2K = "1.2.840.10008.1.2.4.203"
-RLELossless = "1.2.840.10008.1.2.5"
 
 JPEG = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
 JPEG_LS = (JPEGLSLossless, JPEGLSNearLossless)

@@ -136,7 +136,8 @@ def test_every_backend_renders_the_same(path):
         default = image.render_frame(0)
     except DecodeError:
         return  # damaged on purpose: every backend must fail, checked below
-    assert default.decoder == "imagecodecs"
+    small = spec.rows * spec.columns < backends.SMALL_FRAME_PIXELS and backends.small_frame_first(ts, spec.bits_allocated)
+    assert default.decoder == (small or "imagecodecs")
     fam = backends.family(ts)
     for b in backends.chain(ts):
         if not (b.available and b.supports(spec)) or b.name == default.decoder:
@@ -370,6 +371,27 @@ def test_explicit_choice_and_its_errors():
     for bad, message in (("rle", "look like"), ("mpeg=x", "unknown decoder family"), ("rle=pyjpegls", "choose from")):
         with pytest.raises(ValueError, match=message):
             fastdcm.RenderOptions(decoder=bad)
+
+
+def test_small_near_lossless_frames_of_more_than_8_bits_go_to_pyjpegls_first(tmp_path):
+    """The one exception to PREFERENCE's order (backends.small_frame_first): measured set-up cost."""
+    small16 = fastdcm.open_image(get_testdata_file("JPEGLSNearLossless_16.dcm"))  # 50 x 10, 16 bits
+    assert small16.render_frame(0).decoder == "pyjpegls" and small16.decoder_for(None) == "pyjpegls"
+    np.testing.assert_array_equal(
+        small16.render_frame(0).array, small16.render_frame(0, fastdcm.RenderOptions(decoder="jpegls=imagecodecs")).array
+    )
+    assert fastdcm.open_image(get_testdata_file("JPEGLSNearLossless_08.dcm")).render_frame(0).decoder == "imagecodecs"
+    ds, arr = _base(12, signed=False)  # 128 x 128: not small
+    assert arr.shape[0] * arr.shape[1] == backends.SMALL_FRAME_PIXELS
+    path, _ = _save(ds, arr, "1.2.840.10008.1.2.4.81", imagecodecs.jpegls_encode(arr, level=2), tmp_path, "nl.dcm")
+    assert fastdcm.open_image(path).render_frame(0).decoder == "imagecodecs"
+    crop = np.ascontiguousarray(arr[:64, :64])  # small, but lossless: no such cost
+    ds.Rows = ds.Columns = 64
+    lossless, _ = _save(ds, crop, "1.2.840.10008.1.2.4.80", imagecodecs.jpegls_encode(crop), tmp_path, "ll.dcm")
+    assert fastdcm.open_image(lossless).render_frame(0).decoder == "imagecodecs"
+    near, _ = _save(ds, crop, "1.2.840.10008.1.2.4.81", imagecodecs.jpegls_encode(crop, level=2), tmp_path, "nl64.dcm")
+    assert fastdcm.open_image(near).render_frame(0).decoder == "pyjpegls"
+    assert np.abs(stored_frame(read_header(near), 0).astype(int) - crop).max() <= 2  # NEAR 2
 
 
 def _failing(exc):

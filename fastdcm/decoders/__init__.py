@@ -4,7 +4,8 @@ Native little-endian data of 8, 16, 32 or 64 bits is a numpy view of the file's 
 copy, nothing per pixel in Python (colour by plane, Planar Configuration 1, is interleaved
 into a copy: ``backends.interleave``). Encapsulated data is decoded frame by frame from its
 fragments (``frames.py``) by the backends of ``backends.py``, tried in the order
-``backends.PREFERENCE`` gives for the transfer syntax (fastest first); a frame one backend
+``backends.PREFERENCE`` gives for the transfer syntax (fastest first; small near-lossless
+JPEG-LS frames: ``backends.small_frame_first``); a frame one backend
 cannot decode goes to the next, and the name of the backend that decoded it is returned.
 ``decoder=`` (``--decoder jpeg2000=pylibjpeg``) makes one backend the only choice for a
 family of transfer syntaxes. Deflated, big endian, 1-bit and YBR native data go through
@@ -88,11 +89,14 @@ def parse_choice(value: Any) -> tuple[tuple[str, str], ...]:
 def candidates(ts: str, spec: PixelSpec, choice: tuple[tuple[str, str], ...], reduce: int = 0) -> list[Backend]:
     """The installed backends that may decode ``spec``'s frames, in the order they are tried
     (with ``reduce``, those that decode reduced resolution levels first)."""
-    return list(_candidates(ts, spec.bits_allocated, spec.photometric_interpretation, choice, bool(reduce)))
+    small = spec.rows * spec.columns < _backends.SMALL_FRAME_PIXELS
+    return list(_candidates(ts, spec.bits_allocated, spec.photometric_interpretation, choice, bool(reduce), small))
 
 
 @functools.lru_cache(maxsize=256)
-def _candidates(ts: str, bits: int, pi: str, choice: tuple[tuple[str, str], ...], reduce: bool) -> tuple[Backend, ...]:
+def _candidates(
+    ts: str, bits: int, pi: str, choice: tuple[tuple[str, str], ...], reduce: bool, small: bool = False
+) -> tuple[Backend, ...]:
     """candidates() by what it depends on (installed packages do not change in a process)."""
     chosen = dict(choice)
     name = chosen.get(ts) or chosen.get(family(ts) or "")
@@ -111,6 +115,9 @@ def _candidates(ts: str, bits: int, pi: str, choice: tuple[tuple[str, str], ...]
         if missing:
             raise MissingDecoderError(f"no decoder installed for {_ts_name(ts)}: {missing[0].install}")
         raise DecodeError(f"no decoder for {_ts_name(ts)} with {bits} bits allocated and {pi}")
+    first = _backends.small_frame_first(ts, bits) if small else None
+    if first is not None:  # stable: the measured order after it
+        usable.sort(key=lambda b: b.name != first)
     if reduce and pi != "PALETTE COLOR":  # indices: resample.py
         usable.sort(key=lambda b: b.reduce is None)  # stable: the measured order otherwise
     return tuple(usable)

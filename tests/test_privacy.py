@@ -240,6 +240,9 @@ def test_the_known_entries_are_pydicoms_dictionary():
 
     from fastdcm.run.privacy import KNOWN, NAME_GUARD
 
-    assert set(NAME_GUARD) <= set(KNOWN)
+    from fastdcm.gallery import GALLERY_TAGS
+    from fastdcm.run.tags import DEFAULT_TAGS
+
+    assert set(NAME_GUARD) | set(DEFAULT_TAGS) | set(GALLERY_TAGS) <= set(KNOWN)
     for keyword, (tag, vr, vm) in KNOWN.items():
         assert (tag, vr, vm) == (tag_for_keyword(keyword), dictionary_VR(tag), dictionary_VM(tag)), keyword

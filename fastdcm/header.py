@@ -10,7 +10,6 @@ full dataset and go through pydicom's decoders (see decoders/).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -143,11 +142,18 @@ class Header:
         self._dataset = attrs if is_dataset(attrs) else None
         if spec.is_encapsulated and self.data is not None and spec.pixel_offset >= 0:
             # offset 0: the buffer is a Dataset's PixelData value, which has no sequence delimiter
-            with data.opened() if data is not None else contextlib.nullcontext():
-                self.frames = frame_table(
-                    self.data, spec.pixel_offset, spec.number_of_frames, _extended_offsets(attrs),
-                    delimited=spec.pixel_offset > 0,
-                )
+            if data is None:
+                self.frames = self._frame_table()
+            else:  # a file read in parts: the item headers' reads share one descriptor
+                with data.opened():
+                    self.frames = self._frame_table()
+
+    def _frame_table(self) -> list[list[tuple[int, int]]]:
+        spec = self.spec
+        return frame_table(
+            self.data, spec.pixel_offset, spec.number_of_frames, _extended_offsets(self.attrs),
+            delimited=spec.pixel_offset > 0,
+        )
 
     @property
     def dataset(self) -> Dataset:

@@ -93,17 +93,18 @@ class Image:
         options = options or DEFAULT_OPTIONS
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
             raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
+        frame = int(frame)
         token = CURRENT_SOURCE.set(self.path or "<input>")
         try:
-            stored, decoder = decode_frame(self._header, int(frame), options.decoder, options.reduce)
+            stored, decoder = decode_frame(self._header, frame, options.decoder, options.reduce)
             resize = self._resize_plan(options)  # None: the frame keeps its size
             one_pass = None
             if options.windows is not None:
-                array, plan = _render_stack(stored, self._header.attrs, self.spec, int(frame), options)
-            elif resize is not None and (one_pass := self._windowed_and_resized(stored, int(frame), options, resize)):
+                array, plan = _render_stack(stored, self._header.attrs, self.spec, frame, options)
+            elif resize is not None and (one_pass := self._windowed_and_resized(stored, frame, options, resize)):
                 array, plan = one_pass
             else:
-                array, plan = _render_stored(stored, self._header.attrs, self.spec, int(frame), options)
+                array, plan = _render_stored(stored, self._header.attrs, self.spec, frame, options)
             if resize is not None and one_pass is None:
                 array = resize_apply(array, resize, options.y_max)
         except FastDcmError as exc:
@@ -117,7 +118,7 @@ class Image:
         finally:
             CURRENT_SOURCE.reset(token)
         mapping = resize.mapping(self.spec.rows, self.spec.columns) if resize is not None else None
-        return Rendered(array=array, frame=int(frame), voi=plan.voi, decoder=decoder, window=plan.window, mapping=mapping)
+        return Rendered(array=array, frame=frame, voi=plan.voi, decoder=decoder, window=plan.window, mapping=mapping)
 
     def _resize_plan(self, options: RenderOptions) -> Any:
         """The resize of ``options`` for this image's frames (after ``reduce``), or None."""
@@ -161,8 +162,10 @@ def _render_stored(
     shape = stored.shape
     k = kernels.impl()
     plan = build_plan(ds, spec, frame, options)
+    raw = None
     if plan is None:  # min-max: one extra pass to find the frame's values
-        plan = _plan_with_range(stored, ds, spec, frame, options)
+        raw = None if stored.dtype.kind == "f" else _as_unsigned(stored)
+        plan = _plan_with_range(stored, raw, ds, spec, frame, options, k)
     if plan.kind == "copy":
         return np.ascontiguousarray(stored, dtype=plan.out_dtype), plan
     if plan.kind == "arith" and stored.dtype.kind == "f":
@@ -173,7 +176,8 @@ def _render_stored(
             plan.lut.astype(plan.out_dtype, copy=False), plan.lut_first, out,
         )
         return out.reshape(shape), plan
-    raw = _as_unsigned(stored)
+    if raw is None:
+        raw = _as_unsigned(stored)
     if plan.kind == "arith":
         out = np.empty(raw.shape[0], dtype=plan.out_dtype)
         k.voi_int(
@@ -218,24 +222,25 @@ def _render_stack(
 
 
 def _plan_with_range(
-    stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
+    stored: np.ndarray, raw: np.ndarray | None, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions, k: Any
 ) -> RenderPlan:
-    k = kernels.impl()
-    if stored.dtype.kind == "f":
+    """The plan of a min-max window, from the frame's values: ``stored``, and for integers
+    ``raw`` (``_as_unsigned(stored)``, made once by the caller for the kernels after this one)."""
+    if raw is None:
         rng = np.empty(2, np.float64)
         k.float_minmax(np.ascontiguousarray(stored).reshape(-1), rng)
         plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
     elif not minmax_by_range(ds, spec, frame, stored.size):
         mask, flip, _ = stored_range(spec)
         if not modality_of(ds, spec, frame).lut:
-            plan = build_plan(ds, spec, frame, options, extremes=_stored_extremes(_as_unsigned(stored), mask, flip, k))
+            plan = build_plan(ds, spec, frame, options, extremes=_stored_extremes(raw, mask, flip, k))
         else:  # a LUT's values need not keep the stored values' order: which stored values occur
             present = np.zeros(mask + 1, np.bool_)
-            k.stored_presence(_as_unsigned(stored), mask, flip, present)
+            k.stored_presence(raw, mask, flip, present)
             plan = build_plan(ds, spec, frame, options, present=present)
     else:
         mask, flip, _ = stored_range(spec)
-        lo, hi = _stored_extremes(_as_unsigned(stored), mask, flip, k)
+        lo, hi = _stored_extremes(raw, mask, flip, k)
         plan = build_plan(ds, spec, frame, options, value_range=(float(lo), float(hi)))
     assert plan is not None
     return plan

@@ -165,7 +165,7 @@ def _render_stored(
     raw = None
     if plan is None:  # min-max: one extra pass to find the frame's values
         raw = None if stored.dtype.kind == "f" else _as_unsigned(stored)
-        plan = _plan_with_range(stored, raw, ds, spec, frame, options, k)
+        plan = _plan_with_range(stored, ds, spec, frame, options, raw, k)
     if plan.kind == "copy":
         return np.ascontiguousarray(stored, dtype=plan.out_dtype), plan
     if plan.kind == "arith" and stored.dtype.kind == "f":
@@ -222,15 +222,18 @@ def _render_stack(
 
 
 def _plan_with_range(
-    stored: np.ndarray, raw: np.ndarray | None, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions, k: Any
+    stored: np.ndarray, ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions,
+    raw: np.ndarray | None = None, k: Any = None,
 ) -> RenderPlan:
-    """The plan of a min-max window, from the frame's values: ``stored``, and for integers
-    ``raw`` (``_as_unsigned(stored)``, made once by the caller for the kernels after this one)."""
-    if raw is None:
+    """The plan of a min-max window, from the frame's values: ``stored``; for integers ``raw`` is
+    ``_as_unsigned(stored)`` (the caller's, made once for the kernel after this one, or made here)."""
+    k = k or kernels.impl()
+    if stored.dtype.kind == "f":
         rng = np.empty(2, np.float64)
         k.float_minmax(np.ascontiguousarray(stored).reshape(-1), rng)
         plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
     elif not minmax_by_range(ds, spec, frame, stored.size):
+        raw = _as_unsigned(stored) if raw is None else raw
         mask, flip, _ = stored_range(spec)
         if not modality_of(ds, spec, frame).lut:
             plan = build_plan(ds, spec, frame, options, extremes=_stored_extremes(raw, mask, flip, k))
@@ -239,6 +242,7 @@ def _plan_with_range(
             k.stored_presence(raw, mask, flip, present)
             plan = build_plan(ds, spec, frame, options, present=present)
     else:
+        raw = _as_unsigned(stored) if raw is None else raw
         mask, flip, _ = stored_range(spec)
         lo, hi = _stored_extremes(raw, mask, flip, k)
         plan = build_plan(ds, spec, frame, options, value_range=(float(lo), float(hi)))

@@ -184,8 +184,9 @@ def _voi_source(ds: Dataset, frame: int) -> Dataset:
 CURRENT_SOURCE: contextvars.ContextVar[str] = contextvars.ContextVar("fastdcm_source", default="<input>")
 
 
-def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions) -> Voi | None:
-    """The VOI step of RENDERING.md 2.2; None means min-max (needs the frame's values)."""
+def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions, quiet: bool = False) -> Voi | None:
+    """The VOI step of RENDERING.md 2.2; None means min-max (needs the frame's values).
+    ``quiet``: a window skipped is not said again (the second plan of a min-max frame)."""
     policy = options.voi
     if policy is VoiPolicy.NONE:
         return Voi(step="none")
@@ -199,7 +200,8 @@ def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions)
         center, width = options.window
         if window_is_valid(mode, center, width):
             return Voi(step="explicit", mode=mode, p1=center, p2=width)
-        log.warning("%s: explicit window c=%g w=%g is not valid for its function: skipped", CURRENT_SOURCE.get(), center, width)
+        if not quiet:
+            log.warning("%s: explicit window c=%g w=%g is not valid for its function: skipped", CURRENT_SOURCE.get(), center, width)
 
     if policy in (VoiPolicy.AUTO, VoiPolicy.VOI_LUT):
         seq = src.get("VOILUTSequence") or ds.get("VOILUTSequence")
@@ -220,7 +222,7 @@ def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions)
                 if index > 0 or policy is VoiPolicy.WINDOW:
                     raise InvalidOptionError(f"voi_index {index} but the file has {count} window(s)")
             else:
-                name = options.voi_function or _file_function(src)
+                name = options.voi_function or _file_function(src, quiet)
                 mode = _FUNCTION_MODES[name]
                 try:
                     center, width = float(centers[index]), float(widths[index])
@@ -228,10 +230,11 @@ def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions)
                     center = width = math.nan
                 if window_is_valid(mode, center, width):
                     return Voi(step="window", mode=mode, p1=center, p2=width, index=index)
-                log.warning(
-                    "%s: window %d (c=%s w=%s, %s) is not valid: skipped",
-                    CURRENT_SOURCE.get(), index, centers[index], widths[index], name.value
-                )
+                if not quiet:
+                    log.warning(
+                        "%s: window %d (c=%s w=%s, %s) is not valid: skipped",
+                        CURRENT_SOURCE.get(), index, centers[index], widths[index], name.value
+                    )
                 if policy is VoiPolicy.WINDOW:
                     raise InvalidOptionError(f"window {index} (c={centers[index]} w={widths[index]}) is not valid")
         elif policy is VoiPolicy.WINDOW:
@@ -239,12 +242,13 @@ def choose_voi(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions)
     return None  # min-max
 
 
-def _file_function(src: Dataset) -> VoiFunction:
+def _file_function(src: Dataset, quiet: bool = False) -> VoiFunction:
     raw = str(src.get("VOILUTFunction", "") or "").strip().upper()
     try:
         return VoiFunction(raw) if raw else VoiFunction.LINEAR
     except ValueError:
-        log.warning("unknown VOI LUT Function %r: LINEAR used", raw)
+        if not quiet:
+            log.warning("%s: unknown VOI LUT Function %r: LINEAR used", CURRENT_SOURCE.get(), raw)
         return VoiFunction.LINEAR
 
 
@@ -465,7 +469,8 @@ def _build_plan(
         return _color_plan(spec, out_dtype, ymax)
 
     modality = modality_of(ds, spec, frame)
-    voi = choose_voi(ds, spec, frame, options)
+    # with the frame's values (min-max's second plan) what the first plan skipped is not said again
+    voi = choose_voi(ds, spec, frame, options, quiet=present is not None or value_range is not None or extremes is not None)
     invert = inverts(ds, spec, options)
     # value_range: min-max found by the caller on a frame too small for a table (minmax_by_range)
     table_path = not spec.is_float and spec.bits_stored <= TABLE_BITS and value_range is None

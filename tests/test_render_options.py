@@ -88,6 +88,23 @@ def test_invalid_file_window_falls_back_to_minmax(tmp_path):
     assert got.min() == 0 and got.max() == 255
 
 
+@pytest.mark.parametrize("option", [{}, {"window": (4242, 0)}], ids=["file", "explicit"])
+def test_an_invalid_window_is_warned_once_a_render(tmp_path, caplog, option):
+    """The plan is made twice for a min-max frame (before and after its values are known): the
+    window it skips is said once, naming the file. Slices that share a fast-parsed header's values
+    (a series) share its plan, so a second slice says nothing new (hence values no other test uses)."""
+    attrs = {"WindowCenter": 4242, "WindowWidth": 0} if not option else {}  # (no window of its own: min-max)
+    paths = [make(tmp_path, RAMP, "a.dcm", **attrs), make(tmp_path, RAMP + 16, "b.dcm", **attrs)]
+    with caplog.at_level("WARNING", logger="fastdcm.plan"):
+        fastdcm.render(paths[0], **option)
+    warned = [r for r in caplog.records if "not valid" in r.getMessage()]
+    assert len(warned) == 1 and paths[0] in warned[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fastdcm.plan"):
+        fastdcm.render(paths[1], **option)
+    assert len([r for r in caplog.records if "not valid" in r.getMessage()]) <= 1
+
+
 def test_minmax_and_none(tmp_path):
     stored = np.array([[100, 200], [300, 400]], np.uint16)
     path = make(tmp_path, stored, bits_stored=12)

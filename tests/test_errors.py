@@ -166,6 +166,18 @@ def test_unsupported_transfer_syntax(tmp_path):
     assert err.status is Status.UNSUPPORTED_TRANSFER_SYNTAX
 
 
+def test_a_transfer_syntax_no_one_knows_is_unsupported_not_a_decode_error(tmp_path):
+    """A native file whose Transfer Syntax UID is no DICOM transfer syntax: pydicom reads its header
+    (as explicit VR little endian) but will not read its pixels; that is the transfer syntax's status."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = UID("999.888.777.1")
+    path = tmp_path / "unknown_ts.dcm"
+    ds.save_as(path)
+    err = _raises(UnsupportedTransferSyntaxError, path, "999.888.777.1")
+    assert err.status is Status.UNSUPPORTED_TRANSFER_SYNTAX
+    assert fastdcm.open_image(path).spec.rows == 128  # the header is still read (fastdcm info shows it)
+
+
 def test_missing_decoder_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(backends.Backend, "available", property(lambda self: False))
     path = get_testdata_file("JPEG2000.dcm")

@@ -231,6 +231,8 @@ def _decode_with_pydicom(header: Header, index: int) -> np.ndarray:
 
     spec = header.spec
     ts = UID(spec.transfer_syntax_uid)
+    if not ts.is_transfer_syntax:  # (pydicom read the header as explicit VR little endian; not the pixels)
+        raise UnsupportedTransferSyntaxError(f"transfer syntax {ts} is not a DICOM transfer syntax: the pixel data cannot be read")
     ds = header.dataset
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DecodeError("the pixel data is not available to the decoder")

@@ -23,7 +23,7 @@ import typing
 from enum import Enum
 from typing import Any, Sequence
 
-from .errors import FastDcmError, InvalidOptionError
+from .errors import FastDcmError, InvalidOptionError, describe
 from .options import ConvertOptions, RenderOptions, explicit_window_problem, option_fields, option_flag
 
 log = logging.getLogger("fastdcm")
@@ -190,7 +190,7 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         try:
             tree = fileset_tree(args.file, allow_phi=args.allow_phi)
         except Exception as exc:  # pydicom raises many types on a damaged DICOMDIR: name it, fail
-            print(f"fastdcm: {args.file}: the DICOMDIR cannot be read: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"fastdcm: {args.file}: the DICOMDIR cannot be read: {describe(exc)}", file=sys.stderr)
             return EXIT_FAILED
         if args.json:
             import json
@@ -218,9 +218,9 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(shown)
     except Exception as exc:  # pydicom raises many types on a damaged file: show it, go on
         if args.json:
-            print(f"fastdcm: pydicom cannot read the dataset of {args.file}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"fastdcm: pydicom cannot read the dataset of {args.file}: {describe(exc)}", file=sys.stderr)
             return EXIT_FAILED
-        print(f"(pydicom cannot read the dataset: {type(exc).__name__}: {exc})")
+        print(f"(pydicom cannot read the dataset: {describe(exc)})")
     print()
     try:
         print(inspect(args.file))

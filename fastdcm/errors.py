@@ -149,9 +149,16 @@ def raised_by_dependency(exc: BaseException) -> bool:
     return not os.path.abspath(frames[-1].filename).startswith(own + os.sep)
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line, for a reason, a manifest field or a message:
+    the first line of its text (pydicom appends a whole traceback to some, ``tag_in_exception``)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].rstrip() if lines else ''}"
+
+
 def from_dependency(exc: Exception, kind: type[FastDcmError], what: str) -> FastDcmError | None:
     """``kind(reason)`` for an exception a dependency raised on damaged input (see
     :func:`raised_by_dependency`), or None when it came from fastdcm itself (a bug: status error)."""
     if isinstance(exc, FastDcmError) or not raised_by_dependency(exc):
         return None
-    return kind(f"{what}: {type(exc).__name__}: {exc}")
+    return kind(f"{what}: {describe(exc)}")

@@ -26,6 +26,7 @@ from .errors import (
     NoImageError,
     NotDicomError,
     TruncatedPixelDataError,
+    describe,
 )
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class Header:
 
                     self._dataset = pydicom.dcmread(io.BytesIO(self.buffer), stop_before_pixels=True)
             except Exception as exc:  # the pixel path read it; pydicom cannot (a damaged meta element)
-                raise NotDicomError(f"pydicom cannot read the header: {type(exc).__name__}: {exc}", path=self.path) from None
+                raise NotDicomError(f"pydicom cannot read the header: {describe(exc)}", path=self.path) from None
         return self._dataset
 
 
@@ -329,7 +330,7 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except InvalidDicomError as exc:
         if not elements.looks_headerless(buffer):
-            raise NotDicomError(f"not a DICOM file ({exc})") from None
+            raise NotDicomError(f"not a DICOM file ({describe(exc)})") from None
         # No preamble and no meta (ACR-NEMA style): a raw little-endian dataset.
         fp = io.BytesIO(buffer)
         try:
@@ -339,9 +340,9 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
         except Exception as exc2:
             raise NotDicomError(f"not a DICOM file ({type(exc2).__name__}: {exc2})") from None
     except (EOFError, OSError) as exc:
-        raise TruncatedPixelDataError(f"file ends inside its header ({exc})") from None
+        raise TruncatedPixelDataError(f"file ends inside its header ({describe(exc)})") from None
     except Exception as exc:  # pydicom raises many types on malformed headers
-        raise NotDicomError(f"header cannot be parsed: {type(exc).__name__}: {exc}") from None
+        raise NotDicomError(f"header cannot be parsed: {describe(exc)}") from None
     if len(ds) == 0 and not ds.file_meta:
         raise NotDicomError("no DICOM elements found")
     return _header_from_dataset(ds, buffer=buffer, path=name, pixel_pos=fp.tell())
@@ -449,7 +450,7 @@ def _read_full(buffer: bytes) -> Dataset:
             warnings.simplefilter("ignore")
             return pydicom.dcmread(io.BytesIO(buffer), force=True)
     except Exception as exc:
-        raise TruncatedPixelDataError(f"pixel data cannot be read: {type(exc).__name__}: {exc}") from None
+        raise TruncatedPixelDataError(f"pixel data cannot be read: {describe(exc)}") from None
 
 
 def _locate_pixel_element(
@@ -495,7 +496,7 @@ def _extended_offsets(attrs: Any) -> tuple[Any, Any] | None:
         offsets = np.frombuffer(attrs.ExtendedOffsetTable, "<u8")
         lengths = np.frombuffer(attrs.ExtendedOffsetTableLengths, "<u8")
     except (AttributeError, TypeError, ValueError) as exc:
-        raise TruncatedPixelDataError(f"the Extended Offset Table cannot be read: {exc}") from None
+        raise TruncatedPixelDataError(f"the Extended Offset Table cannot be read: {describe(exc)}") from None
     return offsets.tolist(), lengths.tolist()
 
 
@@ -532,7 +533,7 @@ def _validate(
     except InvalidPixelModuleError:
         raise
     except Exception as exc:  # a value pydicom cannot convert
-        raise InvalidPixelModuleError(f"pixel module cannot be read: {type(exc).__name__}: {exc}") from None
+        raise InvalidPixelModuleError(f"pixel module cannot be read: {describe(exc)}") from None
 
     def bad(reason: str) -> InvalidPixelModuleError:
         return InvalidPixelModuleError(reason)

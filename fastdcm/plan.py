@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidOptionError, InvalidPixelModuleError
+from .errors import InvalidOptionError, InvalidPixelModuleError, describe
 from .fastheader import Attributes
 from .header import PixelSpec, is_multi
 from .kernels.voi import (
@@ -153,7 +153,7 @@ def _modality_of(ds: Dataset, spec: PixelSpec, frame: int) -> Modality:
         slope = _number(src.get("RescaleSlope"), 1.0)
         intercept = _number(src.get("RescaleIntercept"), 0.0)
     except (TypeError, ValueError) as exc:
-        raise InvalidPixelModuleError(f"Rescale Slope/Intercept cannot be read: {exc}") from None
+        raise InvalidPixelModuleError(f"Rescale Slope/Intercept cannot be read: {describe(exc)}") from None
     if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0.0:
         raise InvalidPixelModuleError(f"Rescale Slope {slope} / Intercept {intercept} is not usable")
     return Modality(slope=slope, intercept=intercept)
@@ -291,7 +291,7 @@ def _modality_table(ds: Dataset, spec: PixelSpec, modality: Modality) -> np.ndar
         try:
             return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
         except Exception as exc:
-            raise InvalidPixelModuleError(f"Modality LUT Sequence cannot be applied: {exc}") from None
+            raise InvalidPixelModuleError(f"Modality LUT Sequence cannot be applied: {describe(exc)}") from None
     return stored.astype(np.float64) * modality.slope + modality.intercept
 
 
@@ -315,7 +315,7 @@ def _voi_lut(ds: Dataset, frame: int, voi: Voi, modality_values: np.ndarray, yma
         lo, hi = np.iinfo(np.int64).min // 2, np.iinfo(np.int64).max // 2
         out = apply_voi(np.clip(arg, lo, hi).astype(np.int64), holder, voi.index)
     except Exception as exc:
-        raise InvalidPixelModuleError(f"VOI LUT Sequence item {voi.index} cannot be applied: {exc}") from None
+        raise InvalidPixelModuleError(f"VOI LUT Sequence item {voi.index} cannot be applied: {describe(exc)}") from None
     return np.asarray(out, dtype=np.float64) * (ymax / float((1 << bits) - 1))
 
 
@@ -603,7 +603,7 @@ def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: flo
         rgb = apply_color_lut(_stored_values(spec), ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
     except Exception as exc:
-        raise InvalidPixelModuleError(f"palette colour lookup table cannot be read: {exc}") from None
+        raise InvalidPixelModuleError(f"palette colour lookup table cannot be read: {describe(exc)}") from None
     # LUT entries are 8 or 16 bits (PS3.3 C.7.6.3.1.5); pydicom returns uint8 or uint16 to match.
     scale = ymax / float((1 << (8 if bits == 8 else 16)) - 1)
     table = quantize(rgb.astype(np.float64) * scale, ymax, False).astype(out_dtype)

@@ -278,6 +278,20 @@ def test_what_pydicom_raises_on_a_damaged_file_is_that_files_status(tmp_path):
     assert report.counts.get(fastdcm.Status.ERROR, 0) == 0 and report.counts[fastdcm.Status.NOT_DICOM] == 1
 
 
+def test_what_a_dependency_says_is_one_line(capsys):
+    """pydicom appends a traceback to some messages (its ``tag_in_exception``): a reason, a manifest
+    field or a line of ``fastdcm info`` keeps the first line only."""
+    from fastdcm import cli
+    from fastdcm.errors import describe
+
+    assert describe(ValueError("bad value\nTraceback (most recent call last):\n  File x")) == "ValueError: bad value"
+    assert describe(KeyError("k")) == "KeyError: 'k'"
+    path = _fuzz("TC0913_sq_early_delim.dcm")  # a sequence delimiter read as an element of VR 'NONE'
+    assert cli.main(["info", "--json", str(path)]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "pydicom cannot read the dataset" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_bug_in_fastdcm_stays_status_error(monkeypatch, tmp_path):
     from fastdcm.run import pipeline
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from ..errors import DecodeError, MissingDecoderError, UnsupportedTransferSyntaxError
+from ..errors import DecodeError, MissingDecoderError, UnsupportedTransferSyntaxError, describe
 from ..resample import reduce_stored, reduced_size
 from . import backends as _backends
 from .backends import BACKENDS, FAMILIES, Backend, chain, family, interleave
@@ -168,7 +168,7 @@ def _decode_encapsulated(
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            errors.append(f"{b.name}: {type(exc).__name__}: {exc}")
+            errors.append(f"{b.name}: {describe(exc)}")
         except BaseException as exc:  # a native library's panic (pyo3 PanicException) is not an Exception
             if type(exc).__name__ != "PanicException":
                 raise
@@ -249,7 +249,7 @@ def _decode_with_pydicom(header: Header, index: int) -> np.ndarray:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise DecodeError(f"frame {index} cannot be decoded ({ts.name}): {type(exc).__name__}: {exc}") from None
+        raise DecodeError(f"frame {index} cannot be decoded ({ts.name}): {describe(exc)}") from None
     if not arr.dtype.isnative:  # big endian data: the kernels read native byte order
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.shape != _shape(spec):

@@ -45,7 +45,7 @@ from pathlib import PurePath
 from typing import IO, Iterable, Iterator
 
 from .. import elements
-from ..errors import Status
+from ..errors import Status, describe
 
 __all__ = [
     "Source",
@@ -432,7 +432,7 @@ class _Discovery:
         except FileNotFoundError:
             yield self.missing(url, "no such object or prefix"), None
         except Exception as exc:  # the store's driver: a usage error's status for this input, the run goes on
-            yield self.missing(url, f"cannot list: {type(exc).__name__}: {exc}"), None
+            yield self.missing(url, f"cannot list: {describe(exc)}"), None
 
     def glob(self, pattern: str):
         parts = PurePath(pattern).parts
@@ -502,7 +502,7 @@ class _Discovery:
                 records = list(ds.get("DirectoryRecordSequence") or [])
                 ids = [r.get("ReferencedFileID") for r in records]
         except Exception as exc:  # pydicom raises many types on a corrupt file: report it
-            yield self.missing(path, f"cannot read DICOMDIR: {type(exc).__name__}: {exc}"), None
+            yield self.missing(path, f"cannot read DICOMDIR: {describe(exc)}"), None
             return
         listing_cache: dict[str, dict[str, str] | None] = {}
         seen_here: set[str] = set()

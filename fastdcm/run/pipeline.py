@@ -32,7 +32,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
-from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, NotDicomError, Status, from_dependency
+from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, NotDicomError, Status, describe, from_dependency
 from ..options import BurnedIn, Frames, OnExists, RenderOptions, window_label
 from ..render import open_image
 from .executors import WorkerInfo
@@ -282,7 +282,7 @@ class Pipeline:
         except PermissionError as exc:
             raise NotDicomError(f"cannot be read: {exc}") from None
         except OSError as exc:
-            raise FastDcmError(f"cannot be read from the store: {type(exc).__name__}: {exc}") from None
+            raise FastDcmError(f"cannot be read from the store: {describe(exc)}") from None
 
     def close(self) -> None:
         self.images.close()
@@ -498,7 +498,7 @@ class Pipeline:
         except MemoryError:
             result.status, result.reason = Status.OUT_OF_MEMORY, "out of memory (the worker's memory limit)"
         except OSError as exc:
-            result.status, result.reason = Status.WRITE_ERROR, f"{type(exc).__name__}: {exc}"
+            result.status, result.reason = Status.WRITE_ERROR, describe(exc)
         except Exception as exc:
             typed = from_dependency(exc, InvalidPixelModuleError, "a dependency failed on this file")
             if typed is not None:  # raised inside pydicom / numpy / a codec on damaged data: the file's status
@@ -506,7 +506,7 @@ class Pipeline:
             else:  # a bug: reported in the manifest with where it happened
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 result.status = Status.ERROR
-                result.reason = f"{type(exc).__name__}: {exc} ({os.path.basename(where.filename)}:{where.lineno})"
+                result.reason = f"{describe(exc)} ({os.path.basename(where.filename)}:{where.lineno})"
         finally:
             if result.status is not Status.CONVERTED:  # failed or interrupted part-way
                 images.discard()

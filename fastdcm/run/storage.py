@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any, Iterator
 
-from ..errors import InvalidOptionError, MissingDependencyError, UnsafePathError
+from ..errors import InvalidOptionError, MissingDependencyError, UnsafePathError, describe
 from .write import Exists, _components
 
 __all__ = ["is_url", "parse_storage_options", "filesystem", "ObjectRoot", "walk", "read_object", "join"]
@@ -151,7 +151,7 @@ def _store_errors(fn):
         except (OSError, Exists, UnsafePathError, InvalidOptionError, MissingDependencyError):
             raise
         except Exception as exc:
-            raise OSError(f"{type(exc).__name__}: {exc}") from exc
+            raise OSError(f"{describe(exc)}") from exc
 
     return wrapper
 

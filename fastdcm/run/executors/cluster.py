@@ -45,7 +45,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ...errors import MissingDependencyError, Status
+from ...errors import MissingDependencyError, Status, describe
 from . import Factory, Fault, FaultFn, WorkerInfo
 
 __all__ = ["DaskExecutor", "connect"]
@@ -389,7 +389,7 @@ class DaskExecutor:
             workers = len(self.client.nthreads())
             on_workers = sorted(len(keys) for keys in self.client.processing().values())
         except Exception as exc:  # the scheduler cannot say: the log says that instead
-            workers, on_workers = "an unknown number of", f"unknown ({type(exc).__name__}: {exc})"
+            workers, on_workers = "an unknown number of", f"unknown ({describe(exc)})"
         log.warning(
             "no batch has finished for %.0f s: %d in flight (%d files waiting to run alone), %s Dask workers, "
             "tasks on each: %s", seconds, len(self._in_flight), len(self._retries), workers, on_workers,
@@ -450,7 +450,7 @@ class DaskExecutor:
                 "the scheduler gave up on it (KilledWorker)",
             )
         else:
-            fault = Fault(Status.ERROR, f"the task failed on the cluster: {type(exc).__name__}: {exc}")
+            fault = Fault(Status.ERROR, f"the task failed on the cluster: {describe(exc)}")
         culprit = items[0]
         log.warning("%s: %s", getattr(culprit, "path", culprit), fault.reason)
         yield [culprit], [self.on_fault(culprit, fault)]

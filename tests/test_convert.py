@@ -67,6 +67,18 @@ def test_convert_writes_one_image_per_input(archive, tmp_path):
     assert sum(report.counts.values()) == report.discovered
 
 
+def test_an_output_folder_inside_the_input_is_not_an_input(archive, tmp_path):
+    """``convert src -o src/png``: the walk does not enter the output folder, so its images, its
+    manifest and a DICOM file someone put there are not inputs, and a re-run finds the same 8."""
+    out = archive / "png"
+    first = fastdcm.convert([archive], out, workers=0, quiet=True)
+    assert first.ok and first.discovered == 8 and first.ignored_non_dicom == 0
+    shutil.copy(CT, out / "b" / "stray.dcm")
+    again = fastdcm.convert([archive], out, workers=0, quiet=True, on_exists="overwrite")
+    assert again.ok and again.discovered == 8 and again.ignored_non_dicom == 0
+    assert not (out / "png").exists() and not list(out.rglob("stray.png"))
+
+
 def test_serial_executor_gives_the_same_manifest(archive, tmp_path):
     a = fastdcm.convert([archive], tmp_path / "a", workers=0, quiet=True)
     b = fastdcm.convert([archive], tmp_path / "b", workers=2, quiet=True)

@@ -115,6 +115,25 @@ def test_directory_walk_finds_dicom_by_content(mixed_tree):
         assert (s.size, s.mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
+def test_an_excluded_folder_is_not_walked(tmp_path):
+    """``exclude``: a folder under an input that the walk does not enter (convert's output folder);
+    told by device and inode, so another spelling of its path is the same folder. A named input is
+    walked even when excluded (the output folder can be the input folder)."""
+    data = tmp_path / "data"
+    (data / "a").mkdir(parents=True)
+    (data / "out" / "deep").mkdir(parents=True)
+    shutil.copy(CT, data / "a" / "1.dcm")
+    shutil.copy(CT, data / "out" / "copied.dcm")
+    (data / "out" / "deep" / "1.png").write_bytes(b"\x89PNG")
+    stats = DiscoveryStats()
+    spelled = str(tmp_path / "data" / "a" / ".." / "out")
+    assert [s.rel for s in sources([str(data)], stats=stats, exclude=[spelled])] == ["a/1.dcm"]
+    assert stats.non_dicom == 0
+    assert sorted(s.rel for s in sources([str(data)])) == ["a/1.dcm", "out/copied.dcm"]
+    assert [s.rel for s in sources([str(data / "out")], exclude=[data / "out"])] == ["copied.dcm"]
+    assert [s.rel for s in sources([str(data)], exclude=[tmp_path / "not-there"])] != []
+
+
 def test_include_non_dicom_yields_them(mixed_tree):
     stats = DiscoveryStats()
     found = sources([str(mixed_tree)], include_non_dicom=True, stats=stats)

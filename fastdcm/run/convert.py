@@ -282,7 +282,8 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
             sink.flush()
 
     def todo() -> Iterator[Source]:
-        for item in iter_sources(sources, stdin=stdin, stats=stats, null=copts.null, storage_options=storage_options):
+        for item in iter_sources(sources, stdin=stdin, stats=stats, null=copts.null, storage_options=storage_options,
+                                 exclude=() if remote else (out,)):  # (an output folder inside an input: not walked)
             report.discovered += 1
             if isinstance(item, Rejected):
                 finish(item, Result(status=item.status, reason=item.reason))

@@ -310,8 +310,10 @@ def _is_list(item: str) -> bool:
 
 class _Discovery:
     def __init__(self, stats: DiscoveryStats, include_non_dicom: bool, prefixed: bool, null: bool = False,
-                 storage_options: dict | None = None) -> None:
+                 storage_options: dict | None = None, excluded: frozenset[tuple[int, int]] = frozenset()) -> None:
         self.stats = stats
+        self.excluded = excluded  # (device, inode) of folders a walk does not enter
+        self.excluded_inodes = frozenset(ino for _, ino in excluded)
         self.storage_options = storage_options
         self.null = null  # lists and stdin hold NUL-separated paths (find -print0)
         self.include_non_dicom = include_non_dicom
@@ -387,6 +389,8 @@ class _Discovery:
                 name = _posix(entry.name)
                 try:
                     if entry.is_dir(follow_symlinks=False):
+                        if entry.inode() in self.excluded_inodes and self._excluded(entry):
+                            continue
                         subdirs.append((entry.path, _join_rel(rel, name)))
                         continue
                     if not entry.is_file():  # symlinked dirs, FIFOs, sockets, devices
@@ -405,6 +409,10 @@ class _Discovery:
                     continue
                 yield self.source(entry.path, _join_rel(rel, name), st, top), _identity(st, entry.path)
             stack.extend(reversed(subdirs))
+
+    def _excluded(self, entry: os.DirEntry) -> bool:
+        st = entry.stat(follow_symlinks=False)
+        return (st.st_dev, st.st_ino) in self.excluded
 
     def url(self, url: str):
         """An object-store URL (storage.py): the object it names, or every object under the prefix.
@@ -614,6 +622,7 @@ def iter_sources(
     stats: DiscoveryStats | None = None,
     null: bool = False,
     storage_options: dict | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
 ) -> Iterator[Source | Rejected]:
     """Stream one :class:`Source` or :class:`Rejected` per input file.
 
@@ -652,6 +661,11 @@ def iter_sources(
     - an object-store URL (``s3://bucket/prefix``, any fsspec URL): the object, or the objects under
       the prefix, listed a prefix at a time (see ``_Discovery.url``; ``storage_options`` go to fsspec).
 
+    ``exclude``: folders a walk does not enter when it meets them below an input (``convert``'s
+    output folder: its images and manifest are not inputs, nor is a file someone put there); told
+    by device and inode; a folder that does not exist excludes nothing, and one named as an input
+    is walked.
+
     ``stats``, if given, is updated as the generator runs (see :class:`DiscoveryStats`).
     """
     if isinstance(inputs, (str, os.PathLike)):
@@ -661,7 +675,15 @@ def iter_sources(
     if dedupe is None:
         dedupe = len(items) > 1 or any(_is_list(i) or _is_glob(i) for i in items)
     seen: set[int | bytes] | None = set() if dedupe else None
-    walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1, null=null, storage_options=storage_options)
+    excluded = set()
+    for folder in exclude:
+        try:
+            st = os.stat(folder)
+        except (OSError, ValueError):
+            continue
+        excluded.add((st.st_dev, st.st_ino))
+    walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1, null=null, storage_options=storage_options,
+                        excluded=frozenset(excluded))
     for item in items:
         if not item:
             stats.rejected += 1

@@ -1,7 +1,7 @@
 """A DICOMDIR's file-set as a tree: patient / study / series / image, with counts and missing files.
 
-``fastdcm info DICOMDIR`` prints it (``--json``: the same tree as JSON). Patient names and IDs are
-shown as ``<masked>`` unless ``allow_phi`` (patients are then told apart by their number).
+``fastdcm info DICOMDIR`` prints it (``--json``: the same tree as JSON). Patient names and IDs and
+study dates are shown as ``<masked>`` unless ``allow_phi`` (patients are then told apart by their number).
 A record's file counts as missing when nothing is at its path; a record whose file lies outside
 the file-set's folder is flagged ``outside`` (``fastdcm convert`` refuses those).
 """
@@ -64,7 +64,7 @@ def fileset_tree(path: str, *, allow_phi: bool = False) -> dict:
             "studies": [],
         }
         for strec in children(prec):
-            study = {"StudyInstanceUID": _get(strec, "StudyInstanceUID"), "StudyDate": _get(strec, "StudyDate"),
+            study = {"StudyInstanceUID": _get(strec, "StudyInstanceUID"), "StudyDate": _get(strec, "StudyDate") if allow_phi else MASK,
                      "StudyDescription": _get(strec, "StudyDescription"), "series": []}
             for serec in children(strec):
                 study["series"].append({

@@ -263,13 +263,17 @@ def test_info_masks_identifiers_unless_allowed(capsys):
     text = capsys.readouterr().out
     assert "<masked>" in text and not [s for s in secrets if s in text]
     assert str(ds.SOPInstanceUID) in text and "Rows" in text
+    # dates (Study, Series, Acquisition, Content, Instance Creation Date): the Basic Profile's too
+    assert "Study Date                          DA: '<masked>'" in text and "DA: '2004" not in text and "DA: '1997" not in text
     assert cli.main(["info", "--json", CT]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["00100010"]["Value"] == [{"Alphabetic": "<masked>"}] and data["00280010"]["Value"] == [128]
     assert not [s for s in secrets if s in json.dumps(data)]
+    dates = [v for v in data.values() if v["vr"] in ("DA", "DT")]
+    assert len(dates) >= 5 and all(v.get("Value") == ["<masked>"] for v in dates)
     assert cli.main(["info", "--json", "--allow-phi", CT]) == 0
     out = capsys.readouterr()
-    assert str(ds.PatientName) in out.out and "--allow-phi" in out.err
+    assert str(ds.PatientName) in out.out and "--allow-phi" in out.err and "20040119" in out.out
     unchanged = pydicom.dcmread(CT, stop_before_pixels=True)
     assert str(unchanged.PatientName) == str(ds.PatientName)
 
@@ -292,6 +296,7 @@ def test_info_on_a_dicomdir_prints_the_file_set_tree(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "31 image(s), 1 missing" in text and "77654033/CR1/6154 [missing]" in text
     assert "series" in text and "77654033" not in text.split("(ID ")[1].split(")")[0]  # the ID is masked
+    assert "20010101" not in text  # and the study dates
     assert cli.main(["info", "--json", str(copy / "DICOMDIR")]) == 0
     tree = json.loads(capsys.readouterr().out)
     assert tree["counts"]["images"] == 31 and tree["counts"]["missing"] == 1
@@ -299,7 +304,8 @@ def test_info_on_a_dicomdir_prints_the_file_set_tree(tmp_path, capsys):
     series = [se for p in tree["patients"] for st in p["studies"] for se in st["series"]]
     assert sum(len(se["images"]) for se in series) == 31 and all(se["Modality"] for se in series)
     assert cli.main(["info", "--json", "--allow-phi", str(copy / "DICOMDIR")]) == 0
-    assert "77654033" in {p["PatientID"] for p in json.loads(capsys.readouterr().out)["patients"]}
+    shown = json.loads(capsys.readouterr().out)["patients"]
+    assert "77654033" in {p["PatientID"] for p in shown} and "20010101" in {st["StudyDate"] for p in shown for st in p["studies"]}
 
 
 _EXIT_NOW = r"""

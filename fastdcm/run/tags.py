@@ -350,6 +350,7 @@ def _raw_value(data: bytes, vr: str, spec: TagSpec) -> Any:
 #: What an identifier's value becomes where a dataset is shown without --allow-phi.
 MASK = "<masked>"
 _BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_DATE_VRS = frozenset({"DA", "DT"})
 _MASKABLE_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 
 
@@ -359,8 +360,9 @@ def is_identifier(elem: Any) -> bool:
 
 
 def masked(ds: Any, *, bulk_limit: int | None = None) -> Any:
-    """A copy of ``ds`` with every identifier's value replaced by :data:`MASK` (in sequences too;
-    ``ds`` is not changed). ``bulk_limit``: binary values longer than that are left out."""
+    """A copy of ``ds`` with every identifier's value and every date (DA, DT: the Basic Profile
+    removes or alters them, and the table has them only when named) replaced by :data:`MASK` (in
+    sequences too; ``ds`` is not changed). ``bulk_limit``: binary values longer than that are left out."""
     import copy
 
     from pydicom import config
@@ -371,7 +373,7 @@ def masked(ds: Any, *, bulk_limit: int | None = None) -> Any:
     def visit(dataset: Any, elem: Any) -> None:
         if bulk_limit is not None and elem.VR in _BULK_VRS and len(elem.value or b"") > bulk_limit:
             del dataset[elem.tag]
-        elif is_identifier(elem):
+        elif is_identifier(elem) or elem.VR in _DATE_VRS:
             value = [] if elem.VR == "SQ" else MASK if elem.VR in _MASKABLE_TEXT else None
             dataset[elem.tag] = DataElement(elem.tag, elem.VR, value, validation_mode=config.IGNORE)
 

@@ -207,6 +207,23 @@ def test_a_folder_named_after_the_patient_is_not_mirrored_into_the_names(tmp_pat
     assert report.ok and (tmp_path / "phi" / "Doe_John" / "im.png").is_file()
 
 
+def test_an_identifier_a_name_template_brings_is_told_as_the_templates(tmp_path):
+    """A --name field whose value shows the patient (a Series Description "DOE head") is caught
+    too; the reason says the name --name makes carries it, not the input path."""
+    from fastdcm.errors import Status
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.PatientName, ds.SeriesDescription = "DOE^JOHN", "DOE head"
+    src = tmp_path / "src"
+    src.mkdir()
+    ds.save_as(src / "im.dcm")
+    out = tmp_path / "out"
+    report = fastdcm.convert([str(src)], str(out), workers=0, quiet=True, name="{SeriesDescription}/{stem}")
+    assert report.counts[Status.IDENTIFIER_IN_NAME] == 1
+    (record,) = read_manifest(out / "manifest.jsonl")
+    assert "PatientName" in record.reason and "--name" in record.reason and "input path" not in record.reason
+
+
 def test_shards_do_not_carry_the_source_path(tmp_path):
     """Shards are the dataset that gets shared: with --pseudonymize a folder named after the
     patient is a keyed hash in the keys, and no sample names its source path."""

@@ -438,7 +438,8 @@ class Pipeline:
             if labels:  # a window stack written one image per window
                 names = [_with_label(name, label, encoder.extension) for name in names for label in labels]
             if job.name_guard is not None:
-                names = guard_names(names, attributes.of(values, job.name_guard, False) or {}, job.pseudonymizer)
+                guarded = attributes.of(values, job.name_guard, False) or {}
+                names = guard_names(names, guarded, job.pseudonymizer, templated=job.name is not None)
             if job.container != "files":  # sample keys: no dot before the extension
                 names = [shard_member(name, encoder.extension) for name in names]
             images.begin(source, names, retry)

@@ -109,10 +109,13 @@ def _needles_by(pairs: tuple) -> tuple[tuple[str, frozenset, tuple], ...]:
     return _needles_of(items) if items else ()
 
 
-def guard_names(names: list[str], values: dict[str, Any], pseudonymizer: "Pseudonymizer | None" = None) -> list[str]:
+def guard_names(
+    names: list[str], values: dict[str, Any], pseudonymizer: "Pseudonymizer | None" = None, templated: bool = False
+) -> list[str]:
     """``names`` unchanged when no identifying value of the file (``values``: :data:`NAME_GUARD`'s)
     shows in them; with a pseudonymizer, each folder or file name that shows one replaced by its
-    keyed hash (the file name keeps its extension); else IdentifierInNameError naming the attribute."""
+    keyed hash (the file name keeps its extension); else IdentifierInNameError naming the attribute
+    (and where the name came from: the input path, or with ``templated`` a ``--name`` template)."""
     pairs = tuple(values.items())
     try:
         needles = _needles_by(pairs)
@@ -129,9 +132,11 @@ def guard_names(names: list[str], values: dict[str, Any], pseudonymizer: "Pseudo
                 continue
             if pseudonymizer is None:
                 what = "folder" if i < len(parts) - 1 else "file name"
+                where, other = ("the name --name makes", "a --name template without it") if templated else (
+                    "the input path", "--name TEMPLATE to name outputs otherwise")
                 raise IdentifierInNameError(
-                    f"the output name would carry the file's {hit} (in a {what} of the input path): use "
-                    "--pseudonymize KEY to replace it by a keyed hash, --name TEMPLATE to name outputs otherwise, "
+                    f"the output name would carry the file's {hit} (in a {what} of {where}): use "
+                    f"--pseudonymize KEY to replace it by a keyed hash, {other}, "
                     "or --allow-phi if it is a pseudonym already"
                 )
             stem, dot, ext = part.rpartition(".") if i == len(parts) - 1 and "." in part else (part, "", "")

@@ -238,8 +238,8 @@ def _cmd_render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from . import render
     from .encoders import check_depth, get_encoder, stack_options
+    from .render import open_image
 
     ext = os.path.splitext(args.out)[1].lower().lstrip(".")
     fmt = {"jpg": "jpeg", "jpeg": "jpeg", "png": "png", "npy": "npy"}.get(ext)
@@ -261,7 +261,10 @@ def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"fastdcm: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        array = render(args.file, frame=args.frame - 1, options=options)
+        image = open_image(args.file)
+        if args.frame > image.n_frames:  # (said in the numbers given: from 1, as the flag takes them)
+            raise InvalidOptionError(f"--frame {args.frame}: the object has {image.n_frames} frame(s)", path=args.file)
+        array = image.render_frame(args.frame - 1, options).array
         data = encoder.encode(array, **(stack_options(encoder, stack) if stack else {}))
     except FastDcmError as exc:
         print(f"fastdcm: {exc}", file=sys.stderr)

@@ -67,7 +67,7 @@ class RenderOptions:
     window: tuple[float, float] | None = field(
         default=None,
         metadata=_meta(
-            "explicit VOI window as (center, width); wins over everything in the file",
+            "explicit VOI window as (center, width): 40,400 or 40/400; wins over everything in the file",
             metavar="CENTER,WIDTH",
         ),
     )
@@ -190,17 +190,17 @@ class RenderOptions:
 
 
 def _window(value: Any, function: VoiFunction | None) -> tuple[float, float]:
-    """(center, width) from ``"40,400"`` or a pair of numbers (validity for the VOI function:
-    :func:`explicit_window_problem`)."""
+    """(center, width) from ``"40,400"``, ``"40/400"`` (as ``--windows`` writes each window) or a
+    pair of numbers (validity for the VOI function: :func:`explicit_window_problem`)."""
     text = value if isinstance(value, str) else None
     try:
-        parts = value.split(",") if isinstance(value, str) else list(value)
+        parts = value.replace("/", ",").split(",") if isinstance(value, str) else list(value)
         window = tuple(float(v) for v in parts)
     except (TypeError, ValueError):
         window = ()
     if len(window) != 2 or not all(math.isfinite(v) for v in window):
         shown = text if text is not None else repr(value)
-        raise InvalidOptionError(f"window must be two finite numbers CENTER,WIDTH (e.g. 40,400), not {shown}")
+        raise InvalidOptionError(f"window must be two finite numbers CENTER,WIDTH or CENTER/WIDTH (e.g. 40,400), not {shown}")
     return window  # type: ignore[return-value]
 
 

@@ -160,6 +160,26 @@ def test_render_creates_the_output_folder_and_numbers_frames_from_1(tmp_path, ca
     _one_line_usage_error(capsys, ["render", multi, "-o", str(tmp_path / "a.jpg"), "--depth", "16"])
     with pytest.raises(SystemExit):
         cli.main(["render", multi, "-o", str(tmp_path / "z.png"), "--frame", "0"])
+    capsys.readouterr()
+    assert cli.main(["render", multi, "-o", str(tmp_path / "z.png"), "--frame", "11"]) == cli.EXIT_FAILED
+    err = capsys.readouterr().err  # told in the numbers the user gave: frame 11 of 10, not index 10
+    assert "--frame 11" in err and "10 frame(s)" in err and "frame 10 " not in err
+
+
+def test_a_window_is_center_and_width_with_a_comma_or_a_slash(tmp_path):
+    """--window 40,400 as before, or 40/400 as --windows writes each of its windows."""
+    import numpy as np
+
+    import fastdcm
+
+    assert fastdcm.RenderOptions(window="40/400").window == fastdcm.RenderOptions(window="40,400").window == (40.0, 400.0)
+    for flag in ("40,400", "40/400", "=-600/1500"):  # (a negative center: --window=-600/1500, as argparse takes it)
+        args = ["--window" + flag] if flag.startswith("=") else ["--window", flag]
+        assert cli.main(["render", CT, "-o", str(tmp_path / "w.png"), *args]) == 0
+    c, w = (-600.0, 1500.0)
+    assert np.array_equal(fastdcm.render(CT, window=(c, w)), fastdcm.render(CT, window=f"{c:g}/{w:g}"))
+    with pytest.raises(fastdcm.InvalidOptionError, match="CENTER/WIDTH"):
+        fastdcm.RenderOptions(window="40/400/2")
 
 
 def test_a_missing_path_or_an_empty_glob_is_a_usage_error_naming_it(tmp_path, capsys):

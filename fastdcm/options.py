@@ -407,6 +407,12 @@ def parse_size(value: int | str | None) -> int | None:
     return int(size)
 
 
+#: The least --memory-limit taken: a worker's address space at start (Python, numpy, Numba, the
+#: codecs) does not fit in 256 MiB (measured: every worker dies before its first file); 512 MiB
+#: converts CT slices.
+MIN_MEMORY_LIMIT = 512 << 20
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConvertOptions:
     """How ``convert`` runs over many inputs (rendering itself is :class:`RenderOptions`)."""
@@ -550,7 +556,12 @@ class ConvertOptions:
         if float(self.timeout) < 0:
             raise ValueError(f"timeout must be 0 (none) or positive, not {self.timeout!r}")
         if self.memory_limit is not None and str(self.memory_limit).lower() != "auto":
-            parse_size(self.memory_limit)
+            limit = parse_size(self.memory_limit)
+            if limit is not None and limit < MIN_MEMORY_LIMIT:
+                raise ValueError(
+                    f"memory_limit {self.memory_limit!r} is below the {MIN_MEMORY_LIMIT >> 20} MiB a worker needs to "
+                    "start (its address space: Python, numpy, Numba); give e.g. 2G, or none for no limit"
+                )
         for name in ("quality", "workers", "batch_size"):
             object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "timeout", float(self.timeout))

@@ -59,6 +59,7 @@ def test_convert_exit_1_when_an_input_fails(tmp_path):
         ["convert", CT, "-o", "OUT", "--window", "1,2,3"],
         ["convert", CT, "-o", "OUT", "--name", "{NotAKeyword}"],
         ["convert", CT, "-o", "OUT", "--memory-limit", "lots"],
+        ["convert", CT, "-o", "OUT", "--memory-limit", "5"],  # 5 bytes: no worker could start
         ["nosuchcommand"],
     ],
 )

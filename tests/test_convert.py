@@ -117,6 +117,11 @@ def test_invalid_options_fail_before_any_work(archive, tmp_path):
         fastdcm.convert([archive], tmp_path / "o2", name="{NoSuchKeyword}")
     with pytest.raises(TypeError):
         fastdcm.convert([archive], tmp_path / "o3", colour="blue")
+    with pytest.raises(ValueError, match="512 MiB a worker needs"):  # measured: 256M cannot start one
+        fastdcm.convert([archive], tmp_path / "o4", memory_limit="256M")
+    from fastdcm.options import ConvertOptions
+
+    assert ConvertOptions(memory_limit="512M").memory_limit_bytes() == 512 << 20
 
 
 @pytest.mark.parametrize(

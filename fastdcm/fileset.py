@@ -64,7 +64,8 @@ def fileset_tree(path: str, *, allow_phi: bool = False) -> dict:
             "studies": [],
         }
         for strec in children(prec):
-            study = {"StudyInstanceUID": _get(strec, "StudyInstanceUID"), "StudyDate": _get(strec, "StudyDate") if allow_phi else MASK,
+            date = _get(strec, "StudyDate") if allow_phi else MASK
+            study = {"StudyInstanceUID": _get(strec, "StudyInstanceUID"), "StudyDate": date,
                      "StudyDescription": _get(strec, "StudyDescription"), "series": []}
             for serec in children(strec):
                 study["series"].append({

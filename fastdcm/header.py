@@ -338,7 +338,7 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
         except Exception as exc2:
-            raise NotDicomError(f"not a DICOM file ({type(exc2).__name__}: {exc2})") from None
+            raise NotDicomError(f"not a DICOM file ({describe(exc2)})") from None
     except (EOFError, OSError) as exc:
         raise TruncatedPixelDataError(f"file ends inside its header ({describe(exc)})") from None
     except Exception as exc:  # pydicom raises many types on malformed headers

@@ -421,6 +421,10 @@ class Pipeline:
                 result.status = Status.SKIPPED
                 result.reason = f"no frame selected by --frames {job.frames} (the object has {n} frame(s))"
                 return result
+            if job.render.windows is not None and (spec.is_palette or not spec.is_grayscale):
+                result.status = Status.SKIPPED  # (render() refuses it: InvalidOptionError, plan.build_stack)
+                result.reason = f"--windows: a window stack needs a grayscale image; this one is {spec.photometric_interpretation}"
+                return result
             multi = n > 1 and job.frames != Frames.FIRST
             fields = _LazyFields(image, job.pseudonymizer)  # the full header is parsed only if the template asks
             names = [

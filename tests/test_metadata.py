@@ -110,6 +110,8 @@ def test_chosen_tags_keywords_tags_paths_and_additions():
     assert parse_tags("(0018,0050)")[0].column == "SliceThickness" and parse_tags("00180050")[0].kind == "float"
     added = parse_tags("+StudyDate,+EchoTime")
     assert [s.column for s in added] == list(DEFAULT_TAGS) + ["StudyDate", "EchoTime"]
+    added = parse_tags("+StudyDate,+0018,0081,+(0018,0091)")  # a tag added by number, with its comma
+    assert [s.column for s in added][-3:] == ["StudyDate", "EchoTime", "EchoTrainLength"]
     assert parse_tags("0019,1001")[0].kind == "str"  # private: text, only when named
 
 

@@ -124,7 +124,7 @@ def _spec(item: str, allow_phi: bool, pseudonymize: bool) -> TagSpec:
                    pseudonymized=pseudonymized(names[-1].split("[")[0]))
 
 
-_GROUP_END = re.compile(r"(^|[/(])[0-9A-Fa-f]{4}$")
+_GROUP_END = re.compile(r"(^\+?|[/(])[0-9A-Fa-f]{4}$")
 _ELEMENT_START = re.compile(r"^[0-9A-Fa-f]{4}(\)|\[|/|$)")
 
 

@@ -353,7 +353,8 @@ def box_shrink(img, k, shift, acc, out):
     (r*k, c*k), rounded half up, shifted right by ``shift`` bits (8 for 16-bit images), as uint8.
     Edge blocks average the pixels they have; ``out`` is (ceil(rows/k), ceil(columns/k), samples).
     ``acc`` (columns * samples; uint16 for 8-bit images with k <= 257, else uint32) is scratch: a
-    block row's column sums, added row by row in one contiguous loop (SIMD). The block totals are
+    block row's column sums, added two rows a pass in one contiguous loop (SIMD; a 512 x 512 slice
+    23 -> 20 us, a 2500 x 2048 CR 158 -> 149, medians of 9 in one process). The block totals are
     then added up a column of the block at a time (k passes over the totals, each sum its own:
     no chain of dependent adds along the row as a running sum has: a 512 x 512 slice to 86 x 86
     58 -> 51 us, median of 30 A/B in one process; 4096 x 3328, k = 43, +5 %). floor(total / n + 1/2)
@@ -372,12 +373,21 @@ def box_shrink(img, k, shift, acc, out):
         r0 = r * k
         r1 = min(r0 + k, rows)
         a = flat[r0]
-        for q in range(width):
-            acc[q] = a[q]
-        for i in range(r0 + 1, r1):
-            a = flat[i]
+        i = r0 + 1
+        if (r1 - r0) % 2 == 0:  # two rows a pass: half the loads and stores of ``acc``
+            b = flat[i]
             for q in range(width):
-                acc[q] += a[q]
+                acc[q] = acc.dtype.type(a[q]) + acc.dtype.type(b[q])
+            i += 1
+        else:
+            for q in range(width):
+                acc[q] = a[q]
+        while i < r1:
+            a = flat[i]
+            b = flat[i + 1]
+            for q in range(width):
+                acc[q] += acc.dtype.type(a[q]) + acc.dtype.type(b[q])
+            i += 2
         for o in range(n):
             sums[o] = 0
         if samples == 1:  # (a unit stride: the loops below compile to much tighter code)

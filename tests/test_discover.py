@@ -132,6 +132,9 @@ def test_an_excluded_folder_is_not_walked(tmp_path):
     assert sorted(s.rel for s in sources([str(data)])) == ["a/1.dcm", "out/copied.dcm"]
     assert [s.rel for s in sources([str(data / "out")], exclude=[data / "out"])] == ["copied.dcm"]
     assert [s.rel for s in sources([str(data)], exclude=[tmp_path / "not-there"])] != []
+    # a glob's matches under it are left out too (a re-run of convert 'data/**/*' -o data/out)
+    found = iter_sources([str(data / "**" / "*")], exclude=[data / "out"])
+    assert sorted(r.path for r in found) == [str(data / "a" / "1.dcm")]
 
 
 def test_include_non_dicom_yields_them(mixed_tree):

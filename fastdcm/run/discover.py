@@ -310,10 +310,12 @@ def _is_list(item: str) -> bool:
 
 class _Discovery:
     def __init__(self, stats: DiscoveryStats, include_non_dicom: bool, prefixed: bool, null: bool = False,
-                 storage_options: dict | None = None, excluded: frozenset[tuple[int, int]] = frozenset()) -> None:
+                 storage_options: dict | None = None, excluded: frozenset[tuple[int, int]] = frozenset(),
+                 excluded_paths: tuple[str, ...] = ()) -> None:
         self.stats = stats
         self.excluded = excluded  # (device, inode) of folders a walk does not enter
         self.excluded_inodes = frozenset(ino for _, ino in excluded)
+        self.excluded_paths = excluded_paths  # the same folders' absolute paths + "/": a glob's matches under them
         self.storage_options = storage_options
         self.null = null  # lists and stdin hold NUL-separated paths (find -print0)
         self.include_non_dicom = include_non_dicom
@@ -455,6 +457,8 @@ class _Discovery:
         for match in _glob.iglob(pattern, recursive=True):
             matched = True
             path = os.path.abspath(match)
+            if self.excluded_paths and (path + os.sep).startswith(self.excluded_paths):
+                continue  # (an excluded folder, or a file in it)
             yield from self.path(path, _join_rel(prefix, _rel_to(path, base)))
         if not matched:
             yield self.missing(os.path.abspath(pattern), "no file matches this pattern"), None
@@ -663,8 +667,8 @@ def iter_sources(
 
     ``exclude``: folders a walk does not enter when it meets them below an input (``convert``'s
     output folder: its images and manifest are not inputs, nor is a file someone put there); told
-    by device and inode; a folder that does not exist excludes nothing, and one named as an input
-    is walked.
+    by device and inode; a glob's matches in them (by path) are left out too; a folder that does not
+    exist excludes nothing, and one named as an input is walked.
 
     ``stats``, if given, is updated as the generator runs (see :class:`DiscoveryStats`).
     """
@@ -675,15 +679,16 @@ def iter_sources(
     if dedupe is None:
         dedupe = len(items) > 1 or any(_is_list(i) or _is_glob(i) for i in items)
     seen: set[int | bytes] | None = set() if dedupe else None
-    excluded = set()
+    excluded, excluded_paths = set(), []
     for folder in exclude:
         try:
             st = os.stat(folder)
         except (OSError, ValueError):
             continue
         excluded.add((st.st_dev, st.st_ino))
+        excluded_paths.append(os.path.join(os.path.abspath(folder), ""))
     walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1, null=null, storage_options=storage_options,
-                        excluded=frozenset(excluded))
+                        excluded=frozenset(excluded), excluded_paths=tuple(excluded_paths))
     for item in items:
         if not item:
             stats.rejected += 1

@@ -665,12 +665,18 @@ def channel_options(options: RenderOptions) -> tuple[RenderOptions, ...]:
     return tuple(dataclasses.replace(options, windows=None, window=w) for w in options.windows)
 
 
+def stack_refused(spec: PixelSpec) -> str | None:
+    """Why a window stack cannot be made of this image (colour or palette), or None."""
+    if spec.is_palette or not spec.is_grayscale:
+        return f"a window stack needs a grayscale image; this one is {spec.photometric_interpretation}"
+    return None
+
+
 def build_stack(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions) -> StackPlan:
     """The stack plan for frame ``frame`` (kept on a fast-parsed header like single plans)."""
-    if spec.is_palette or not spec.is_grayscale:
-        raise InvalidOptionError(
-            f"a window stack needs a grayscale image; this one is {spec.photometric_interpretation}"
-        )
+    refused = stack_refused(spec)
+    if refused:
+        raise InvalidOptionError(refused)
     key = ("stack", options)
     cached = ds.plans.get(key) if isinstance(ds, Attributes) else None
     if cached is not None:

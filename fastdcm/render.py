@@ -232,20 +232,18 @@ def _plan_with_range(
         rng = np.empty(2, np.float64)
         k.float_minmax(np.ascontiguousarray(stored).reshape(-1), rng)
         plan = build_plan(ds, spec, frame, options, value_range=(float(rng[0]), float(rng[1])))
-    elif not minmax_by_range(ds, spec, frame, stored.size):
+    else:
         raw = _as_unsigned(stored) if raw is None else raw
         mask, flip, _ = stored_range(spec)
-        if not modality_of(ds, spec, frame).lut:
+        if minmax_by_range(ds, spec, frame, stored.size):
+            lo, hi = _stored_extremes(raw, mask, flip, k)
+            plan = build_plan(ds, spec, frame, options, value_range=(float(lo), float(hi)))
+        elif not modality_of(ds, spec, frame).lut:
             plan = build_plan(ds, spec, frame, options, extremes=_stored_extremes(raw, mask, flip, k))
         else:  # a LUT's values need not keep the stored values' order: which stored values occur
             present = np.zeros(mask + 1, np.bool_)
             k.stored_presence(raw, mask, flip, present)
             plan = build_plan(ds, spec, frame, options, present=present)
-    else:
-        raw = _as_unsigned(stored) if raw is None else raw
-        mask, flip, _ = stored_range(spec)
-        lo, hi = _stored_extremes(raw, mask, flip, k)
-        plan = build_plan(ds, spec, frame, options, value_range=(float(lo), float(hi)))
     assert plan is not None
     return plan
 

@@ -310,12 +310,18 @@ def _is_list(item: str) -> bool:
 
 class _Discovery:
     def __init__(self, stats: DiscoveryStats, include_non_dicom: bool, prefixed: bool, null: bool = False,
-                 storage_options: dict | None = None, excluded: frozenset[tuple[int, int]] = frozenset(),
-                 excluded_paths: tuple[str, ...] = ()) -> None:
+                 storage_options: dict | None = None, exclude: Iterable[str | os.PathLike] = ()) -> None:
         self.stats = stats
-        self.excluded = excluded  # (device, inode) of folders a walk does not enter
-        self.excluded_inodes = frozenset(ino for _, ino in excluded)
-        self.excluded_paths = excluded_paths  # the same folders' absolute paths + "/": a glob's matches under them
+        self.excluded: set[tuple[int, int]] = set()  # (device, inode) of folders a walk does not enter
+        paths = []  # the same folders' absolute paths + "/": a glob's matches under them are left out
+        for folder in exclude:
+            try:
+                st = os.stat(folder)
+            except (OSError, ValueError):
+                continue  # (not there: nothing to leave out)
+            self.excluded.add((st.st_dev, st.st_ino))
+            paths.append(os.path.join(os.path.abspath(folder), ""))
+        self.excluded_paths = tuple(paths)
         self.storage_options = storage_options
         self.null = null  # lists and stdin hold NUL-separated paths (find -print0)
         self.include_non_dicom = include_non_dicom
@@ -391,7 +397,7 @@ class _Discovery:
                 name = _posix(entry.name)
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        if entry.inode() in self.excluded_inodes and self._excluded(entry):
+                        if self.excluded and self._excluded(entry):
                             continue
                         subdirs.append((entry.path, _join_rel(rel, name)))
                         continue
@@ -679,16 +685,8 @@ def iter_sources(
     if dedupe is None:
         dedupe = len(items) > 1 or any(_is_list(i) or _is_glob(i) for i in items)
     seen: set[int | bytes] | None = set() if dedupe else None
-    excluded, excluded_paths = set(), []
-    for folder in exclude:
-        try:
-            st = os.stat(folder)
-        except (OSError, ValueError):
-            continue
-        excluded.add((st.st_dev, st.st_ino))
-        excluded_paths.append(os.path.join(os.path.abspath(folder), ""))
     walker = _Discovery(stats, include_non_dicom, prefixed=len(items) > 1, null=null, storage_options=storage_options,
-                        excluded=frozenset(excluded), excluded_paths=tuple(excluded_paths))
+                        exclude=exclude)
     for item in items:
         if not item:
             stats.rejected += 1

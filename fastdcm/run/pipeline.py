@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import EncodeError, FastDcmError, InvalidPixelModuleError, NotDicomError, Status, describe, from_dependency
 from ..options import BurnedIn, Frames, OnExists, RenderOptions, window_label
+from ..plan import stack_refused
 from ..render import open_image
 from .executors import WorkerInfo
 from .naming import output_name
@@ -421,9 +422,9 @@ class Pipeline:
                 result.status = Status.SKIPPED
                 result.reason = f"no frame selected by --frames {job.frames} (the object has {n} frame(s))"
                 return result
-            if job.render.windows is not None and (spec.is_palette or not spec.is_grayscale):
-                result.status = Status.SKIPPED  # (render() refuses it: InvalidOptionError, plan.build_stack)
-                result.reason = f"--windows: a window stack needs a grayscale image; this one is {spec.photometric_interpretation}"
+            refused = stack_refused(spec) if job.render.windows is not None else None
+            if refused:  # (render() raises it: InvalidOptionError, plan.build_stack)
+                result.status, result.reason = Status.SKIPPED, f"--windows: {refused}"
                 return result
             multi = n > 1 and job.frames != Frames.FIRST
             fields = _LazyFields(image, job.pseudonymizer)  # the full header is parsed only if the template asks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -18,3 +19,17 @@ def ct_archive(root: Path, n: int, folders: int = 4) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(CT, folder / f"f{i:03}.dcm")
     return src
+
+
+def png_image(data: bytes) -> tuple[str, tuple[int, int], bytes]:
+    """A PNG's picture: (mode, size, pixel bytes), decoded by Pillow.
+
+    Images written by two processes are compared this way, not byte for byte: the "png" encoder's
+    deflate (ISA-L) has one implementation per instruction set, and a CI run saw one CT slice
+    written as two different (both valid) deflate streams of the same pixels by a Dask worker and
+    by the test's own process."""
+    from PIL import Image
+
+    assert data.startswith(b"\x89PNG\r\n\x1a\n"), data[:16]
+    with Image.open(io.BytesIO(data)) as image:
+        return image.mode, image.size, image.tobytes()

@@ -22,7 +22,7 @@ distributed = pytest.importorskip("distributed")
 import fastdcm  # noqa: E402
 from fastdcm.errors import InvalidOptionError, Status  # noqa: E402
 
-from .archives import ct_archive  # noqa: E402
+from .archives import ct_archive, png_image  # noqa: E402
 from .conftest import FAILED_TEST_LOGS  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -133,8 +133,9 @@ def _records(out: Path) -> dict[str, dict]:
     return records
 
 
-def _images(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+def _images(out: Path) -> dict[str, tuple]:
+    """Each PNG of ``out``, decoded (two processes may deflate the same pixels differently)."""
+    return {str(p.relative_to(out)): png_image(p.read_bytes()) for p in sorted(out.rglob("*.png"))}
 
 
 def _convert(src: Path, out: Path, **kw):
@@ -284,7 +285,7 @@ def test_workers_read_from_and_write_to_a_bucket(cluster, tmp_path):
         local = _convert(src, tmp_path / "local", workers=0)
         assert local.converted == 10
         for rel, data in _images(tmp_path / "local").items():
-            assert fs.cat_file(f"dask-out/png/{rel}") == data
+            assert png_image(fs.cat_file(f"dask-out/png/{rel}")) == data
         lines = fs.cat_file("dask-out/png/manifest.jsonl").decode().splitlines()
         assert len(lines) == 10 and all(json.loads(line)["status"] == "converted" for line in lines)
 

@@ -328,9 +328,11 @@ def _header_from_bytes(buffer: bytes, name: str) -> Header:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
-    except InvalidDicomError as exc:
+    except InvalidDicomError:
         if not elements.looks_headerless(buffer):
-            raise NotDicomError(f"not a DICOM file ({describe(exc)})") from None
+            raise NotDicomError(
+                "not a DICOM file: no 'DICM' after a 128-byte preamble, and it does not begin as a raw dataset does"
+            ) from None
         # No preamble and no meta (ACR-NEMA style): a raw little-endian dataset.
         fp = io.BytesIO(buffer)
         try:

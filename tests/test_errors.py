@@ -62,6 +62,8 @@ def test_not_dicom(tmp_path):
     path.write_text("hello, this is not a DICOM file at all\n" * 10)
     err = _raises(NotDicomError, path, "not a DICOM file")
     assert err.status is Status.NOT_DICOM
+    # the reason is fastdcm's, not pydicom's advice to its own callers ("Use force=True ...")
+    assert "force" not in err.reason and "DICM" in err.reason and "raw dataset" in err.reason, err.reason
 
 
 def test_missing_file_and_directory(tmp_path):

@@ -202,8 +202,10 @@ def test_an_output_path_that_is_a_file_or_unwritable_is_a_usage_error(tmp_path, 
     src = _archive(tmp_path, 1)
     afile = tmp_path / "afile"
     afile.write_text("x")
-    with pytest.raises(InvalidOptionError, match="cannot be used"):
+    with pytest.raises(InvalidOptionError, match="cannot be used: it is a file, not a folder"):
         fastdcm.convert([str(src)], str(afile), workers=0, quiet=True)
+    with pytest.raises(InvalidOptionError, match="cannot be used"):  # a component of the path is the file
+        fastdcm.convert([str(src)], str(afile / "sub"), workers=0, quiet=True)
     assert cli.main(["convert", str(src), "-o", str(afile), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "cannot be used" in err and "Traceback" not in err

@@ -143,6 +143,8 @@ class OutputRoot:
     @classmethod
     def create(cls, path: str) -> OutputRoot:
         """The parent's root: makes the output folder if needed and this run's temp folder."""
+        if os.path.exists(path) and not os.path.isdir(path):  # (makedirs would say only "File exists")
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder", path)
         os.makedirs(path, exist_ok=True)
         root = cls(path)
         with os.scandir(root.fd) as entries:  # (the first entry is enough: a folder of millions stays cheap)

@@ -92,7 +92,12 @@ class Image:
         """Frame ``frame`` (0-based) rendered as RENDERING.md says."""
         options = options or DEFAULT_OPTIONS
         if not isinstance(frame, (int, np.integer)) or not 0 <= frame < self.n_frames:
-            raise InvalidOptionError(f"frame {frame!r} is out of range: the object has {self.n_frames} frame(s)", path=self.path)
+            n = self.n_frames
+            raise InvalidOptionError(
+                f"frame={frame!r} is out of range: the object has {n} frame(s), "
+                + ("frame=0 only" if n == 1 else f"frame=0 to {n - 1}") + " (frame is an index from 0)",
+                path=self.path,
+            )
         frame = int(frame)
         token = CURRENT_SOURCE.set(self.path or "<input>")
         try:

@@ -55,6 +55,14 @@ def test_iter_frames_selects_like_convert():
         list(fastdcm.iter_frames(MULTI, frames="0"))
 
 
+def test_render_frame_out_of_range_says_frame_is_an_index():
+    with pytest.raises(InvalidOptionError) as info:
+        fastdcm.render(MULTI, frame=10)  # 10 frames: indexes 0 to 9
+    assert "frame=10" in info.value.reason and "0 to 9" in info.value.reason, info.value.reason
+    with pytest.raises(InvalidOptionError, match="frame=0 only"):
+        fastdcm.render(SINGLE, frame=1)
+
+
 def test_convert_writes_the_selected_frames_and_skips_inputs_without_any(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

@@ -233,3 +233,26 @@ def test_options_object_and_unknown_option(tmp_path):
     with pytest.raises(TypeError):
         fastdcm.render(path, windw=(1, 2))
     assert RenderOptions(voi="minmax", window="40,400").window == (40.0, 400.0)
+
+
+def test_keyword_options_are_made_once_and_mean_the_same(tmp_path):
+    import importlib
+
+    module = importlib.import_module("fastdcm.render")  # (fastdcm.render is the function)
+    path = make(tmp_path, np.arange(64, dtype=np.uint16).reshape(8, 8) * 16)
+    first = fastdcm.render(path, window=(300, 600), depth=16)
+    made = dict(module._KWARGS_OPTIONS)
+    again = fastdcm.render(path, window=(300, 600), depth=16)
+    assert np.array_equal(first, again) and module._KWARGS_OPTIONS == made  # the same options, not a new entry
+    assert np.array_equal(again, fastdcm.render(path, options=RenderOptions(window=(300, 600), depth=16)))
+    # a window given as floats, or in another order, means the same picture
+    assert np.array_equal(again, fastdcm.render(path, depth=16, window=(300.0, 600.0)))
+    # True and 1 hash alike: kept apart by their types, so each is checked as given
+    assert not np.array_equal(fastdcm.render(path, invert=True), fastdcm.render(path, invert=False))
+    # unhashable values (a dict) are checked every call, and bad options raise every time
+    assert np.array_equal(fastdcm.render(path, decoder={"jpeg": "imagecodecs"}), fastdcm.render(path))
+    for _ in range(2):
+        with pytest.raises(fastdcm.InvalidOptionError):
+            fastdcm.render(path, size=0)
+        with pytest.raises(TypeError, match="unknown render option"):
+            fastdcm.render(path, bogus=1)

@@ -256,12 +256,12 @@ def test_box_shrink_matches_twin(rows, cols, samples, k, kind, seed):
     img = np.random.default_rng(seed).integers(0, np.iinfo(dtype).max + 1, (rows, cols, samples)).astype(dtype)
     shape = (-(-rows // k), -(-cols // k), samples)
     out, want = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
-    kernels.box_shrink(img, k, shift, np.empty(cols * samples, np.uint32), out)
+    kernels.box_shrink(img, k, shift, np.empty(cols * samples, np.uint32), np.empty(shape[1] * samples, np.int64), out)
     if dtype is np.uint8:  # 16-bit column sums (what thumbs.thumbnail gives 8-bit images): the same means
         out16 = np.zeros(shape, np.uint8)
-        kernels.box_shrink(img, k, shift, np.empty(cols * samples, np.uint16), out16)
+        kernels.box_shrink(img, k, shift, np.empty(cols * samples, np.uint16), np.empty(shape[1] * samples, np.int64), out16)
         np.testing.assert_array_equal(out16, out)
-    twins.box_shrink(img, k, shift, None, want)
+    twins.box_shrink(img, k, shift, None, None, want)
     np.testing.assert_array_equal(out, want)
     # the block means by hand, for the first block
     block = img[:k, :k].astype(np.int64)
@@ -341,8 +341,8 @@ def test_box_shrink_rounds_an_exact_half_up(k, samples):
                 img[br * k:(br + 1) * k, bc * k:(bc + 1) * k, s] = rng.permutation(block).reshape(k, k)
     shape = (2, 4, samples)
     out, want = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
-    kernels.box_shrink(img, k, 0, np.empty(img.shape[1] * samples, np.uint16), out)
-    twins.box_shrink(img, k, 0, None, want)
+    kernels.box_shrink(img, k, 0, np.empty(img.shape[1] * samples, np.uint16), np.empty(shape[1] * samples, np.int64), out)
+    twins.box_shrink(img, k, 0, None, None, want)
     np.testing.assert_array_equal(out, want)
 
 

@@ -348,19 +348,21 @@ def _ybr_channel(y, cb, cr, m0, m1, m2):
 
 
 @jit
-def box_shrink(img, k, shift, acc, out):
+def box_shrink(img, k, shift, acc, sums, out):
     """``out[r, c, s]`` = the mean of the k x k block of ``img`` (rows, columns, samples) at
     (r*k, c*k), rounded half up, shifted right by ``shift`` bits (8 for 16-bit images), as uint8.
     Edge blocks average the pixels they have; ``out`` is (ceil(rows/k), ceil(columns/k), samples).
     ``acc`` (columns * samples; uint16 for 8-bit images with k <= 257, else uint32) is scratch: a
     block row's column sums, added two rows a pass in one contiguous loop (SIMD; a 512 x 512 slice
     23 -> 20 us, a 2500 x 2048 CR 158 -> 149, medians of 9 in one process). The block totals are
-    then added up a column of the block at a time (k passes over the totals, each sum its own:
-    no chain of dependent adds along the row as a running sum has: a 512 x 512 slice to 86 x 86
-    58 -> 51 us, median of 30 A/B in one process; 4096 x 3328, k = 43, +5 %). floor(total / n + 1/2)
-    in float64 equals the twin's (2 total + n) // 2n: the division is correctly rounded, so an
-    exact half stays one, and any other mean is farther from a half than an ulp. (total * (1 / n) is not: 1 / n is rounded first, and a block of 14 x 14
-    whose mean is 123.5 gave 123: 18 of 3,000 random images here had such a pixel.)"""
+    then added up into ``sums`` (int64 scratch of ``out.shape[1] * samples``: the caller's, as a
+    kernel allocates nothing) a column of the block at a time (k passes over the totals, each sum
+    its own: no chain of dependent adds along the row as a running sum has: a 512 x 512 slice to
+    86 x 86 58 -> 51 us, median of 30 A/B in one process; 4096 x 3328, k = 43, +5 %).
+    floor(total / n + 1/2) in float64 equals the twin's (2 total + n) // 2n: the division is
+    correctly rounded, so an exact half stays one, and any other mean is farther from a half than
+    an ulp. (total * (1 / n) is not: 1 / n is rounded first, and a block of 14 x 14 whose mean is
+    123.5 gave 123: 18 of 3,000 random images here had such a pixel.)"""
     rows, cols, samples = img.shape
     width = cols * samples
     flat = img.reshape(rows, width)  # (once: a reshape per row inside the loop costs 3x the sums)
@@ -368,7 +370,6 @@ def box_shrink(img, k, shift, acc, out):
     whole = cols // k  # output columns whose block is whole
     step = k * samples
     n = whole * samples
-    sums = np.empty(ocols * samples, np.int64)  # the block totals of one block row
     for r in range(out.shape[0]):
         r0 = r * k
         r1 = min(r0 + k, rows)

@@ -82,7 +82,7 @@ def ybr_full_to_rgb(src, m, out):
         out[:, c] = np.clip(np.floor(v + np.float32(0.5)), 0, 255).astype(np.uint8)
 
 
-def box_shrink(img, k, shift, acc, out):
+def box_shrink(img, k, shift, acc, sums, out):
     rows, cols = img.shape[:2]
     starts_r = np.arange(0, rows, k)
     starts_c = np.arange(0, cols, k)
@@ -182,7 +182,7 @@ def warmup_arrays(full: bool):
             )
     for raw_dtype, shift in ((np.uint8, 0), (np.uint16, 8)):
         for acc_dtype in (np.uint16, np.uint32) if raw_dtype is np.uint8 else (np.uint32,):
-            calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, acc_dtype), np.zeros((1, 1, 1), np.uint8))))
+            calls.append((k_box_shrink, (np.zeros((2, 2, 1), raw_dtype), 2, shift, np.zeros(2, acc_dtype), np.zeros(1, np.int64), np.zeros((1, 1, 1), np.uint8))))
     calls.append((k_ybr_full_to_rgb, (np.zeros((1, 3), np.uint8), np.zeros((3, 3), np.float32), np.zeros((1, 3), np.uint8))))
     i32, f32s = np.zeros(1, np.int32), np.ones((1, 1), np.float32)
     for img_dtype in (np.uint8, np.uint16):

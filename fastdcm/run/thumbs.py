@@ -45,7 +45,8 @@ def thumbnail(array: np.ndarray) -> np.ndarray:
     out = np.empty((-(-rows // k), -(-cols // k), img.shape[2]), np.uint8)
     # column sums of k rows: 16 bits hold k 8-bit values up to k = 257 (SIMD lanes twice as wide)
     acc = np.empty(cols * img.shape[2], np.uint16 if shift == 0 and k <= 257 else np.uint32)
-    kernels.impl().box_shrink(img, k, shift, acc, out)
+    sums = np.empty(out.shape[1] * img.shape[2], np.int64)  # a block row's totals
+    kernels.impl().box_shrink(img, k, shift, acc, sums, out)
     return out
 
 

@@ -80,7 +80,7 @@ class FastPngEncoder(Encoder):
             parts += (
                 struct.pack(">I", len(piece)) + b"IDAT",
                 piece,
-                struct.pack(">I", isal_zlib.crc32(piece, _IDAT_CRC)),  # ISA-L's: 13x zlib's here (200 kB: 3.5 against 47 us)
+                struct.pack(">I", isal_zlib.crc32(piece, _IDAT_CRC)),  # ISA-L: 200 kB in 3.5 us, zlib 47
             )
         parts.append(_IEND)
         return b"".join(parts)

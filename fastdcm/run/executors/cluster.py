@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ...errors import MissingDependencyError, Status, describe
 from . import Factory, Fault, FaultFn, WorkerInfo
+from .heap import keep_heap, restore_heap
 
 __all__ = ["DaskExecutor", "connect"]
 
@@ -88,38 +89,6 @@ def connect(cluster: Any) -> tuple[Any, bool]:
 
 # --------------------------------------------------------------------------- on a worker
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-
-
-def _mallopt(trim: int, mmap: int) -> bool:
-    """Set glibc's trim and mmap thresholds (False where there is no glibc)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
-    except (OSError, AttributeError):
-        return False
-
-
-def _tune_malloc() -> bool:
-    """Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's
-    growing mmap threshold: every buffer of a frame (a 512x512 CT slice: 0.5 MB) is then an mmap of
-    fresh pages and a munmap, and the same batch took 1.6-1.9x the CPU time it takes in a local worker
-    (1,000 CT files, 1.9 s against 1.0 s with this). While the run's plugin is on the worker, the
-    thresholds are those glibc grows to by itself (32 MB mmap, twice that trim)."""
-    return _mallopt(64 << 20, 32 << 20)
-
-
-def _restore_malloc() -> None:
-    """The thresholds the worker had: its MALLOC_TRIM_THRESHOLD_ (or glibc's 128 KiB) and 128 KiB."""
-    try:
-        trim = int(os.environ.get("MALLOC_TRIM_THRESHOLD_", 128 << 10))
-    except ValueError:
-        trim = 128 << 10
-    _mallopt(trim, 128 << 10)
-
-
 
 class _RunnerPlugin:
     """Made a subclass of Dask's WorkerPlugin at registration (``_plugin_class``): one per run."""
@@ -145,7 +114,7 @@ class _RunnerPlugin:
         # so nothing below may leave a hanging file unwatched.
         if self.timeout:
             threading.Thread(target=self._watch, name="fastdcm-deadline", daemon=True).start()
-        self._malloc = _tune_malloc()
+        self._malloc = keep_heap()  # (heap.py: Dask's nanny turns glibc's growing mmap threshold off)
         # one thread per frame's decode: the worker's own threads fill the machine's cores (restored in teardown)
         from ...decoders.backends import THREADS_ENV
 
@@ -162,7 +131,7 @@ class _RunnerPlugin:
     def teardown(self, worker: Any) -> None:
         self._done.set()
         if getattr(self, "_malloc", False):
-            _restore_malloc()
+            restore_heap()
         if hasattr(self, "_pydicom_level"):
             logging.getLogger("pydicom").setLevel(self._pydicom_level)
         if hasattr(self, "_threads_env") and self._threads_env is None:

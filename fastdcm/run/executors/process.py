@@ -33,7 +33,8 @@ Environment: every ``FASTDCM_*`` variable of the parent at pool start is passed 
 workers (the fork server may be older than the caller's environment). Workers set
 ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and
 ``NUMBA_NUM_THREADS`` to 1 and ``FASTDCM_DECODE_THREADS`` (a JPEG 2000 frame's decode threads) to their
-share of the CPUs unless the caller set it, ignore SIGINT (the parent owns Ctrl-C) and turn SIGTERM
+share of the CPUs unless the caller set it, fix glibc's malloc thresholds so that a file's large
+buffers are reused by the next (``heap.py``), ignore SIGINT (the parent owns Ctrl-C) and turn SIGTERM
 into a clean exit (status ``interrupted``).
 """
 
@@ -53,6 +54,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ...errors import Status
 from . import Factory, Fault, FaultFn, WorkerInfo
+from .heap import keep_heap
 
 __all__ = ["ProcessExecutor", "EXIT_INTERRUPTED", "default_start_method"]
 
@@ -155,6 +157,7 @@ def _worker_main(factory, context, conn, slots, slot, memory_limit, env, parent_
         os.environ.update(env)
         for var in _THREAD_VARS:
             os.environ[var] = "1"
+        keep_heap()  # the frame buffers stay for the next file (heap.py)
         if memory_limit:
             import resource
 

@@ -115,7 +115,9 @@ def _options(args: argparse.Namespace, *classes: type) -> dict[str, Any]:
 
 def _cmd_convert(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .run.convert import convert
+    from .run.executors.heap import keep_heap
 
+    keep_heap()  # the command's own process (with --workers 0 it converts): buffers reused (heap.py)
     options = _options(args, ConvertOptions, RenderOptions)
     try:
         report = convert(args.sources, args.out, stdin=sys.stdin, **options)

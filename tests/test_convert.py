@@ -389,3 +389,20 @@ def test_workers_keep_their_frame_buffers_from_file_to_file(tmp_path):
 
     per_file = (faults(60) - faults(10)) / 50
     assert per_file < 60, per_file
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds")
+def test_the_command_keeps_its_buffers_with_workers_0(tmp_path):
+    """``fastdcm convert --workers 0`` runs in the command's own process, which fixes the same
+    thresholds (a Python caller's process is left as it is)."""
+    import resource
+
+    def faults(n: int) -> int:
+        src = _ct_512(tmp_path / f"in{n}", n)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+        subprocess.run([sys.executable, "-m", "fastdcm", "convert", str(src), "-o", str(tmp_path / f"out{n}"), "--quiet",
+                        "--workers", "0", "--windows", "brain,subdural,bone"], check=True, capture_output=True)
+        return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
+
+    per_file = (faults(60) - faults(10)) / 50
+    assert per_file < 60, per_file

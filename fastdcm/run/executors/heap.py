@@ -9,7 +9,8 @@ threshold after every file, and every file then pays for its buffers' pages agai
 3-window stack of 4,000 CT slices took 330 minor page faults a file (1.31 million in all, 3.1-3.7 s
 of system time), 7 with these thresholds. A Dask nanny starts its workers with
 ``MALLOC_TRIM_THRESHOLD_=65536``, which also stops the mmap threshold from growing: there every
-0.5 MB buffer of a CT slice was an mmap and a munmap.
+0.5 MB buffer of a CT slice was an mmap and a munmap, and a batch of 1,000 CT files took 1.9 s of CPU
+against 1.0 s in a local worker (the Dask plugin restores the worker's thresholds when it leaves).
 
 So a worker uses the thresholds glibc grows to by itself, fixed from the start: 32 MiB mmap,
 64 MiB trim. A worker keeps at most that much freed memory; where there is no glibc nothing changes.

@@ -407,9 +407,10 @@ def parse_size(value: int | str | None) -> int | None:
     return int(size)
 
 
-#: The least --memory-limit taken: a worker's address space at start (Python, numpy, Numba, the
-#: codecs) does not fit in 256 MiB (measured: every worker dies before its first file); 512 MiB
-#: converts CT slices.
+#: The least --memory-limit taken. The limit counts what a worker allocates beyond its address space
+#: at start (Python, numpy, Numba, the codecs, and whatever the parent had loaded: ~350 MB, ~530 MB
+#: with pyarrow for the table): a 4096 x 3328 16-bit frame's decode, render and encode buffers with
+#: --metadata --gallery took less than 128 MiB (measured); the rest is room for the codecs' own.
 MIN_MEMORY_LIMIT = 512 << 20
 
 
@@ -481,7 +482,8 @@ class ConvertOptions:
     memory_limit: str | None = field(
         default="auto",
         metadata=_meta(
-            "address-space limit per worker, e.g. 4G (auto: RAM / workers, at least 2G; none: no limit)",
+            "memory a worker may allocate beyond its start-up (address space), e.g. 4G "
+            "(auto: RAM / workers, at least 2G; none: no limit)",
             metavar="SIZE",
         ),
     )
@@ -559,15 +561,16 @@ class ConvertOptions:
             limit = parse_size(self.memory_limit)
             if limit is not None and limit < MIN_MEMORY_LIMIT:
                 raise ValueError(
-                    f"memory_limit {self.memory_limit!r} is below the {MIN_MEMORY_LIMIT >> 20} MiB a worker needs to "
-                    "start (its address space: Python, numpy, Numba); give e.g. 2G, or none for no limit"
+                    f"memory_limit {self.memory_limit!r} is below the least taken, {MIN_MEMORY_LIMIT >> 20} MiB a "
+                    "worker may allocate beyond its start-up; give e.g. 2G, or none for no limit"
                 )
         for name in ("quality", "workers", "batch_size"):
             object.__setattr__(self, name, int(getattr(self, name)))
         object.__setattr__(self, "timeout", float(self.timeout))
 
     def memory_limit_bytes(self) -> int | None:
-        """The per-worker RLIMIT_AS in bytes (None: no limit)."""
+        """What a worker may add to its address space, in bytes (None: no limit): its RLIMIT_AS is its
+        address space at start plus this (executors/process.py)."""
         if self.memory_limit is not None and str(self.memory_limit).lower() == "auto":
             import os
 

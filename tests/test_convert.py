@@ -372,22 +372,32 @@ def _ct_512(folder: Path, n: int) -> Path:
     return folder
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds")
-def test_workers_keep_their_frame_buffers_from_file_to_file(tmp_path):
-    """A worker fixes glibc's mmap and trim thresholds (executors/heap.py): a 3-window stack's
-    786 kB buffers are reused, where glibc's own thresholds gave them back after every file and
-    each file faulted ~330 pages in again. Told by the workers' minor page faults: a run of 60
-    slices against one of 10 (the workers' start-up is the same in both)."""
+def _faults_a_file(tmp_path: Path, convert_into) -> float:
+    """Minor page faults a file taken by this process's children (the workers, or a command) as
+    ``convert_into(src, out)`` converts a 3-window stack of 60 slices against 10: what start-up costs
+    is the same in both and drops out."""
     import resource
 
     def faults(n: int) -> int:
         src = _ct_512(tmp_path / f"in{n}", n)
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
-        report = fastdcm.convert([str(src)], str(tmp_path / f"out{n}"), workers=2, quiet=True, windows="brain,subdural,bone")
-        assert report.converted == n
+        convert_into(src, tmp_path / f"out{n}", n)
         return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
 
-    per_file = (faults(60) - faults(10)) / 50
+    return (faults(60) - faults(10)) / 50
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds")
+def test_workers_keep_their_frame_buffers_from_file_to_file(tmp_path):
+    """A worker fixes glibc's mmap and trim thresholds (executors/heap.py): a 3-window stack's
+    786 kB buffers are reused, where glibc's own thresholds gave them back after every file and
+    each file faulted ~330 pages in again."""
+
+    def pool(src: Path, out: Path, n: int) -> None:
+        report = fastdcm.convert([str(src)], str(out), workers=2, quiet=True, windows="brain,subdural,bone")
+        assert report.converted == n
+
+    per_file = _faults_a_file(tmp_path, pool)
     assert per_file < 60, per_file
 
 
@@ -395,16 +405,12 @@ def test_workers_keep_their_frame_buffers_from_file_to_file(tmp_path):
 def test_the_command_keeps_its_buffers_with_workers_0(tmp_path):
     """``fastdcm convert --workers 0`` runs in the command's own process, which fixes the same
     thresholds (a Python caller's process is left as it is)."""
-    import resource
 
-    def faults(n: int) -> int:
-        src = _ct_512(tmp_path / f"in{n}", n)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
-        subprocess.run([sys.executable, "-m", "fastdcm", "convert", str(src), "-o", str(tmp_path / f"out{n}"), "--quiet",
+    def command(src: Path, out: Path, n: int) -> None:
+        subprocess.run([sys.executable, "-m", "fastdcm", "convert", str(src), "-o", str(out), "--quiet",
                         "--workers", "0", "--windows", "brain,subdural,bone"], check=True, capture_output=True)
-        return resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
 
-    per_file = (faults(60) - faults(10)) / 50
+    per_file = _faults_a_file(tmp_path, command)
     assert per_file < 60, per_file
 
 

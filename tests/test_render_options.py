@@ -247,7 +247,7 @@ def test_keyword_options_are_made_once_and_mean_the_same(tmp_path):
     assert np.array_equal(again, fastdcm.render(path, options=RenderOptions(window=(300, 600), depth=16)))
     # a window given as floats, or in another order, means the same picture
     assert np.array_equal(again, fastdcm.render(path, depth=16, window=(300.0, 600.0)))
-    # True and 1 hash alike: kept apart by their types, so each is checked as given
+    # other values are other entries: invert=True is not the cached invert=False
     assert not np.array_equal(fastdcm.render(path, invert=True), fastdcm.render(path, invert=False))
     # unhashable values (a dict) are checked every call, and bad options raise every time
     assert np.array_equal(fastdcm.render(path, decoder={"jpeg": "imagecodecs"}), fastdcm.render(path))

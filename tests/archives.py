@@ -24,10 +24,9 @@ def ct_archive(root: Path, n: int, folders: int = 4) -> Path:
 def png_image(data: bytes) -> tuple[str, tuple[int, int], bytes]:
     """A PNG's picture: (mode, size, pixel bytes), decoded by Pillow.
 
-    Images written by two processes are compared this way, not byte for byte: the "png" encoder's
-    deflate (ISA-L) has one implementation per instruction set, and a CI run saw one CT slice
-    written as two different (both valid) deflate streams of the same pixels by a Dask worker and
-    by the test's own process."""
+    Images written by two processes are compared this way, not byte for byte: a CI run saw the
+    "png" encoder (ISA-L's deflate) write one CT slice as two different, both valid, deflate streams
+    of the same pixels in a Dask worker and in the test's own process (the cause was not found)."""
     from PIL import Image
 
     assert data.startswith(b"\x89PNG\r\n\x1a\n"), data[:16]

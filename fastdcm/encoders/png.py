@@ -11,9 +11,10 @@ files 1.15x (median) and at most 1.23x Pillow's compress_level=6 size; zlib-ng l
 Pillow at level 6 takes about 11 ms. The price of ISA-L's speed is content with exact
 long-range repeats (a CT slice tiled 4x4, some secondary captures), where its files reach
 1.4-1.9x Pillow's: "png-small" is there for users who want the smallest files.
-Its bytes are not promised to repeat across machines or processes (the pixels always do): ISA-L
-picks one deflate implementation per instruction set, and a CI run wrote the same CT slice as two
-different valid deflate streams in a Dask worker and in the test's process.
+Its bytes are not promised to repeat across machines or processes (the pixels always do): a CI run
+wrote the same CT slice as two different valid deflate streams in a Dask worker and in the test's
+process. The cause was not found: on the development VM ISA-L gave one stream whatever was varied
+(input alignment, heap and stack garbage, threads); ISA-L has an implementation per instruction set.
 Other candidates at their best settings: imagecodecs' libpng 4.5-14x Pillow's speed,
 OpenCV 1.5-6.3x, Pillow at level 1 1.4-5.4x (see benchmarks/bench_encoders.py).
 """

@@ -323,6 +323,28 @@ def test_unknown_options_are_rejected(name):
         encoders.get_encoder(name).encode(np.zeros((2, 2), np.uint8), compress_level=9)
 
 
+def test_jpeg_in_rgb_codes_each_channel_as_a_grey_image():
+    """colorspace="RGB" (a window stack): no YCbCr transform, so a pattern in one channel leaves the
+    others exactly as they are, and each channel decodes as close as the grey JPEG of it alone."""
+    rng = np.random.default_rng(3)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[..., 0] = rng.integers(0, 256, (64, 64))  # noise in one channel, flat grey in the other two
+    img[..., 1] = 128
+    enc = encoders.get_encoder("jpeg")
+    data = enc.encode(img, quality=90, colorspace="RGB")
+    assert data[:4] == b"\xff\xd8\xff\xee" and data[6:11] == b"Adobe"  # APP14: transform 0, RGB
+    got = simplejpeg.decode_jpeg(data).astype(int)
+    assert np.array_equal(got[..., 1:], img[..., 1:].astype(int))  # nothing leaked into them
+    alone = simplejpeg.decode_jpeg(enc.encode(np.ascontiguousarray(img[..., 0]), quality=90)).astype(int)
+    ycc = simplejpeg.decode_jpeg(enc.encode(img, quality=90, subsampling="444")).astype(int)
+    assert np.abs(ycc[..., 1:] - img[..., 1:]).max() > 10  # the YCbCr transform spreads it
+    assert np.abs(got[..., 0] - img[..., 0]).mean() <= 1.05 * np.abs(alone[..., 0] - img[..., 0]).mean()
+    with pytest.raises(EncodeError, match="not subsampled"):
+        enc.encode(img, colorspace="RGB", subsampling="420")
+    with pytest.raises(EncodeError, match="YCbCr or RGB"):
+        enc.encode(img, colorspace="CMYK")
+
+
 def test_npy_takes_any_channel_count():
     stack = np.arange(4 * 4 * 5, dtype=np.uint8).reshape(4, 4, 5)
     assert np.array_equal(np.load(io.BytesIO(encoders.get_encoder("npy").encode(stack))), stack)

@@ -129,6 +129,33 @@ def test_three_windows_in_jpeg_are_not_chroma_subsampled(tmp_path):
     assert error < 0.8 * error_420, (error, error_420)  # 4:2:0 blurs each window into the others
 
 
+@pytest.mark.parametrize("quality", [75, 90, 95])
+def test_each_channel_of_a_jpeg_stack_is_as_faithful_as_its_window_alone(tmp_path, quality):
+    """The channels are stored as they are (an RGB JPEG: no YCbCr transform, each channel coded as
+    a grey image is), so no window's error leaks into the others and none is quantized as coarsely
+    as a colour's chroma: every channel decodes within the error of that window's grey JPEG, by
+    every common reader (libjpeg-turbo through simplejpeg, Pillow and OpenCV)."""
+    cv2 = pytest.importorskip("cv2")
+    out, records = _convert(tmp_path, "--windows", STACK, "--format", "jpeg", "--quality", str(quality))
+    data = (out / "CT_small.jpg").read_bytes()
+    stack = fastdcm.render(get_testdata_file("CT_small.dcm"), windows=STACK).astype(int)
+    with PILImage.open(out / "CT_small.jpg") as im:
+        assert im.mode == "RGB"
+        pil = np.asarray(im).astype(int)
+    decoded = {
+        "simplejpeg": simplejpeg.decode_jpeg(data).astype(int),
+        "pillow": pil,
+        "opencv": cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].astype(int),
+    }
+    for c in range(3):
+        window = np.ascontiguousarray(stack[..., c], dtype=np.uint8)
+        alone = simplejpeg.decode_jpeg(simplejpeg.encode_jpeg(window[..., None], quality=quality, colorspace="GRAY"))
+        grey_error = np.abs(alone[..., 0].astype(int) - window).mean()
+        for reader, got in decoded.items():
+            error = np.abs(got[..., c] - window).mean()
+            assert error <= 1.05 * grey_error, (reader, c, error, grey_error)
+
+
 def test_other_counts_make_one_image_per_window_or_one_npy(tmp_path):
     pytest.importorskip("pyarrow")
     from fastdcm.run.sinks.table import read_metadata

@@ -66,5 +66,6 @@ def check_depth(encoder: Encoder, depth: int) -> None:
 
 def stack_options(encoder: Encoder, windows: int) -> dict:
     """The encoder's options for a window stack of ``windows`` channels in one image: a JPEG's
-    three channels are windows, not colours, so no chroma subsampling (4:4:4)."""
-    return {"subsampling": "444"} if encoder.name == "jpeg" and windows == 3 else {}
+    three channels are windows, not colours, so each is coded as it is (no YCbCr transform, no
+    chroma subsampling: encoders/jpeg.py)."""
+    return {"colorspace": "RGB"} if encoder.name == "jpeg" and windows == 3 else {}

@@ -14,6 +14,7 @@ test holds this parser to pydicom's answer on every file of the test corpora.
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,21 @@ _IMPLICIT_TS = np.frombuffer(IMPLICIT_LE.encode(), np.uint8)
 _MAGIC = np.frombuffer(elements.MAGIC, np.uint8)
 
 
+#: The compiled walk's scratch arrays (wanted rows, sequence stack, meta, key), one set per thread:
+#: the kernel fills what it reads (allocating them each call cost 0.6 us of a 644-byte file's 4.6).
+_SCRATCH = threading.local()
+
+
+def _scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    arrays = getattr(_SCRATCH, "arrays", None)
+    if arrays is None:
+        arrays = _SCRATCH.arrays = (
+            np.empty((len(_WANTED_LIST), 3), np.int64), np.empty(elements.MAX_DEPTH + 2, np.int64),
+            np.empty(4, np.int64), np.empty(_KEY_BYTES, np.uint8),
+        )
+    return arrays
+
+
 def _read(buffer: bytes, total: int | None = None) -> tuple[str, bool, int, int, bytes | None, Any] | None:
     """(transfer syntax, explicit VR, pixel data start and length (start < 0: the walk declined),
     the key of the wanted values (None: larger than ``_CACHEABLE_BYTES``), their [start, length,
@@ -182,10 +198,7 @@ def _read(buffer: bytes, total: int | None = None) -> tuple[str, bool, int, int,
         if read is not None and type(buffer) is bytes:
             _keep_meta(buffer, (read[0], read[1]))
         return None if read is None else read[:1] + read[2:]
-    found = np.empty((len(_WANTED_LIST), 3), np.int64)
-    stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
-    meta = np.empty(4, np.int64)
-    key = np.empty(_KEY_BYTES, np.uint8)
+    found, stack, meta, key = _scratch()  # (the rows are read before this thread's next call)
     start, length, key_length = kernels.compiled().read_header(
         np.frombuffer(buffer, np.uint8), elements.VR_CLASS, _MAGIC, _IMPLICIT_TS, _WANTED_TAGS, _UNUSUAL_TAGS,
         found, stack, meta, key, len(buffer) if total is None else total,

@@ -295,3 +295,37 @@ def test_the_file_meta_kept_is_the_same_objects_only():
     assert fastheader._file_meta(mutable) == first
     mutable[128:132] = b"XXXX"  # no longer a DICOM preamble
     assert fastheader._file_meta(mutable) is None
+
+
+def test_threads_walking_headers_at_once_each_get_their_own_answer():
+    """The compiled walk releases the GIL and reuses scratch arrays: one set per thread, so
+    headers parsed on several threads at once (a data loader's threads calling render) each get
+    the values of their own file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    buffers = []
+    for path in FILES:
+        with open(path, "rb") as f:
+            data = f.read()
+        if fastheader.parse(data) is not None:
+            buffers.append(data)
+    assert len(buffers) > 40
+    expected = [_parsed(data) for data in buffers]
+
+    def walk(offset):
+        order = [(i + offset) % len(buffers) for i in range(len(buffers))]
+        return [(i, _parsed(buffers[i])) for _ in range(20) for i in order]
+
+    with ThreadPoolExecutor(4) as pool:
+        for results in pool.map(walk, range(0, 40, 10)):
+            for i, got in results:
+                assert got == expected[i], i
+
+
+def _parsed(data):
+    """What the fast parser read of ``data``: the transfer syntax, the pixel data's place and the
+    wanted values' rows (their start, length, VR) straight from the walk's scratch arrays."""
+    fastheader._DECODED.clear()  # every call walks and decodes (no answer from the series cache)
+    read = fastheader._read(data)
+    ts, explicit, start, length, key, rows = read
+    return ts, explicit, start, length, key, rows.tolist() if isinstance(rows, np.ndarray) else rows

@@ -190,7 +190,8 @@ def _scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def _read(buffer: bytes, total: int | None = None) -> tuple[str, bool, int, int, bytes | None, Any] | None:
     """(transfer syntax, explicit VR, pixel data start and length (start < 0: the walk declined),
     the key of the wanted values (None: larger than ``_CACHEABLE_BYTES``), their [start, length,
-    VR code] rows) of a little-endian file with a file meta, or None. One compiled call
+    VR code] rows: this thread's scratch, to be read before its next call) of a little-endian file
+    with a file meta, or None. One compiled call
     (``kernels.read_header``); with the kernels' numpy twins in use, ``read_python``. The meta
     read is kept for ``find_elements`` (``_LAST_META``)."""
     if kernels.twins_active():

@@ -1,4 +1,4 @@
-"""JPEG through simplejpeg (libjpeg-turbo): baseline, 8-bit, greyscale or RGB 4:2:0.
+"""JPEG through libjpeg-turbo: baseline, 8-bit; greyscale or RGB 4:2:0 by simplejpeg, a window stack as RGB by imagecodecs.
 
 A window stack's three channels (``colorspace="RGB"``) are coded as they are, each as a grey image
 is (an RGB JPEG: Adobe marker, no YCbCr transform, the luminance table for every channel), through

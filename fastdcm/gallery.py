@@ -179,7 +179,7 @@ class _Thumbnailer:
                 self.shard = (shard, read_shard(f, shard))
         return self.shard[1][output]
 
-    def thumb(self, output: str, shard: str | None = None) -> tuple[str, list[int]] | None:
+    def thumb(self, output: str, shard: str | None = None, windows: bool = False) -> tuple[str, list[int]] | None:
         from .run.thumbs import SHEETS, read_thumbnail
 
         try:
@@ -190,7 +190,7 @@ class _Thumbnailer:
             return None
         if not len(self.sheet):
             self.name = f"{SHEETS}/{_REBUILT_PREFIX}{time.time_ns():x}.jpg"
-        box = self.sheet.add([tile])[0]
+        box = self.sheet.add([tile], windows)[0]
         self.made += 1
         if len(self.sheet) >= _REBUILT_PER_SHEET:
             self.flush()
@@ -218,6 +218,7 @@ def build_gallery(
     build) only that run's and the ones builds made, never a sheet of another run that may still be
     going on. Raises :class:`~fastdcm.errors.InvalidOptionError` when there is no manifest to read."""
     from .errors import InvalidOptionError, UnsafePathError
+    from .plan import STACK_VOI
     from .run.sinks.manifest import MANIFEST_NAME
     from .run.thumbs import SHEETS
     from .run.write import OutputRoot
@@ -257,7 +258,9 @@ def build_gallery(
             sheet, thumbs = entry.get("sheet"), entry.get("thumbs") or []
             for i, output in enumerate(outputs):
                 box = thumbs[i] if i < len(thumbs) else None
-                thumb = (sheet, box) if box and sheet in sheets_there else thumbnailer.thumb(output, record.get("shard"))
+                thumb = (sheet, box) if box and sheet in sheets_there else thumbnailer.thumb(
+                    output, record.get("shard"), windows=str(record.get("voi") or "").startswith(STACK_VOI)
+                )
                 images.append(_image(record, entry, i, output, thumb, shown))
         thumbnailer.flush()
         report.rebuilt, report.missing = thumbnailer.made, thumbnailer.missing

@@ -672,6 +672,10 @@ def stack_refused(spec: PixelSpec) -> str | None:
     return None
 
 
+#: What a window stack's VOI text (records' ``voi``) starts with: its channels are windows, not colours.
+STACK_VOI = "windows "
+
+
 def build_stack(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions) -> StackPlan:
     """The stack plan for frame ``frame`` (kept on a fast-parsed header like single plans)."""
     refused = stack_refused(spec)
@@ -683,7 +687,7 @@ def build_stack(ds: Dataset, spec: PixelSpec, frame: int, options: RenderOptions
         return cached
     plans = [build_plan(ds, spec, frame, o) for o in channel_options(options)]
     assert all(p is not None for p in plans)  # explicit windows never need the frame's values
-    voi = "windows " + "+".join(window_label(w) for w in options.windows)  # (no comma: outputs join VOIs with one)
+    voi = STACK_VOI + "+".join(window_label(w) for w in options.windows)  # (no comma: outputs join VOIs with one)
     stack = StackPlan("channels", voi, plans[0].out_dtype, plans)  # type: ignore[arg-type]
     if all(p.kind == "table" for p in plans):
         if all(p.affine is not None for p in plans):

@@ -335,7 +335,7 @@ class Pipeline:
                     if result.status is Status.CONVERTED:
                         self.images.accept(source, result)
                         if self.sheet is not None:
-                            result.thumbs = self.sheet.add(self.tiles)
+                            result.thumbs = self.sheet.add(self.tiles, windows=self.job.render.windows is not None)
             with self._committing():
                 self.images.end_batch(results)  # a shard container's shard: published, or its inputs write_error
             if self.sheet:

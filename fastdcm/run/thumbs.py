@@ -55,12 +55,15 @@ class Sheet:
 
     def __init__(self) -> None:
         self.tiles: list[np.ndarray] = []
+        self.windows = False  # a tile is a window stack's: the sheet is coded as RGB (encode)
 
     def __len__(self) -> int:
         return len(self.tiles)
 
-    def add(self, tiles: list[np.ndarray]) -> list[list[int]]:
-        """Place ``tiles``; return each one's rectangle on the sheet: [x, y, width, height]."""
+    def add(self, tiles: list[np.ndarray], windows: bool = False) -> list[list[int]]:
+        """Place ``tiles`` (``windows``: of a window stack, each channel a window); return each
+        one's rectangle on the sheet: [x, y, width, height]."""
+        self.windows = self.windows or windows
         boxes = []
         for tile in tiles:
             i = len(self.tiles)
@@ -69,7 +72,7 @@ class Sheet:
         return boxes
 
     def encode(self) -> bytes:
-        from ..encoders import get_encoder
+        from ..encoders import get_encoder, stack_options
 
         n = len(self.tiles)
         samples = 3 if any(t.shape[2] == 3 for t in self.tiles) else 1
@@ -77,10 +80,16 @@ class Sheet:
         for i, tile in enumerate(self.tiles):
             y, x = (i // COLUMNS) * TILE, (i % COLUMNS) * TILE
             mosaic[y : y + tile.shape[0], x : x + tile.shape[1]] = tile  # a gray tile fills every channel
-        return get_encoder("jpeg").encode(mosaic if samples == 3 else mosaic[:, :, 0], quality=QUALITY)
+        if samples == 1:
+            return get_encoder("jpeg").encode(mosaic[:, :, 0], quality=QUALITY)
+        # a stack's channels coded as they are (encoders/jpeg.py): with YCbCr 4:2:0 a thumbnail of
+        # CT_small's brain/subdural/bone stack was off by 10 / 5 / 17 levels on average, now 3 / 3 / 2
+        options = stack_options(get_encoder("jpeg"), 3) if self.windows else {}
+        return get_encoder("jpeg").encode(mosaic, quality=QUALITY, **options)
 
     def clear(self) -> None:
         self.tiles.clear()
+        self.windows = False
 
 
 def sheet_prefix(run_start_ns: int) -> str:

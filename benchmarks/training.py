@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -212,6 +213,30 @@ def stacks(work: Path, corpus: Path, files: int, rounds: int, workers: int, repe
             "kernel_us_three": round(kernel_three * 1e6, 1), "kernel_three_over_one": round(kernel_three / kernel_one, 3)}
 
 
+SECTIONS = ("resize", "peer", "stacks", "mammo")
+
+
+def _keep_unmeasured(result: dict, path: str | None, measured: set[str]) -> None:
+    """Sections this run did not measure (``--sections``) keep their figures from the results file,
+    each with the date and settings of the run that measured it (``kept``), instead of becoming null."""
+    if not path or not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return
+    kept = dict(old.get("kept") or {})
+    for name in SECTIONS:
+        if name in measured or old.get(name) is None:
+            kept.pop(name, None)
+            continue
+        result[name] = old[name]
+        kept.setdefault(name, {k: old.get(k) for k in ("date", "files", "rounds", "workers")})
+    if kept:
+        result["kept"] = kept
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000, help="CT files of the convert runs")
@@ -219,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--mammo", type=int, default=4, help="mammograms")
-    parser.add_argument("--sections", nargs="+", default=["resize", "peer", "stacks", "mammo"],
-                        choices=["resize", "peer", "stacks", "mammo"], help="what to measure (default: all)")
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS,
+                        help="what to measure (default: all; the others keep their figures in --json)")
     parser.add_argument("--json", default=str(HERE / "results" / "training.json"))
     args = parser.parse_args(argv)
     with work_dir("training-") as tmp:
@@ -260,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  the {fmt} encode alone: {e['one']} vs {e['three']} us an image, {e['three'] / e['one']:.2f}x")
         print(f"window stack of 3 vs one window: render {s['render_us_one']} vs {s['render_us_three']} us, {s['render_three_over_one']:.2f}x; "
               f"the kernel alone {s['kernel_us_one']} vs {s['kernel_us_three']} us, {s['kernel_three_over_one']:.2f}x (goal <= 1.5)")
+    _keep_unmeasured(result, args.json, want)  # (after the printing: only this run's figures are printed)
     write_result(args.json, result)
     return 0
 

@@ -203,6 +203,30 @@ def test_training_benchmark_measures_window_stacks_in_png_and_jpeg(tmp_path):
     assert result["render_us_three"] > 0 and result["kernel_us_three"] > 0
 
 
+def test_training_benchmark_keeps_the_sections_a_run_did_not_measure(tmp_path):
+    """``training.py --sections stacks`` rewrites the stacks' figures and keeps the others (with the
+    date and settings they were measured with), instead of writing them as null."""
+    import training
+
+    path = tmp_path / "training.json"
+    old = {"resize": {"ratio": 1.3}, "peer": None, "stacks": {"x": 1}, "mammo": {"added": 0.01},
+           "files": 4000, "workers": 2, "rounds": 5, "date": "2026-12-01"}
+    path.write_text(json.dumps(old))
+    new = {"resize": None, "peer": None, "stacks": {"x": 2}, "mammo": None,
+           "files": 2000, "workers": 2, "rounds": 3, "date": "2026-12-07"}
+    training._keep_unmeasured(new, str(path), {"stacks"})
+    assert new["stacks"] == {"x": 2} and new["resize"] == {"ratio": 1.3} and new["mammo"] == {"added": 0.01}
+    assert new["peer"] is None  # never measured: nothing to keep
+    assert new["kept"] == {name: {"date": "2026-12-01", "files": 4000, "rounds": 5, "workers": 2}
+                           for name in ("resize", "mammo")}
+    path.write_text(json.dumps(new))  # a later run of resize alone: the mammo figures keep their first date
+    newer = {"resize": {"ratio": 1.2}, "peer": None, "stacks": None, "mammo": None,
+             "files": 1000, "workers": 2, "rounds": 3, "date": "2026-12-08"}
+    training._keep_unmeasured(newer, str(path), {"resize"})
+    assert newer["stacks"] == {"x": 2} and newer["kept"]["stacks"]["date"] == "2026-12-07"
+    assert newer["kept"]["mammo"]["date"] == "2026-12-01" and "resize" not in newer["kept"]
+
+
 def test_report_clears_an_earlier_reports_outputs_before_timing(tmp_path):
     """With --work-dir, every entry writes into a folder that does not exist yet (a peer writing
     over its earlier run's files was timed slower, and fastdcm looked faster than it is)."""

@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Any, Sequence
 
 from .errors import FastDcmError, InvalidOptionError, describe
-from .options import ConvertOptions, RenderOptions, explicit_window_problem, option_fields, option_flag
+from .options import ConvertOptions, RenderOptions, explicit_window_problem, fit_problem, option_fields, option_flag
 
 log = logging.getLogger("fastdcm")
 
@@ -250,7 +250,11 @@ def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.frame < 1:
         parser.error(f"--frame is a frame number from 1, not {args.frame}")
     try:
-        options = RenderOptions(**_options(args, RenderOptions))
+        given = _options(args, RenderOptions)
+        options = RenderOptions(**given)
+        problem = fit_problem(given)
+        if problem:
+            raise InvalidOptionError(problem)
         encoder = get_encoder(fmt)
         check_depth(encoder, options.depth)
         problem = explicit_window_problem(options)

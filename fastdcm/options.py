@@ -266,6 +266,27 @@ def option_fields(cls: type) -> list[dataclasses.Field]:
     return list(dataclasses.fields(cls))
 
 
+def fit_problem(given: dict[str, Any]) -> str | None:
+    """Why a ``fit`` the caller gave (``--fit``) would change nothing, or None: it fills a box of
+    WIDTHxHEIGHT, and a size of one number (the longest side, aspect kept), ``max_size`` or no size
+    leaves it unused, where a user who asked for ``--size 256 --fit pad`` expects 256 x 256 images.
+    (``RenderOptions`` itself takes a fit with any size: this is for the options a user wrote.)"""
+    fit = given.get("fit")
+    if fit is None:
+        return None
+    try:
+        size = parse_geometry(given.get("size"), "size")
+    except InvalidOptionError:
+        return None  # (RenderOptions says what is wrong with the size)
+    if isinstance(size, tuple):
+        return None
+    fit = getattr(fit, "value", fit)
+    if size is None:
+        return f"fit (--fit) {fit} fills a box of --size WIDTHxHEIGHT, and no such size is given"
+    return (f"fit (--fit) {fit} fills a box of --size WIDTHxHEIGHT; --size {size} keeps the aspect (the longest "
+            f"side becomes {size}): for {size} x {size} images give --size {size}x{size} --fit {fit}")
+
+
 def split_options(cls: type, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Build ``cls`` from the keyword arguments it knows; return it and the rest."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -16,7 +16,7 @@ from . import kernels
 from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError, InvalidPixelModuleError, from_dependency
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
-from .options import Frames, RenderOptions
+from .options import Frames, RenderOptions, fit_problem
 from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, modality_of, stored_range
 from .resample import reduced_size
 from .resize import apply as resize_apply, apply_line as resize_line, resize_plan
@@ -305,6 +305,9 @@ def _options(kwargs: dict[str, Any]) -> RenderOptions:
         made = RenderOptions(**kwargs)
     except TypeError as exc:
         raise TypeError(f"unknown render option: {exc}") from None
+    problem = fit_problem(kwargs)
+    if problem:
+        raise InvalidOptionError(problem)
     if key is not None:
         if len(_KWARGS_OPTIONS) >= _KWARGS_OPTIONS_MAX:
             _KWARGS_OPTIONS.clear()

@@ -239,3 +239,26 @@ def test_resample_affine_kernel_matches_its_twin(rows, cols, out_rows, out_cols,
     kernels.resample_affine(*args, np.empty(cols, np.float32), np.empty(tx.shape[1], np.float32), got)
     twins.resample_affine(*args, None, None, want)
     assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("flags", [["--size", "256", "--fit", "pad"], ["--max-size", "256", "--fit", "crop"], ["--fit", "stretch"]])
+def test_a_fit_that_would_do_nothing_is_a_usage_error(tmp_path, capsys, flags):
+    """--fit fills a WIDTHxHEIGHT box; with --size N (the longest side, aspect kept), --max-size or no
+    size it would change nothing, and a user who asked for --size 256 --fit pad expects squares: the
+    command refuses it and says how to get them, before anything is written (convert and render)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    out = tmp_path / "out"
+    assert cli.main(["convert", str(src), "-o", str(out), "--workers", "0", "--quiet", *flags]) == 2  # usage
+    err = capsys.readouterr().err
+    assert "WIDTHxHEIGHT" in err and not out.exists()
+    if flags[:2] == ["--size", "256"]:
+        assert "--size 256x256 --fit pad" in err
+    code = cli.main(["render", str(src / "ct.dcm"), "-o", str(tmp_path / "one.png"), *flags])
+    assert code == 2 and "WIDTHxHEIGHT" in capsys.readouterr().err and not (tmp_path / "one.png").exists()
+    with pytest.raises(InvalidOptionError, match="WIDTHxHEIGHT"):
+        fastdcm.render(get_testdata_file("CT_small.dcm"), **{f[2:].replace("-", "_"): v for f, v in zip(flags[::2], flags[1::2])})
+    # with a box it is what it says; the Python API's RenderOptions(size=N) keeps taking (and ignoring) a fit
+    assert fastdcm.render(get_testdata_file("CT_small.dcm"), size="64x32", fit="pad").shape == (32, 64)
+    assert RenderOptions(size=64, fit="crop").size == 64

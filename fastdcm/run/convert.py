@@ -30,6 +30,7 @@ from ..options import (
     OnExists,
     RenderOptions,
     explicit_window_problem,
+    fit_problem,
     option_flag,
     output_fingerprint,
     split_options,
@@ -147,6 +148,9 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
     ropts, rest = split_options(RenderOptions, rest)
     if rest:
         raise TypeError(f"unknown option(s) for convert: {', '.join(sorted(rest))}")
+    problem = fit_problem(given)
+    if problem:
+        raise InvalidOptionError(problem)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     sources = [os.fspath(s) for s in sources]

@@ -116,3 +116,29 @@ def test_resume_with_the_pool(tmp_path):
     (out / "im3.jpg").unlink()
     report = _convert(src, out, workers=2, format="jpeg", resume=True)
     assert report.converted == 1 and report.counts[Status.SKIPPED] == 7
+
+
+def test_the_resume_command_of_a_python_call_parses_back_to_its_options():
+    """``fastdcm.convert`` takes tuples and lists where the command line takes text: the resume
+    command it prints must be one the command line reads as the same options."""
+    import shlex
+
+    from fastdcm.cli import _options, _parser
+    from fastdcm.options import ConvertOptions, RenderOptions
+    from fastdcm.run.convert import _resume_command
+
+    given = {"size": (64, 32), "fit": "crop", "windows": [(40, 80), "bone", (-600.5, 1500)], "window": None,
+             "max_size": None, "decoder": {"jpeg2000": "pylibjpeg", "rle": "pydicom"}, "frames": "every:2",
+             "format": "jpeg", "quality": 85, "tags": ["Modality", "0018,0050"], "workers": 0}
+    words = shlex.split(_resume_command(["in"], "out", given))
+    args = _parser().parse_args(words[1:])
+    parsed = _options(args, ConvertOptions, RenderOptions)
+    expected = {k: v for k, v in given.items() if v is not None}
+    assert RenderOptions(**{k: v for k, v in parsed.items() if k in RenderOptions.__dataclass_fields__}) == \
+        RenderOptions(**{k: v for k, v in expected.items() if k in RenderOptions.__dataclass_fields__})
+    from fastdcm.run.tags import parse_tags
+
+    assert parse_tags(parsed.pop("tags")) == parse_tags(expected.pop("tags"))  # (text or a list: the same columns)
+    expected["resume"] = True
+    assert ConvertOptions(**{k: v for k, v in parsed.items() if k in ConvertOptions.__dataclass_fields__}) == \
+        ConvertOptions(**{k: v for k, v in expected.items() if k in ConvertOptions.__dataclass_fields__})

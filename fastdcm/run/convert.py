@@ -65,11 +65,28 @@ def _resume_command(sources: list[str], out: str, given: dict[str, Any]) -> str:
         if value is True:
             words.append(flag)
         else:
-            if isinstance(value, (tuple, list)):
-                value = ",".join(str(v) for v in value)
-            words += [flag, str(getattr(value, "value", value))]
+            words += [flag, _flag_text(name, value)]
     words.append("--resume")
     return shlex.join(words)
+
+
+def _flag_text(name: str, value: Any) -> str:
+    """An option's value as its flag takes it: a Python caller gives tuples and lists where the
+    command line takes text (``size=(64, 32)`` is ``--size 64x32``, a window ``(40, 80)`` in
+    ``windows`` is ``40/80``, ``decoder={"rle": "pydicom"}`` is ``--decoder rle=pydicom``)."""
+    if isinstance(value, dict):
+        value = list(value.items())
+    if isinstance(value, (tuple, list)):
+        if name in ("size", "max_size") and len(value) == 2:
+            return f"{value[0]}x{value[1]}"
+        if name == "window" and len(value) == 2:
+            return f"{value[0]:g},{value[1]:g}"
+        sep = "=" if name == "decoder" else "/"
+        return ",".join(
+            str(v) if isinstance(v, (str, int, float)) else sep.join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+            for v in value
+        )
+    return str(getattr(value, "value", value))
 
 
 def _open_manifest(root: OutputRoot, path: str) -> ManifestWriter:

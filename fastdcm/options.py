@@ -117,7 +117,7 @@ class RenderOptions:
         default=Fit.PAD,
         metadata=_meta(
             "how --size WIDTHxHEIGHT is filled: pad (aspect kept, centred on black), crop (aspect kept, "
-            "the centre cut out) or stretch (each axis scaled on its own)"
+            "the centre cut out) or stretch (each axis scaled on its own); only with a WIDTHxHEIGHT size"
         ),
     )
     max_size: int | None = field(

@@ -74,19 +74,19 @@ def _flag_text(name: str, value: Any) -> str:
     """An option's value as its flag takes it: a Python caller gives tuples and lists where the
     command line takes text (``size=(64, 32)`` is ``--size 64x32``, a window ``(40, 80)`` in
     ``windows`` is ``40/80``, ``decoder={"rle": "pydicom"}`` is ``--decoder rle=pydicom``)."""
+    def text(x: Any) -> str:
+        return f"{x:g}" if isinstance(x, float) else str(getattr(x, "value", x))
+
     if isinstance(value, dict):
         value = list(value.items())
-    if isinstance(value, (tuple, list)):
-        if name in ("size", "max_size") and len(value) == 2:
-            return f"{value[0]}x{value[1]}"
-        if name == "window" and len(value) == 2:
-            return f"{value[0]:g},{value[1]:g}"
-        sep = "=" if name == "decoder" else "/"
-        return ",".join(
-            str(v) if isinstance(v, (str, int, float)) else sep.join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
-            for v in value
-        )
-    return str(getattr(value, "value", value))
+    if not isinstance(value, (tuple, list)):
+        return text(value)
+    if name in ("size", "max_size") and len(value) == 2:
+        return "x".join(map(text, value))
+    if name == "window" and len(value) == 2:
+        return ",".join(map(text, value))
+    sep = "=" if name == "decoder" else "/"  # (a decoder's family=backend; a stack's CENTER/WIDTH)
+    return ",".join(sep.join(map(text, v)) if isinstance(v, (tuple, list)) else text(v) for v in value)
 
 
 def _open_manifest(root: OutputRoot, path: str) -> ManifestWriter:

@@ -38,7 +38,7 @@ from ..options import (
 from .discover import DiscoveryStats, Rejected, Source, check_inputs, iter_sources
 from .executors import make_executor
 from .naming import NameConflictError, NameRegistry, compile_template, owner_key
-from .pipeline import Job, Pipeline, Result, fault_result
+from .pipeline import Job, Pipeline, Result, fault_result, warm
 from .progress import Progress, Report
 from .sinks import Sink, SinkFailed
 from .privacy import NAME_GUARD, Pseudonymizer, check_fields, load_key
@@ -322,6 +322,11 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
         from .. import kernels
 
         kernels.warmup()  # compile or load once here, so workers only load the disk cache
+        if copts.workers > 0:
+            from .executors.process import default_start_method
+
+            if default_start_method() == "fork":  # (forked workers have what this process loaded)
+                warm(job)
     try:
         from ..gallery import RECORD_FIELDS
 

@@ -46,6 +46,23 @@ def _explicit(group, elem, vr, value):
     return struct.pack("<HH2sH", group, elem, vr.encode(), len(value)) + value
 
 
+def test_encode_writes_what_element_reads_and_part10_what_pydicom_reads():
+    import io
+
+    import pydicom
+
+    short, long_ = elements.encode(0x0028, 0x0004, "CS", b"RGB"), elements.encode(0x7FE0, 0x0010, "OB", b"\x01\x02\x03")
+    assert short == _explicit(0x0028, 0x0004, "CS", b"RGB ")  # text padded with a space
+    assert long_ == _explicit(0x7FE0, 0x0010, "OB", b"\x01\x02\x03\x00")  # binary with a NUL
+    assert elements.element(short + long_, len(short), True) == (0x7FE00010, b"OB", 4, len(short) + 12)
+    meta = elements.encode(0x0002, 0x0010, "UI", b"1.2.840.10008.1.2.1")  # odd: NUL-padded
+    data = elements.part10(meta, elements.encode(0x0010, 0x0020, "LO", b"ID1") + short)
+    assert elements.has_preamble(data)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.file_meta.FileMetaInformationGroupLength == len(meta)
+    assert (ds.file_meta.TransferSyntaxUID, ds.PatientID, ds.PhotometricInterpretation) == ("1.2.840.10008.1.2.1", "ID1", "RGB")
+
+
 def test_element_reads_short_long_and_implicit_headers():
     buf = _explicit(0x0028, 0x0010, "US", b"\x00\x02") + _explicit(0x7FE0, 0x0010, "OW", b"\x01\x02")
     assert elements.element(buf, 0, True) == (0x00280010, b"US", 2, 8)

@@ -238,17 +238,12 @@ def _warm_bytes() -> bytes:
 
         import numpy as np
 
-        def element(group: int, number: int, vr: str, value: bytes) -> bytes:
-            if len(value) % 2:
-                value += b"\0" if vr in ("UI", "OB") else b" "
-            if vr in ("OB", "OW"):
-                return struct.pack("<HH2s2xI", group, number, vr.encode(), len(value)) + value
-            return struct.pack("<HH2sH", group, number, vr.encode(), len(value)) + value
+        from ..elements import encode as element, part10
 
         ct, uid = b"1.2.840.10008.5.1.4.1.1.2", b"1.2.3.4"
-        meta = (element(0x0002, 0x0001, "OB", b"\0\1") + element(0x0002, 0x0002, "UI", ct)
+        meta = (element(0x0002, 0x0001, "OB", bytes([0, 1])) + element(0x0002, 0x0002, "UI", ct)
                 + element(0x0002, 0x0003, "UI", uid) + element(0x0002, 0x0010, "UI", b"1.2.840.10008.1.2.1"))
-        us = lambda n: struct.pack("<H", n)  # noqa: E731
+        us = struct.Struct("<H").pack
         ramp = np.arange(WARM_SIDE, dtype=np.int16) * 8
         pixels = np.add.outer(ramp, ramp).astype("<i2").tobytes()
         body = (element(0x0008, 0x0016, "UI", ct) + element(0x0008, 0x0018, "UI", uid)
@@ -259,8 +254,7 @@ def _warm_bytes() -> bytes:
                 + element(0x0028, 0x0103, "US", us(1)) + element(0x0028, 0x1050, "DS", b"40")
                 + element(0x0028, 0x1051, "DS", b"400") + element(0x0028, 0x1052, "DS", b"-1024")
                 + element(0x0028, 0x1053, "DS", b"1") + element(0x7FE0, 0x0010, "OW", pixels))
-        group_length = element(0x0002, 0x0000, "UL", struct.pack("<I", len(meta)))
-        _WARM_BYTES = b"\0" * 128 + b"DICM" + group_length + meta + body
+        _WARM_BYTES = part10(meta, body)
     return _WARM_BYTES
 
 

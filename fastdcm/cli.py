@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 import typing
 from enum import Enum
@@ -64,10 +65,30 @@ def add_option_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> 
         group.add_argument(*flags, option_flag(f.name), **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a value that starts with a minus and a digit taken as a value: ``--window
+    -600,1500`` (a lung window), ``--windows -600/1500,40/400``, ``--workers -1`` (then refused by
+    its check, with the reason). argparse takes such a word for an option unless it is a plain
+    number (``-600``) and no option looks like one; ``-0`` (``--null``) does, so it refused even
+    ``--workers -1`` with "expected one argument". Here only ``-0`` itself is the option."""
+
+    _NEGATIVE = re.compile(r"^-(?!0$)\.?\d")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (read where arguments are added, also in groups, and parsed; subcommands' parsers are of this class)
+        self._negative_number_matcher = self._NEGATIVE
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
+        group = super().add_argument_group(*args, **kwargs)
+        group._negative_number_matcher = self._NEGATIVE
+        return group
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="fastdcm", description="Fast, correct DICOM to PNG/JPEG conversion.")
+    parser = _Parser(prog="fastdcm", description="Fast, correct DICOM to PNG/JPEG conversion.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     parser.add_argument("--version", action="version", version=f"fastdcm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

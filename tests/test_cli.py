@@ -121,6 +121,31 @@ def test_invalid_option_combinations_are_usage_errors_before_any_work(tmp_path, 
     assert not out.exists() or not list(out.rglob("*.png"))
 
 
+def test_values_that_start_with_a_minus_are_values_not_options(tmp_path, capsys):
+    """A lung window's negative centre (--window -600,1500), a stack of such windows, and --workers -1
+    (refused by its own check, with the reason): argparse took each for an unknown option ("expected
+    one argument"), since -0 (--null) is an option that looks like a negative number."""
+    import fastdcm
+
+    for flags, expected in [
+        (["--window", "-600,1500"], fastdcm.render(CT, window=(-600, 1500))),
+        (["--windows", "-600/1500,40/400,bone"], fastdcm.render(CT, windows="-600/1500,40/400,bone")),
+    ]:
+        out = tmp_path / flags[0].strip("-")
+        assert cli.main(["convert", CT, "-o", str(out), "--quiet", "--workers", "0", "--format", "npy", *flags]) == 0
+        np.testing.assert_array_equal(np.load(next(out.glob("*.npy"))), expected)
+    out = tmp_path / "r.npy"
+    assert cli.main(["render", CT, "-o", str(out), "--window", "-600.5,1500"]) == 0
+    np.testing.assert_array_equal(np.load(out), fastdcm.render(CT, window=(-600.5, 1500)))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # (argparse's usage error: the usage, then the reason)
+        cli.main(["convert", CT, "-o", str(tmp_path / "w"), "--workers", "-1"])
+    assert stop.value.code == 2 and "error: workers must be 0 or more, not -1" in capsys.readouterr().err
+    # -0 itself stays the option (NUL-separated lists)
+    args = cli._parser().parse_args(["convert", "-", "-0", "-o", str(tmp_path / "n")])
+    assert args.null is True and args.sources == ["-"]
+
+
 def test_a_narrow_window_is_fine_with_a_function_that_allows_it(tmp_path):
     assert cli.main(["convert", CT, "-o", str(tmp_path / "o"), "--quiet", "--workers", "0",
                      "--window", "40,0.5", "--voi-function", "LINEAR_EXACT"]) == 0

@@ -136,8 +136,10 @@ class Image:
         """(image, plan) in one pass where the frame is grey and its plan a proven line
         (``resize.apply_line``); None: window, then resize."""
         levels = (reduced_size(self.spec.rows, options.reduce), reduced_size(self.spec.columns, options.reduce))
-        if stored.shape != levels or stored.dtype.kind not in "iu" or resize.identity:
-            return None  # (the kernel does no bounds checks: the taps were made for exactly that size)
+        if stored.shape != levels or stored.dtype.kind not in "iu" or resize.identity or resize.block is not None:
+            # (the kernel does no bounds checks: the taps were made for exactly that size; block
+            # means after the VOI kernel are faster than the one pass: resize.py)
+            return None
         plan = build_plan(self._header.attrs, self.spec, frame, options)
         if plan is None or plan.kind != "table" or plan.affine is None:
             return None

@@ -3,6 +3,7 @@ Pillow on every test file, 8-bit, 16-bit and colour, and the mapping in the mani
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -239,6 +240,75 @@ def test_resample_affine_kernel_matches_its_twin(rows, cols, out_rows, out_cols,
     kernels.resample_affine(*args, np.empty(cols, np.float32), np.empty(tx.shape[1], np.float32), got)
     twins.resample_affine(*args, None, None, want)
     assert np.array_equal(got, want)
+
+
+def _general(plan):
+    """The same plan without its block-mean path: ``resample`` with area weights."""
+    return dataclasses.replace(plan, block=None)
+
+
+def test_whole_power_of_two_factors_take_block_means():
+    assert resize_plan(512, 512, 256, Fit.PAD, None).block == (2, 2)
+    assert resize_plan(510, 512, 256, Fit.PAD, None).block == (2, 2)  # 255 x 256
+    assert resize_plan(4096, 3328, 1024, Fit.PAD, None).block == (4, 4)  # 1024 x 832
+    padded = resize_plan(512, 384, (256, 256), Fit.PAD, None)  # 256 x 192, centred on 256 x 256
+    assert padded.block == (2, 2) and padded.pad == (0, 32)
+    assert resize_plan(512, 512, (512, 128), Fit.STRETCH, None).block == (4, 1)
+    assert resize_plan(256, 256, 16, Fit.PAD, None).block == (16, 16)  # 256 pixels a block: the most
+    for rows, cols, size, fit in [(512, 512, 200, Fit.PAD),  # not a whole factor
+                                  (768, 768, 256, Fit.PAD),  # 3: not a power of two
+                                  (4096, 4096, 128, Fit.PAD),  # 32 x 32 = 1024 pixels a block: past MAX_BLOCK
+                                  (512, 384, (128, 128), Fit.CROP),  # cropped
+                                  (256, 256, 512, Fit.PAD)]:  # enlarged
+        assert resize_plan(rows, cols, size, fit, None).block is None, (rows, cols, size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 24), st.integers(1, 24), st.sampled_from([(1, 2), (2, 1), (2, 2), (4, 4), (8, 2), (2, 8), (16, 16), (1, 16)]),
+       st.sampled_from([1, 3, 4]), st.sampled_from([np.uint8, np.uint16]), st.booleans(), st.integers(0, 2**32 - 1))
+def test_block_mean_is_resample_exactly_and_matches_its_twin(out_rows, out_cols, block, samples, dtype, extreme, seed):
+    """For whole power-of-two factors the block means are resample's own numbers (its float32 sums
+    are exact there), with the largest values too (every sample at the maximum, 16 x 16 blocks)."""
+    ky, kx = block
+    rows, cols = out_rows * ky, out_cols * kx
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(seed)
+    img = (np.full((rows, cols, samples), top, dtype) if extreme
+           else rng.integers(0, top, (rows, cols, samples), endpoint=True).astype(dtype))
+    got, want = np.empty((out_rows, out_cols, samples), dtype), np.empty((out_rows, out_cols, samples), dtype)
+    shift = (ky * kx).bit_length() - 1
+    kernels.block_mean(img, ky, kx, shift, np.empty(cols * samples, np.uint32), got)
+    twins.block_mean(img, ky, kx, shift, None, want)
+    assert np.array_equal(got, want)
+    plan = resize_plan(rows, cols, (out_cols, out_rows), Fit.STRETCH, None)
+    assert plan.block == (ky, kx) or (ky, kx) == (1, 1)
+    image = img if samples != 1 else img[:, :, 0]
+    general = apply(image, _general(plan), int(top))
+    assert np.array_equal(apply(image, plan, int(top)), general)
+    assert np.array_equal(general.reshape(got.shape), got)
+
+
+def test_block_means_on_every_test_file_are_the_general_paths_image():
+    """render(size=...) with whole power-of-two factors (block means after the VOI kernel) gives, bit for
+    bit, what the general resample gives, and the fused one-pass path where it applies; 8 and 16 bits."""
+    checked = 0
+    for path in FILES:
+        image, full = _first_frame(path)
+        if image is None:
+            continue
+        rows, cols = full.shape[:2]
+        for k in (2, 4):
+            if rows % k or cols % k or min(rows, cols) < 2 * k:
+                continue
+            for depth in (8, 16):
+                options = RenderOptions(size=f"{cols // k}x{rows // k}", fit="stretch", depth=depth)
+                plan = image._resize_plan(options)
+                assert plan.block == (k, k), path
+                got = image.render_frame(0, options).array
+                whole = image.render_frame(0, RenderOptions(depth=depth)).array
+                assert np.array_equal(got, apply(whole, _general(plan), (1 << depth) - 1)), (path, k, depth)
+                checked += 1
+    assert checked > 100
 
 
 @pytest.mark.parametrize("flags", [["--size", "256", "--fit", "pad"], ["--max-size", "256", "--fit", "crop"], ["--fit", "stretch"]])

@@ -38,7 +38,8 @@ without a colour transform), bit for bit as pydicom's conversion on this machine
 (640 x 480: 2.6-3.0 ms against 10-11 ms).
 ``box_shrink`` makes the gallery's thumbnails in the worker, from the rendered image (block means);
 ``resample`` resizes the rendered image (``--size``: area weights when shrinking, bilinear when
-enlarging; ``fastdcm.resize``), one input row of float32 scratch at a time.
+enlarging; ``fastdcm.resize``), one input row of float32 scratch at a time; ``block_mean`` does it
+for whole power-of-two factors (512 -> 256), the same numbers 2-3x faster.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}
 KERNEL_NAMES = (
     "lut_gather", "lut_gather_channels", "lut_affine", "lut_affine_stack", "stored_presence", "int_minmax", "float_minmax",
     "voi_int", "voi_float", "walk_header", "read_header", "box_shrink", "ybr_full_to_rgb", "resample",
-    "resample_affine",
+    "resample_affine", "block_mean",
 )
 
 _ENV = "FASTDCM_KERNELS"

@@ -105,6 +105,12 @@ def resample(img, ys, yn, wy, tx, wx, ymax, acc, vbuf, out):
         out[r] = np.minimum(v + np.float32(0.5), np.float32(ymax)).astype(np.int32).reshape(out.shape[1:])
 
 
+def block_mean(img, ky, kx, shift, acc, out):
+    rows, cols, samples = out.shape[0] * ky, out.shape[1] * kx, img.shape[2]
+    sums = img[:rows, :cols].astype(np.int64).reshape(out.shape[0], ky, out.shape[1], kx, samples).sum(axis=(1, 3))
+    out[...] = ((sums + ((1 << shift) >> 1)) >> shift).astype(out.dtype)
+
+
 def resample_affine(raw, mask, flip, j0, a, b, ymax, ys, yn, wy, tx, wx, acc, vbuf, out):
     windowed = np.empty(raw.size, out.dtype)
     lut_affine(raw.reshape(-1), mask, flip, j0, a, b, ymax, windowed)
@@ -137,6 +143,7 @@ def warmup_arrays(full: bool):
         ybr_full_to_rgb as k_ybr_full_to_rgb,
         resample as k_resample,
         resample_affine as k_resample_affine,
+        block_mean as k_block_mean,
     )
 
     i64 = np.zeros(1, np.int64)
@@ -190,6 +197,10 @@ def warmup_arrays(full: bool):
             calls.append((k_resample, (np.zeros((1, 1, samples), img_dtype), i32, i32 + 1, f32s,
                                        np.zeros((1, samples), np.int32), np.ones((1, samples), np.float32), np.float32(255.0),
                                        np.zeros(samples, np.float32), np.zeros(samples, np.float32), np.zeros((1, 1, samples), img_dtype))))
+    for img_dtype in (np.uint8, np.uint16):
+        for samples in (1, 3):
+            calls.append((k_block_mean, (np.zeros((2, 2, samples), img_dtype), 2, 2, 2, np.zeros(2 * samples, np.uint32),
+                                         np.zeros((1, 1, samples), img_dtype))))
     for raw_dtype in (np.uint8, np.uint16, np.uint32):
         for out_dtype in (np.uint8, np.uint16):
             f32 = np.float32(1.0)

@@ -55,22 +55,34 @@ def _corpus(work: Path, name: str, files: int) -> Path:
 
 
 def _convert_runs(corpus: Path, work: Path, variants: dict[str, list[str]], rounds: int, workers: int, files: int) -> dict:
-    """``fastdcm convert`` per variant, alternated round by round; seconds and files/s (median)."""
+    """``fastdcm convert`` per variant, alternated round by round; seconds and files/s (median), and the
+    CPU seconds of the command and its workers (user + system: less swayed than wall time by this
+    VM's neighbours, which moved one variant's files/s by 15-20 % between two runs of the script)."""
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # (the command and, through it, its workers)
+        return usage.ru_utime + usage.ru_stime
+
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpus: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(-1, rounds):  # round -1: warm the page cache and Numba's disk cache
         for name, flags in variants.items():
             out = Path(tempfile.mkdtemp(prefix=f"out-{name}-{i}-", dir=work))
-            t0 = time.perf_counter()
+            c0, t0 = cpu(), time.perf_counter()
             subprocess.run([*FASTDCM, "convert", str(corpus), "-o", str(out), "--workers", str(workers), "--quiet", *flags],
                            check=True, capture_output=True)
             if i >= 0:
                 times[name].append(time.perf_counter() - t0)
+                cpus[name].append(cpu() - c0)
             records = [json.loads(line) for line in open(out / "manifest.jsonl")]
             assert len(records) == files and all(r["status"] == "converted" for r in records), name
             # (outputs stay until the end: deleting thousands of files slows the next run's creations)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
-            "files_per_s": {k: round(files / v, 1) for k, v in med.items()}}
+            "files_per_s": {k: round(files / v, 1) for k, v in med.items()},
+            "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpus.items()},
+            "cpu_ms_per_file": {k: round(statistics.median(v) / files * 1e3, 3) for k, v in cpus.items()}}
 
 
 def resize(work: Path, corpus: Path, files: int, rounds: int, workers: int) -> dict:
@@ -80,6 +92,8 @@ def resize(work: Path, corpus: Path, files: int, rounds: int, workers: int) -> d
                              rounds, workers, files)
         fps = runs["files_per_s"]
         runs["ratio"] = round(fps["size256"] / fps["full"], 3)
+        cpu = runs["cpu_ms_per_file"]
+        runs["cpu_ratio"] = round(cpu["full"] / cpu["size256"], 3)
         out[fmt] = runs
     return out
 
@@ -162,6 +176,7 @@ def stacks(work: Path, corpus: Path, files: int, rounds: int, workers: int, repe
                                            "three": ["--windows", "brain,subdural,bone", "--format", fmt]},
                             rounds, workers, files)
         run["cost_three_over_one"] = round(run["files_per_s"]["one"] / run["files_per_s"]["three"], 3)
+        run["cpu_cost_three_over_one"] = round(run["cpu_ms_per_file"]["three"] / run["cpu_ms_per_file"]["one"], 3)
         runs[fmt] = run
     paths = sorted(corpus.rglob("*.dcm"))[:200]
     images = [open_image(p) for p in paths]
@@ -263,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     for fmt, r in (result["resize"] or {}).items():
         print(f"ct {fmt}, {args.files} files, {args.workers} workers: full size {r['files_per_s']['full']} files/s, "
-              f"--size 256 {r['files_per_s']['size256']} files/s: {r['ratio']:.2f}x (goal >= 1.10)")
+              f"--size 256 {r['files_per_s']['size256']} files/s: {r['ratio']:.2f}x (goal >= 1.10); CPU "
+              f"{r['cpu_ms_per_file']['full']} vs {r['cpu_ms_per_file']['size256']} ms a file: {r['cpu_ratio']:.2f}x")
     p = result["peer"]
     if p:
         u = p["us_per_image"]
@@ -280,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     if s:
         for fmt, run in s["convert"].items():
             print(f"window stack of 3 vs one window, {fmt}: convert {run['files_per_s']['one']} vs "
-                  f"{run['files_per_s']['three']} files/s, {run['cost_three_over_one']:.2f}x the cost (goal <= 1.5)")
+                  f"{run['files_per_s']['three']} files/s, {run['cost_three_over_one']:.2f}x the cost (goal <= 1.5); CPU "
+                  f"{run['cpu_ms_per_file']['one']} vs {run['cpu_ms_per_file']['three']} ms a file: {run['cpu_cost_three_over_one']:.2f}x")
         for fmt, e in s["encode_us"].items():
             print(f"  the {fmt} encode alone: {e['one']} vs {e['three']} us an image, {e['three'] / e['one']:.2f}x")
         print(f"window stack of 3 vs one window: render {s['render_us_one']} vs {s['render_us_three']} us, {s['render_three_over_one']:.2f}x; "

@@ -32,7 +32,7 @@ same numbers), which measured faster than the two passes (84 against 95 us for a
 to 256): the full-size image is never written. Whole power-of-two factors in both axes (512 ->
 256, 4096 x 3328 -> 1024 x 832; at most 256 pixels a block) take block means instead
 (``kernels.block_mean``): the same numbers, since those weights make the float32 sums exact, 2-3x
-faster than either (a CT slice 512 -> 256, window + resize: 129 -> 81 us), so the VOI kernel
+faster than either (a CT slice 512 -> 256, window + resize: 129 -> 69 us), so the VOI kernel
 writes the full-size image first there.
 The tests hold it to OpenCV within 1 on every test file.
 

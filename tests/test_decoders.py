@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings, strategies as st
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import UID
@@ -207,6 +208,53 @@ def test_jpeg_colour_rule_is_pydicoms(name):
     path = get_testdata_file(name)
     got = fastdcm.render(path, decoder="jpeg=pylibjpeg")
     assert np.abs(got.astype(int) - reference(path, 0).astype(int)).max() <= 1
+
+
+def _pydicom_jpeg_markers(data):
+    utils = pytest.importorskip("pydicom.pixels.utils")
+    if not hasattr(utils, "_get_jpg_parameters"):
+        pytest.skip("pydicom no longer has _get_jpg_parameters (private) to hold jpeg_markers to")
+    info = utils._get_jpg_parameters(data)
+    return info.get("component_ids"), {k: bytes(v) for k, v in info.get("app", {}).items()}
+
+
+def test_jpeg_markers_read_every_test_files_jpeg_as_pydicom_does():
+    """The component ids and APP segments that decide whether a colour JPEG holds YCbCr, read as
+    pydicom reads them, on every JPEG and JPEG-LS frame of the test files (two a file), whole and
+    cut at 20 random points each (bytes and memoryview alike)."""
+    import random
+
+    rng = random.Random(0)
+    checked = with_ids = 0
+    for path in FILES:
+        try:
+            ds = _read(path)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+        except Exception:
+            continue
+        if not ts.startswith("1.2.840.10008.1.2.4.") or ts.startswith(("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")):
+            continue  # (JPEG 2000 and HTJ2K are not JPEG)
+        try:
+            first = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))[:2]
+        except Exception:
+            continue
+        for frame in first:
+            for cut in [len(frame)] + [rng.randrange(0, min(len(frame), 2000)) for _ in range(20)]:
+                data = frame[:cut]
+                want = _pydicom_jpeg_markers(data)
+                assert backends.jpeg_markers(data) == want, (os.path.basename(path), cut)
+                assert backends.jpeg_markers(memoryview(data)) == want
+                checked += 1
+                with_ids += want[0] is not None
+    assert checked > 500 and with_ids > 100
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0xC0, 0xC2, 0xC4, 0xDB, 0xE0, 0xE1, 0xEE, 0xF7, 0xDA, 0xFE, 0xD9]),
+                          st.binary(max_size=40)), max_size=6), st.binary(max_size=30))
+def test_jpeg_markers_agree_with_pydicom_on_made_up_streams(segments, tail):
+    data = b"\xff\xd8" + b"".join(bytes((0xFF, m)) + (len(body) + 2).to_bytes(2, "big") + body for m, body in segments) + tail
+    assert backends.jpeg_markers(data) == _pydicom_jpeg_markers(data)
 
 
 @pytest.mark.parametrize("name", ["emri_small_jpeg_2k_lossless.dcm", "SC_rgb_rle_2frame.dcm", "JPEG-LL.dcm"])

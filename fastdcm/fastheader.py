@@ -98,6 +98,7 @@ _VR_BYTES = {vr: vr.encode() for vr in ("US", "SS", "CS", "UI", "IS", "DS", "OW"
 #: The one other VR a wanted value may have and still be read the same (as pydicom reads it).
 _VR_ALSO = {"US": "SS", "OW": "OB"}
 _H = struct.Struct("<H")
+_UN_CODE = ord("U") | ord("N") << 8  # b"UN" as the walk gives a VR: little-endian uint16
 _LUTD = {b"US": struct.Struct("<3H"), b"SS": struct.Struct("<3h")}
 _HH = struct.Struct("<HH")
 
@@ -256,8 +257,11 @@ def _decode(explicit: bool, values: list[tuple[bytes, int] | None]) -> Attribute
             continue
         data, code = value
         keyword, want_vr = WANTED[tag]
+        # An explicit VR of UN on a tag the dictionary knows: pydicom reads the value as that VR
+        # (config.replace_un_with_known_vr, its default), the bytes as an implicit VR file has them.
+        unknown = explicit and code == _UN_CODE
         if want_vr == "LUTD":
-            if explicit:
+            if explicit and not unknown:
                 vr = bytes((code & 0xFF, code >> 8))
             else:  # "US or SS": pydicom's rule for the ambiguous VR, by Pixel Representation
                 representation = attrs.get("PixelRepresentation")
@@ -266,7 +270,7 @@ def _decode(explicit: bool, values: list[tuple[bytes, int] | None]) -> Attribute
                 vr = _VR_BYTES["SS" if representation else "US"]
             attrs[keyword] = _lut_descriptor(data, vr)
             continue
-        if explicit:
+        if explicit and not unknown:
             vr = bytes((code & 0xFF, code >> 8))
             if vr != _VR_BYTES[want_vr] and vr != _VR_BYTES.get(_VR_ALSO.get(want_vr, "")):
                 return None

@@ -115,6 +115,59 @@ def test_palettes_are_read_on_the_fast_path_as_pydicom_reads_them(kind, monkeypa
     assert a.voi == b.voi == "palette" and a.array.ndim == 3
 
 
+def _with_un(representation: int) -> bytes:
+    """A 4 x 4 palette colour image in explicit VR little endian whose Modality, Rows, Window Center
+    (two values), Rescale Slope and LUT descriptors carry the VR UN."""
+    import struct
+
+    from fastdcm.elements import encode, part10
+
+    us = lambda *v: struct.pack(f"<{len(v)}H", *v)  # noqa: E731
+    desc = struct.pack("<HhH" if representation else "<3H", 16, -2 if representation else 2, 8)
+    lut = np.arange(16, dtype=np.uint16) * 16
+    sc, uid = b"1.2.840.10008.5.1.4.1.1.7", b"1.2.3"
+    meta = (encode(0x0002, 0x0001, "OB", bytes([0, 1])) + encode(0x0002, 0x0002, "UI", sc)
+            + encode(0x0002, 0x0003, "UI", uid) + encode(0x0002, 0x0010, "UI", b"1.2.840.10008.1.2.1"))
+    body = (encode(0x0008, 0x0016, "UI", sc) + encode(0x0008, 0x0018, "UI", uid) + encode(0x0008, 0x0060, "UN", b"OT")
+            + encode(0x0028, 0x0002, "US", us(1)) + encode(0x0028, 0x0004, "CS", b"PALETTE COLOR")
+            + encode(0x0028, 0x0010, "UN", us(4)) + encode(0x0028, 0x0011, "US", us(4))
+            + encode(0x0028, 0x0100, "US", us(8)) + encode(0x0028, 0x0101, "US", us(8)) + encode(0x0028, 0x0102, "US", us(7))
+            + encode(0x0028, 0x0103, "US", us(representation)) + encode(0x0028, 0x1050, "UN", b"40\\400")
+            + encode(0x0028, 0x1051, "DS", b"80\\800") + encode(0x0028, 0x1053, "UN", b"1")
+            + b"".join(encode(0x0028, 0x1101 + c, "UN", desc) for c in range(3))
+            + b"".join(encode(0x0028, 0x1201 + c, "OW", (lut + c).tobytes()) for c in range(3))
+            + encode(0x7FE0, 0x0010, "OB", bytes(range(0, 32, 2))))
+    return part10(meta, body)
+
+
+@pytest.mark.parametrize("representation", [0, 1])
+def test_explicit_un_values_of_known_tags_are_read_on_the_fast_path_as_pydicom_reads_them(representation, monkeypatch):
+    """An explicit VR of UN on a tag the dictionary knows (a PACS that lost the VRs; pydicom's
+    explicit_VR-UN.dcm): pydicom reads the value as the tag's own VR, and so does the fast path (it
+    sent such files to pydicom's full parse before). The LUT descriptors' "US or SS" follows Pixel
+    Representation, as for implicit VR."""
+    data = _with_un(representation)
+    parsed = fastheader.parse(data)
+    assert parsed is not None
+    attrs = parsed[1]
+    read = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    for keyword in ("Modality", "Rows", "WindowCenter", "RescaleSlope", "RedPaletteColorLookupTableDescriptor",
+                    "BluePaletteColorLookupTableDescriptor"):
+        want = read[keyword].value
+        if isinstance(want, (list, pydicom.multival.MultiValue)):
+            want = tuple(want) if keyword.endswith("Descriptor") else [float(v) for v in want]
+        assert attrs[keyword] == want, keyword
+    fast, slow = _both(data, monkeypatch)
+    assert fast.attrs is not fast.dataset and fast.spec == slow.spec
+    a, b = Image(fast).render_frame(0), Image(slow).render_frame(0)
+    np.testing.assert_array_equal(a.array, b.array)
+    assert a.voi == b.voi == "palette"
+    # and pydicom's own test file of UN values takes the fast path, with pydicom's values
+    un = get_testdata_file("explicit_VR-UN.dcm")
+    parsed = fastheader.parse(open(un, "rb").read())
+    assert parsed is not None and parsed[1]["RescaleSlope"] == 1.0 and parsed[1]["Modality"] == "CT"
+
+
 def test_rgba_palettes_go_to_pydicom():
     """Alpha palette data makes apply_color_lut's answer RGBA: pydicom's path."""
     ds = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm"))

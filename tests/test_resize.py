@@ -35,6 +35,14 @@ def _first_frame(path):
             return None, None
 
 
+def _renderable():
+    """(path, image, its first frame rendered at full size) of every test file fastdcm renders."""
+    for path in FILES:
+        image, full = _first_frame(path)
+        if image is not None:
+            yield path, image, full
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     st.integers(1, 60), st.integers(1, 60), st.integers(1, 60), st.integers(1, 60), st.sampled_from([1, 3]),
@@ -64,10 +72,7 @@ def test_every_test_file_within_1_of_opencv(size):
     """Shrinking: OpenCV's INTER_AREA; enlarging: INTER_LINEAR, on the image render gives at
     full size; 8-bit and 16-bit. Every transfer syntax (JPEG 2000 included) gives the same."""
     checked = 0
-    for path in FILES:
-        image, full = _first_frame(path)
-        if image is None:
-            continue
+    for path, image, full in _renderable():
         rows, cols = full.shape[:2]
         for depth in (8, 16):
             if depth == 16:
@@ -292,10 +297,7 @@ def test_block_means_on_every_test_file_are_the_general_paths_image():
     """render(size=...) with whole power-of-two factors (block means after the VOI kernel) gives, bit for
     bit, what the general resample gives, and the fused one-pass path where it applies; 8 and 16 bits."""
     checked = 0
-    for path in FILES:
-        image, full = _first_frame(path)
-        if image is None:
-            continue
+    for path, image, full in _renderable():
         rows, cols = full.shape[:2]
         for k in (2, 4):
             if rows % k or cols % k or min(rows, cols) < 2 * k:

@@ -174,7 +174,8 @@ def jpeg_markers(data: Any) -> tuple[list[int] | None, dict[bytes, bytes]]:
             while bytes(src[offset : offset + 2]) != b"\xff\xda":
                 offset += _BE16.unpack(src[offset + 2 : offset + 4])[0] + 2
             offset += 5 + src[offset + 4] * 2
-            src[offset + 1]
+            if offset + 1 >= len(src):  # (NEAR and ILV: a stream cut before them reads as nothing, as there)
+                return None, {}
     except (IndexError, struct.error):
         return None, {}
     return ids, app

@@ -23,6 +23,7 @@ on to workers. It is deliberately not a command-line option.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -228,37 +229,32 @@ def _with_label(name: str, label: str, extension: str) -> str:
 WARM_SIDE = 512
 
 
+@functools.lru_cache(maxsize=1)
 def _warm_bytes() -> bytes:
     """A 512 x 512 signed 16-bit CT slice with a rescale and a window, as the bytes of a Part 10
     file in explicit VR little endian (made once per process; no file is written; not with pydicom,
     whose import alone costs a run's start ~0.14 s that the fast path does not pay)."""
-    global _WARM_BYTES
-    if _WARM_BYTES is None:
-        import struct
+    import struct
 
-        import numpy as np
+    import numpy as np
 
-        from ..elements import encode as element, part10
+    from ..elements import encode as element, part10
 
-        ct, uid = b"1.2.840.10008.5.1.4.1.1.2", b"1.2.3.4"
-        meta = (element(0x0002, 0x0001, "OB", bytes([0, 1])) + element(0x0002, 0x0002, "UI", ct)
-                + element(0x0002, 0x0003, "UI", uid) + element(0x0002, 0x0010, "UI", b"1.2.840.10008.1.2.1"))
-        us = struct.Struct("<H").pack
-        ramp = np.arange(WARM_SIDE, dtype=np.int16) * 8
-        pixels = np.add.outer(ramp, ramp).astype("<i2").tobytes()
-        body = (element(0x0008, 0x0016, "UI", ct) + element(0x0008, 0x0018, "UI", uid)
-                + element(0x0008, 0x0060, "CS", b"CT") + element(0x0028, 0x0002, "US", us(1))
-                + element(0x0028, 0x0004, "CS", b"MONOCHROME2") + element(0x0028, 0x0010, "US", us(WARM_SIDE))
-                + element(0x0028, 0x0011, "US", us(WARM_SIDE)) + element(0x0028, 0x0100, "US", us(16))
-                + element(0x0028, 0x0101, "US", us(16)) + element(0x0028, 0x0102, "US", us(15))
-                + element(0x0028, 0x0103, "US", us(1)) + element(0x0028, 0x1050, "DS", b"40")
-                + element(0x0028, 0x1051, "DS", b"400") + element(0x0028, 0x1052, "DS", b"-1024")
-                + element(0x0028, 0x1053, "DS", b"1") + element(0x7FE0, 0x0010, "OW", pixels))
-        _WARM_BYTES = part10(meta, body)
-    return _WARM_BYTES
-
-
-_WARM_BYTES: bytes | None = None
+    ct, uid = b"1.2.840.10008.5.1.4.1.1.2", b"1.2.3.4"
+    meta = (element(0x0002, 0x0001, "OB", bytes([0, 1])) + element(0x0002, 0x0002, "UI", ct)
+            + element(0x0002, 0x0003, "UI", uid) + element(0x0002, 0x0010, "UI", b"1.2.840.10008.1.2.1"))
+    us = struct.Struct("<H").pack
+    ramp = np.arange(WARM_SIDE, dtype=np.int16) * 8
+    pixels = np.add.outer(ramp, ramp).astype("<i2").tobytes()
+    body = (element(0x0008, 0x0016, "UI", ct) + element(0x0008, 0x0018, "UI", uid)
+            + element(0x0008, 0x0060, "CS", b"CT") + element(0x0028, 0x0002, "US", us(1))
+            + element(0x0028, 0x0004, "CS", b"MONOCHROME2") + element(0x0028, 0x0010, "US", us(WARM_SIDE))
+            + element(0x0028, 0x0011, "US", us(WARM_SIDE)) + element(0x0028, 0x0100, "US", us(16))
+            + element(0x0028, 0x0101, "US", us(16)) + element(0x0028, 0x0102, "US", us(15))
+            + element(0x0028, 0x0103, "US", us(1)) + element(0x0028, 0x1050, "DS", b"40")
+            + element(0x0028, 0x1051, "DS", b"400") + element(0x0028, 0x1052, "DS", b"-1024")
+            + element(0x0028, 0x1053, "DS", b"1") + element(0x7FE0, 0x0010, "OW", pixels))
+    return part10(meta, body)
 
 
 def warm(job: Job) -> None:

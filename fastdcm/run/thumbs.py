@@ -2,12 +2,13 @@
 
 A thumbnail is the rendered image shrunk by block means (the ``box_shrink`` kernel) until its
 longest side is at most :data:`TILE` pixels: the picture the output file holds, small, with no
-second decode (about 51 us for a 512 x 512 slice here, median of 30 runs). The thumbnails of a batch's converted
-inputs are laid out in rows of :data:`COLUMNS` tiles on one JPEG sheet, written (atomically,
-through the output root) when the batch ends and before its results are sent, so a result that
-names a sheet names a file that is there; the page shows each image as its rectangle of the
-sheet. One file per batch instead of one per image: writing a small file (about 0.24 ms here)
-costs about as much as rendering a CT slice; a sheet's JPEG encode costs about 20 us per tile.
+second decode (about 14 us for a 512 x 512 slice here, best of 5 x 300 runs). The thumbnails of
+a batch's converted inputs are laid out in rows of :data:`COLUMNS` tiles on one JPEG sheet,
+written (atomically, through the output root) when the batch ends and before its results are
+sent, so a result that names a sheet names a file that is there; the page shows each image as its
+rectangle of the sheet. One file per batch instead of one per image: writing a small file (about
+0.24 ms here) costs about as much as rendering a CT slice; a sheet's JPEG encode costs about 13 us
+per tile.
 """
 
 from __future__ import annotations

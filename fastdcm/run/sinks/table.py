@@ -31,7 +31,7 @@ from . import SinkFailed
 
 __all__ = ["MetadataSink", "read_metadata", "base_schema", "table_schema", "check_table_name", "ROWS_PER_PART"]
 
-#: Rows buffered (by column) before a part is written: a crash loses at most these, and memory
+#: Rows buffered before a part is written: a crash loses at most these, and memory
 #: stays flat (about 3 MiB per 1,000 rows of the default columns).
 ROWS_PER_PART = 4096
 _SEPARATOR = "\\"
@@ -49,6 +49,7 @@ def _pa():
 
 
 def base_schema() -> list[tuple[str, str]]:
+    """The columns before the attributes', in order (``MetadataSink.accept`` builds its rows so)."""
     return [
         ("output", "str"), ("source", "str"), ("frame", "int"), ("status", "str"), ("reason", "str"),
         ("transfer_syntax", "str"), ("voi", "str"), ("window_center", "float"), ("window_width", "float"),
@@ -95,10 +96,9 @@ class MetadataSink:
         self.specs = tuple(specs)
         self.schema = table_schema(self.specs)
         self.columns = [f.name for f in self.schema]
-        self.tag_columns = self.columns[len(base_schema()):]
         self.parts = _parts_folder(name)
-        self.cols: dict[str, list[Any]] = {name: [] for name in self.columns}  # the buffer, by column
-        self.buffered = 0
+        self.tag_keys = tuple(spec.column for spec in self.specs)  # (their values' keys in a result)
+        self.rows: list[tuple] = []  # the buffer: a tuple per row, in the schema's order
         self.seq = 0
         self.known: set[str] | None = None  # sources with rows, read on first use (has_rows)
 
@@ -137,42 +137,31 @@ class MetadataSink:
             scale, offset = mapping["scale"], mapping["offset"]
         else:  # not resized: the frame's own size (halved ``reduce`` times)
             scale, offset = [0.5 ** (result.reduce or 0)] * 2, [0, 0]
-        cols = self.cols
-        for i in range(n):
+        tags = tuple(map(values.get, self.tag_keys))
+        path, reason, syntax, decoder = source.path, result.reason or None, result.transfer_syntax, result.decoder
+        rows, columns = (shape[0], shape[1]) if shape else (None, None)
+        scaled = (scale[0], scale[1], offset[0], offset[1]) if shape else (None, None, None, None)
+        buffer = self.rows
+        for i in range(n):  # one tuple a row in base_schema()'s order (the columns are made at the flush)
             window = windows[i] if i < len(windows) else None
-            cols["output"].append(outputs[i] if outputs else None)
-            cols["source"].append(source.path)
-            cols["frame"].append((numbers[i] if numbers else i + 1) if outputs else None)
-            cols["status"].append(status)
-            cols["reason"].append(result.reason or None)
-            cols["transfer_syntax"].append(result.transfer_syntax)
-            cols["voi"].append(vois[i] if i < len(vois) else vois[0])
-            cols["window_center"].append(window[0] if window else None)
-            cols["window_width"].append(window[1] if window else None)
-            cols["decoder"].append(result.decoder)
-            cols["rows"].append(shape[0] if shape else None)
-            cols["columns"].append(shape[1] if shape else None)
-            cols["scale_rows"].append(scale[0] if shape else None)
-            cols["scale_columns"].append(scale[1] if shape else None)
-            cols["offset_rows"].append(offset[0] if shape else None)
-            cols["offset_columns"].append(offset[1] if shape else None)
-            cols["shard"].append(shard)
-            for col, spec in zip(self.tag_columns, self.specs):
-                cols[col].append(values.get(spec.column))
-        self.buffered += n
+            buffer.append((
+                outputs[i] if outputs else None, path, (numbers[i] if numbers else i + 1) if outputs else None,
+                status, reason, syntax, vois[i] if i < len(vois) else vois[0],
+                window[0] if window else None, window[1] if window else None, decoder, rows, columns,
+            ) + scaled + (shard,) + tags)
 
     def flush(self) -> None:
-        if self.buffered >= ROWS_PER_PART:
+        if len(self.rows) >= ROWS_PER_PART:
             self._write_part()
 
     def _take_buffer(self) -> Any:
         """The buffered rows as a pyarrow Table (None when there are none); the buffer starts anew."""
-        if not self.buffered:
+        rows = self.rows
+        if not rows:
             return None
-        cols = self.cols
-        self.cols = {name: [] for name in self.columns}
-        self.buffered = 0
-        return self.pa.Table.from_pydict(cols, schema=self.schema)
+        self.rows = []
+        arrays = [self.pa.array(column, type=field.type) for column, field in zip(zip(*rows), self.schema)]
+        return self.pa.Table.from_arrays(arrays, schema=self.schema)
 
     def _write_part(self) -> None:
         table = self._take_buffer()

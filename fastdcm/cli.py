@@ -174,6 +174,10 @@ def _cmd_info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _info(args, parser)
 
 
+class _NotShown(Exception):
+    """``info``: the file's bytes are not a dataset to show (the reason)."""
+
+
 def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from . import decoders, inspect
 
@@ -199,15 +203,15 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("info needs a FILE (or --plugins)")
     import pydicom
 
-    from .run.discover import DICOMDIR, sniff
+    from .run.discover import DICOMDIR, OTHER, sniff
     from .run.tags import masked
 
     try:
-        is_fileset = sniff(args.file) == DICOMDIR
+        kind = sniff(args.file)
     except OSError as exc:
         print(f"fastdcm: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
-    if is_fileset:
+    if kind == DICOMDIR:
         from .fileset import fileset_tree, format_tree
 
         try:
@@ -224,11 +228,8 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return EXIT_OK
 
     try:
-        if args.json:
-            from .run.discover import OTHER, sniff
-
-            if sniff(args.file) == OTHER:
-                raise ValueError("it does not look like DICOM (no preamble, no plausible first element)")
+        if kind == OTHER:  # (pydicom's forced read would show bytes of another format as elements)
+            raise _NotShown("it does not look like DICOM (no preamble, no plausible first element)")
         ds = pydicom.dcmread(args.file, force=True, stop_before_pixels=True)
         shown = ds if args.allow_phi else masked(ds, bulk_limit=1024 if args.json else None)
         if args.allow_phi:
@@ -239,6 +240,11 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(json.dumps(shown.to_json_dict(bulk_data_threshold=1 << 30), indent=1))
             return EXIT_OK
         print(shown)
+    except _NotShown as exc:
+        if args.json:
+            print(f"fastdcm: {args.file}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"(no dataset shown: {exc})")
     except Exception as exc:  # pydicom raises many types on a damaged file: show it, go on
         if args.json:
             print(f"fastdcm: pydicom cannot read the dataset of {args.file}: {describe(exc)}", file=sys.stderr)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -329,6 +330,22 @@ def test_info_json_of_a_damaged_file_is_an_error_naming_it(tmp_path, capsys):
     bad.write_bytes(b"\0" * 10)
     assert cli.main(["info", "--json", str(bad)]) == 1
     assert "bad.dcm" in capsys.readouterr().err
+
+
+def test_info_of_another_format_shows_no_dataset_only_its_status(tmp_path, capsys):
+    """pydicom's forced read makes elements of any bytes: a text file showed "(6F72,746F) UN:
+    Array of 1339 elements" above its not_dicom line, with pydicom's warning on stderr."""
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" * 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (pydicom's "VR lookup failed" warning fails the test)
+        assert cli.main(["info", str(text)]) == cli.EXIT_FAILED
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "(no dataset shown: it does not look like DICOM (no preamble, no plausible first element))"
+    assert "UN:" not in out and out.rstrip().endswith("does not begin as a raw dataset does")
+    assert cli.main(["info", "--json", str(text)]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    assert captured.out == "" and "notes.txt: it does not look like DICOM" in captured.err
 
 
 def test_info_on_a_dicomdir_prints_the_file_set_tree(tmp_path, capsys):

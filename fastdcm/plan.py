@@ -594,20 +594,48 @@ def _palette_plan(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float
 
 
 def _expand_palette(ds: Dataset, spec: PixelSpec, out_dtype: np.dtype, ymax: float) -> RenderPlan:
-    from pydicom.pixels.processing import apply_color_lut
-
     mask, flip, _ = stored_range(spec)
-    if isinstance(ds, Attributes):
-        ds = _palette_dataset(ds)
+    rgb = palette_lut(ds, spec) if _little_endian(ds) else None
     try:
-        rgb = apply_color_lut(_stored_values(spec), ds)
-        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        if rgb is None:  # segmented LUTs and what palette_lut leaves: pydicom (also to say what is wrong)
+            from pydicom.pixels.processing import apply_color_lut
+
+            rgb = apply_color_lut(_stored_values(spec), _palette_dataset(ds) if isinstance(ds, Attributes) else ds)
+        bits = int(ds.get("RedPaletteColorLookupTableDescriptor")[2])
     except Exception as exc:
         raise InvalidPixelModuleError(f"palette colour lookup table cannot be read: {describe(exc)}") from None
-    # LUT entries are 8 or 16 bits (PS3.3 C.7.6.3.1.5); pydicom returns uint8 or uint16 to match.
+    # LUT entries are 8 or 16 bits (PS3.3 C.7.6.3.1.5); their data uint8 or uint16 to match.
     scale = ymax / float((1 << (8 if bits == 8 else 16)) - 1)
     table = quantize(rgb.astype(np.float64) * scale, ymax, False).astype(out_dtype)
     return RenderPlan("palette", "palette", out_dtype, ymax, mask, flip, np.ascontiguousarray(table))
+
+
+def palette_lut(ds: Any, spec: PixelSpec) -> np.ndarray | None:
+    """The red, green and blue palette LUTs over every stored value (``_stored_values`` order):
+    (values, 3), uint8 or uint16 as the LUT data's entries are, for the common palette (three
+    LUTs of 8- or 16-bit entries, as data; ``ds``'s values little endian); None for pydicom's
+    ``apply_color_lut`` (segmented LUTs, a supplemental palette, anything malformed: it says what).
+    The same table as pydicom's, read here because importing pydicom cost each worker ~0.2 s on
+    its first palette image, with one difference, PS3.3 C.7.6.3.1.5's rule: a stored value past
+    the last entry maps to the last entry (pydicom's index is held in the LUT's own 8 or 16 bits,
+    and wraps: 300 through 256 8-bit entries gave entry 44)."""
+    if ds.get("PixelPresentation") in ("MIXED", "COLOR"):
+        return None
+    descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+    data = [ds.get(f"{c}PaletteColorLookupTableData") for c in ("Red", "Green", "Blue")]
+    if descriptor is None or len(descriptor) != 3 or not all(isinstance(d, bytes) for d in data):
+        return None
+    entries, first, bits = (int(v) for v in descriptor)
+    entries = entries or 1 << 16  # (0: 65536 entries)
+    size = len(data[0])
+    if bits not in (8, 16) or any(len(d) != size for d in data) or size not in (entries, 2 * entries):
+        return None
+    dtype = np.dtype(np.uint8 if size == entries else "<u2")
+    index = np.clip(_stored_values(spec).astype(np.int64) - first, 0, entries - 1)
+    out = np.empty((len(index), 3), dtype.newbyteorder("="))
+    for c, lut in enumerate(data):
+        out[:, c] = np.frombuffer(lut, dtype)[index]
+    return out
 
 
 def _palette_dataset(attrs: Attributes) -> Dataset:
@@ -623,6 +651,15 @@ def _palette_dataset(attrs: Attributes) -> Dataset:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return ds
+
+
+def _little_endian(ds: Any) -> bool:
+    """Whether ``ds``'s values are little endian: the fast header reads such files only; a
+    pydicom dataset says so (a big-endian file's OW values are its bytes as they are)."""
+    if isinstance(ds, Attributes):
+        return True
+    encoding = getattr(ds, "original_encoding", None)
+    return bool(encoding and encoding[1])
 
 
 # ---------------------------------------------------------------------------------------

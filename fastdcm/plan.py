@@ -569,7 +569,7 @@ _PALETTE_KEYWORDS = tuple(
     f"{c}PaletteColorLookupTable{part}" for part in ("Descriptor", "Data") for c in ("Red", "Green", "Blue")
 ) + tuple(f"Segmented{c}PaletteColorLookupTableData" for c in ("Red", "Green", "Blue"))
 #: Palette plans by the palette's raw values: the images of one device share them, and expanding
-#: a palette over every stored value costs ~1 ms (a 16-bit palette, through pydicom).
+#: a palette over every stored value costs ~0.4 ms (a 16-bit palette; 23 us for 8-bit stored values).
 _PALETTE_PLANS: dict[tuple, RenderPlan] = {}
 
 

@@ -312,6 +312,44 @@ def test_batches_ramp_up_to_the_batch_size():
     assert [len(b) for b in _batches(iter(range(4)), 16)] == [1, 2, 1]
 
 
+def test_largest_first_orders_each_window_by_size_and_keeps_every_input():
+    """Within windows of 16, 32, ... 256 discovered inputs, the largest files go first (ties
+    and inputs of unknown size keep their order): a heavy file met last no longer runs alone on
+    one worker while the other waits."""
+    from types import SimpleNamespace
+
+    from fastdcm.run.convert import _largest_first
+
+    sizes = [(i * 7919) % 1000 for i in range(700)]
+    items = [SimpleNamespace(size=s, i=i) for i, s in enumerate(sizes)]
+    items[5].size = None  # (a list input not stat'ed yet)
+    out = list(_largest_first(iter(items)))
+    assert sorted(x.i for x in out) == list(range(700))
+    start = 0
+    for width in (16, 32, 64, 128, 256, 256):
+        window = out[start : start + width]
+        assert {x.i for x in window} == set(range(start, min(start + width, 700)))
+        keys = [x.size or 0 for x in window]
+        assert keys == sorted(keys, reverse=True)
+        start += width
+    ties = [SimpleNamespace(size=1, i=i) for i in range(20)]
+    assert [x.i for x in _largest_first(iter(ties))] == list(range(20))
+
+
+def test_the_largest_inputs_are_converted_first(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    mr = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    big = Path(get_testdata_file("emri_small.dcm")).read_bytes()  # 10 frames
+    for name, data in (("a.dcm", mr), ("b.dcm", ct), ("c.dcm", big)):
+        (src / name).write_bytes(data)
+    fastdcm.convert([str(src)], str(tmp_path / "out"), workers=0, quiet=True)
+    order = [os.path.basename(r.source) for r in read_manifest(tmp_path / "out" / "manifest.jsonl")]
+    want = [n for n, _ in sorted((("a.dcm", len(mr)), ("b.dcm", len(ct)), ("c.dcm", len(big))), key=lambda t: -t[1])]
+    assert order == want
+
+
 @pytest.mark.parametrize("fresh", [True, False])
 def test_outputs_in_the_way_end_the_same_whether_or_not_checked_before_rendering(fresh, tmp_path, monkeypatch):
     """An output folder that held nothing when the run began has no file in the way but another

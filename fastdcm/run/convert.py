@@ -108,6 +108,30 @@ def _open_manifest(root: OutputRoot, path: str) -> ManifestWriter:
 CLUSTER_BATCH_SIZE = 64
 
 
+#: The first and the largest window of inputs :func:`_largest_first` orders.
+FIRST_WINDOW, LARGEST_WINDOW = 16, 256
+
+
+def _largest_first(items: Iterator[Source]) -> Iterator[Source]:
+    """``items`` in windows of 16, 32, ... up to 256 as discovered, the largest files of each
+    window first (ties and sizes not known keep their order). A file's size stands for its work
+    well enough to keep a heavy file from starting last: the mixed archive's two JPEG 2000 CR
+    files (4.3 MB, 0.29 s each) and its ultrasound cine (6.1 MB) ran at the end, alone on one
+    worker for the last ~0.4 s while the other had finished (1.86 against 1.45 s). Ordered so,
+    ``fastdcm convert`` of that archive (JPEG, 2 workers, a fresh process each run, 6 alternated
+    runs, medians) took 2.27 against 2.54 s; 1,000 CT slices 1.03 against 1.16 s (noise: they are
+    all one size). The first window is small so that the workers start after a few files'
+    discovery, not 256's."""
+    width = FIRST_WINDOW
+    while True:
+        window = list(islice(items, width))
+        if not window:
+            return
+        window.sort(key=lambda source: -(source.size or 0))
+        yield from window
+        width = min(2 * width, LARGEST_WINDOW)
+
+
 def _batches(items: Iterator[Source], size: int, ramp: bool = True) -> Iterator[list[Source]]:
     """Batches of ``size`` items, after a ramp of 1, 2, 4, ...: a run of a few large files
     (four mammograms) is spread over the workers instead of landing in one batch, and a
@@ -383,7 +407,9 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
                     # in batches of 64 (the pool: 5.8-6.5 s); 128 was no better.
                     batch_size = CLUSTER_BATCH_SIZE
                 for batch, results in executor.map_batches(
-                    _batches(todo(), batch_size, ramp=not sharded), should_stop=lambda: stop.requested
+                    # (a shard's inputs are its batch, in the order found: sharded runs are not reordered)
+                    _batches(todo() if sharded else _largest_first(todo()), batch_size, ramp=not sharded),
+                    should_stop=lambda: stop.requested,
                 ):
                     record_batch(batch, results, again)
                 if again and not stop.requested:

@@ -310,7 +310,16 @@ def test_a_runs_page_from_its_kept_records_is_the_page_the_manifest_gives(archiv
     assert again.converted == 2 and len(parsed) == 1
     run_page = _gallery_files(out)
     gallery_mod.build_gallery(out)
-    assert _gallery_files(out) == run_page
+    rebuilt = _gallery_files(out)
+    sheets = lambda files: {k for k in files if k.startswith("gallery/sheets/")}  # noqa: E731
+    assert {k: v for k, v in rebuilt.items() if k not in sheets(rebuilt)} == {
+        k: v for k, v in run_page.items() if k not in sheets(run_page)}
+    # The sheets: the run's own build leaves the earlier run's sheets (another run may still be
+    # going on), `fastdcm gallery` removes those no record names any more (here the sheet of the
+    # first run that held only a redone input's thumbnail, when the run took that input last).
+    with open(out / "manifest.jsonl", "rb") as f:
+        named = {(r.get("gallery") or {}).get("sheet") for r in gallery_mod.latest_records(f, "manifest").values()}
+    assert sheets(rebuilt) == sheets(run_page) & named
 
 
 def test_a_manifest_another_run_appended_to_is_read_whole(tmp_path):

@@ -336,6 +336,31 @@ def test_largest_first_orders_each_window_by_size_and_keeps_every_input():
     assert [x.i for x in _largest_first(iter(ties))] == list(range(20))
 
 
+def test_inputs_that_come_slowly_keep_windows_of_16():
+    """Paths fed slowly (stdin, a slow file system): a window that took long to fill makes the next
+    one 16 again, instead of holding inputs back until 256 have come."""
+    from types import SimpleNamespace
+
+    from fastdcm.run.convert import _largest_first
+
+    def window_sizes(step: float) -> list[int]:
+        now, pulled = [0.0], [0]
+
+        def found():
+            for i in range(300):
+                now[0] += step  # the time finding each input takes
+                pulled[0] += 1
+                yield SimpleNamespace(size=i)
+
+        # every input of a window is found before the first is given: the count found so far, read
+        # as each input is given, is the same through a window and grows by the window's width
+        ends = sorted({pulled[0] for _ in _largest_first(found(), clock=lambda: now[0])})
+        return [b - a for a, b in zip([0] + ends, ends)]
+
+    assert window_sizes(0.0001) == [16, 32, 64, 128, 60]  # 256 of them would take 0.026 s: quick
+    assert window_sizes(0.01) == [16] * 18 + [12]  # 16 of them take 0.16 s: each window stays 16
+
+
 def test_the_largest_inputs_are_converted_first(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -119,13 +119,12 @@ def _largest_first(items: Iterator[Source], clock: Callable[[], float] = time.mo
     :data:`WINDOW_FILL` to fill (paths fed slowly on stdin, a slow network file system) makes the
     next one 16 again, so inputs that come slowly are not held back for 256 to gather. A file's
     size stands for its work well enough to keep a heavy file from starting last: the mixed
-    archive's two JPEG 2000 CR
-    files (4.3 MB, 0.29 s each) and its ultrasound cine (6.1 MB) ran at the end, alone on one
-    worker for the last ~0.4 s while the other had finished (1.86 against 1.45 s). Ordered so,
-    ``fastdcm convert`` of that archive (JPEG, 2 workers, a fresh process each run, 6 alternated
-    runs, medians) took 2.27 against 2.54 s; 1,000 CT slices 1.03 against 1.16 s (noise: they are
-    all one size). The first window is small so that the workers start after a few files'
-    discovery, not 256's."""
+    archive's two JPEG 2000 CR files (4.3 MB, 0.29 s each) and its ultrasound cine (6.1 MB) ran
+    at the end, alone on one worker for the last ~0.4 s while the other had finished (1.86
+    against 1.45 s). Ordered so, ``fastdcm convert`` of that archive (JPEG, 2 workers, a fresh
+    process each run, 6 alternated runs, medians) took 2.27 against 2.54 s; 1,000 CT slices 1.03
+    against 1.16 s (noise: they are all one size). The first window is small so that the workers
+    start after a few files' discovery, not 256's."""
     width = FIRST_WINDOW
     while True:
         start = clock()

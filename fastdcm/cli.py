@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="the dataset in the DICOM JSON model (PS3.18 F), bulk data left out")
     info.add_argument("--allow-phi", action="store_true",
                       help="show identifiers (patient, physician, institution names, IDs, birth dates, private tags) "
-                           "and dates; masked by default")
+                           "and dates and times; masked by default")
 
     render = sub.add_parser("render", help="render one frame of one file to an image file")
     render.add_argument("file")

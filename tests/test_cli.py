@@ -312,12 +312,15 @@ def test_info_masks_identifiers_unless_allowed(capsys):
     assert str(ds.SOPInstanceUID) in text and "Rows" in text
     # dates (Study, Series, Acquisition, Content, Instance Creation Date): the Basic Profile's too
     assert "Study Date                          DA: '<masked>'" in text and "DA: '2004" not in text and "DA: '1997" not in text
+    # and times (Study, Series, Acquisition, Content, Instance Creation Time; the offset from UTC)
+    assert "Study Time                          TM: '<masked>'" in text and "Timezone Offset From UTC            SH: '<masked>'" in text
+    assert not [line for line in text.splitlines() if " TM: " in line and "<masked>" not in line]
     assert cli.main(["info", "--json", CT]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["00100010"]["Value"] == [{"Alphabetic": "<masked>"}] and data["00280010"]["Value"] == [128]
     assert not [s for s in secrets if s in json.dumps(data)]
-    dates = [v for v in data.values() if v["vr"] in ("DA", "DT")]
-    assert len(dates) >= 5 and all(v.get("Value") == ["<masked>"] for v in dates)
+    dates = [v for v in data.values() if v["vr"] in ("DA", "DT", "TM")]
+    assert len(dates) >= 10 and all(v.get("Value") == ["<masked>"] for v in dates)
     assert cli.main(["info", "--json", "--allow-phi", CT]) == 0
     out = capsys.readouterr()
     assert str(ds.PatientName) in out.out and "--allow-phi" in out.err and "20040119" in out.out

@@ -57,7 +57,7 @@ IDENTIFIERS = frozenset({
     "PersonName", "ContentCreatorName", "ScheduledPerformingPhysicianName", "RequestedProcedureID",
     "PerformedProcedureStepID", "ScheduledProcedureStepID", "FillerOrderNumberImagingServiceRequest",
     "PlacerOrderNumberImagingServiceRequest", "AdmissionID", "ServiceEpisodeID", "PatientState",
-    "ImageComments", "StudyComments", "DerivationDescription", "VerifyingObserverName",
+    "ImageComments", "StudyComments", "DerivationDescription", "VerifyingObserverName", "TimezoneOffsetFromUTC",
 })
 
 

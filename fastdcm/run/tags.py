@@ -350,7 +350,7 @@ def _raw_value(data: bytes, vr: str, spec: TagSpec) -> Any:
 #: What an identifier's value becomes where a dataset is shown without --allow-phi.
 MASK = "<masked>"
 _BULK_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
-_DATE_VRS = frozenset({"DA", "DT"})
+_DATE_VRS = frozenset({"DA", "DT", "TM"})  # dates and times: the Basic Profile removes or alters both
 _MASKABLE_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
 
 
@@ -360,8 +360,8 @@ def is_identifier(elem: Any) -> bool:
 
 
 def masked(ds: Any, *, bulk_limit: int | None = None) -> Any:
-    """A copy of ``ds`` with every identifier's value and every date (DA, DT: the Basic Profile
-    removes or alters them, and the table has them only when named) replaced by :data:`MASK` (in
+    """A copy of ``ds`` with every identifier's value and every date and time (DA, DT, TM: the Basic
+    Profile removes or alters them, and the table has them only when named) replaced by :data:`MASK` (in
     sequences too; ``ds`` is not changed). ``bulk_limit``: binary values longer than that are left out."""
     import copy
 

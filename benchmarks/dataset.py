@@ -14,8 +14,9 @@ with a plain run, and memory as the table grows.
             workers once they have exited, which they have when ``convert`` returns); then the same
             variants in one process (``workers=0``), alternated, CPU time per file: what each costs
             without the pool, the second core or the parent in between.
-``gallery`` the gallery of 1,000 and 100,000 images: build time, what the browser loads first, and
-            how long headless chromium takes to show the first page.
+``gallery`` the gallery of 1,000 and 100,000 images: build time, what the browser loads first, how
+            long headless chromium takes to show the first page, and the peak memory of a build in a
+            process of its own (an image's share: the peak over the resident size before the build).
 ``memory``  peak resident memory of a ``fastdcm.convert`` process (``ru_maxrss``, workers not
             included) over copies of a 10-frame MR (64 x 64, PNG), one row per frame, for tables of
             ``--rows`` rows, each run also without the table: the table's own share is the
@@ -147,6 +148,20 @@ def memory(work: Path, rows: list[int]) -> dict:
     return {"runs": out, "ratio_largest_over_smallest": round(max(peaks) / min(peaks), 3)}
 
 
+_GALLERY_MEMORY = r"""
+import sys
+from fastdcm.gallery import build_gallery
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from the resident size now, after the imports (Linux)
+base = status("VmRSS:")
+build_gallery(sys.argv[1])
+print(base, status("VmHWM:"))
+"""
+
+
 def gallery_scale(work: Path, images: int) -> dict:
     """The gallery of a run of ``images`` CT slices (10 studies, 100-image series), from a manifest
     made here (one record per image, as ``convert --gallery`` writes them, all on one real sheet):
@@ -176,12 +191,17 @@ def gallery_scale(work: Path, images: int) -> dict:
             record = Record(source=f"/data/{rel}.dcm", status="converted", outputs=[f"{rel}.png"], frames=1,
                             voi="window", gallery=gallery)
             f.write(record.to_json() + "\n")
+    # the build's memory, in a process of its own: its peak over its resident size before the build
+    proc = subprocess.run([sys.executable, "-c", _GALLERY_MEMORY, str(out)], capture_output=True, text=True, check=True)
+    base, peak = (int(v) for v in proc.stdout.split())
     t0 = time.perf_counter()
     report = build_gallery(out)
     built = time.perf_counter() - t0
     data = out / "gallery" / "data"
     result = {
         "images": images, "pages": report.pages, "per_page": PER_PAGE, "build_s": round(built, 2),
+        "build_peak_rss_mib": round(peak / 2**20, 1),
+        "build_bytes_per_image": round((peak - base) / images),
         "index_html_bytes": (out / "gallery" / "index.html").stat().st_size,
         "summary_js_bytes": (data / "summary.js").stat().st_size,
         "page_js_bytes": (data / "p-1.js").stat().st_size,
@@ -238,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     for g in result["gallery"]:
         print(f"gallery of {g['images']} images: built in {g['build_s']} s; index.html {g['index_html_bytes']} B, "
               f"summary.js {g['summary_js_bytes']} B, a page {g['page_js_bytes']} B; "
-              f"chromium shows page 1 in {g.get('chromium_open_s', 'n/a')} s")
+              f"chromium shows page 1 in {g.get('chromium_open_s', 'n/a')} s; the build's peak memory "
+              f"{g['build_peak_rss_mib']} MiB ({g['build_bytes_per_image']} B an image)")
     write_result(args.json, result)
     return 0
 

@@ -33,14 +33,15 @@ import logging
 import math
 import os
 import posixpath
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from .errors import Status
 from .run.sinks.manifest import loads
 
-__all__ = ["build_gallery", "GalleryReport", "GALLERY", "PER_PAGE", "FAILURES_PER_PAGE", "GALLERY_TAGS"]
+__all__ = ["build_gallery", "GalleryReport", "Entry", "entry_of", "latest_records", "GALLERY", "PER_PAGE", "FAILURES_PER_PAGE", "GALLERY_TAGS"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class GalleryReport:
         return text + ")"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Image:
     study: str  # the group keys: the UIDs, else the output's folder
     series: str
@@ -119,40 +120,85 @@ def _window_text(windows: list | None, i: int, voi: str | None) -> str:
     return steps[min(i, len(steps) - 1)]
 
 
-#: The fields of a manifest record the gallery reads (what a run keeps of its records for its build).
-RECORD_FIELDS = ("source", "status", "reason", "outputs", "gallery", "voi", "shard")
+class Entry(NamedTuple):
+    """What the gallery keeps of an input's latest manifest record (:func:`entry_of`).
+
+    A tuple whose repeated values (statuses, UIDs, sheet names, VOI texts, windows, rectangles)
+    are shared between entries: a build holds one per input, 10^6 or 10^7 of them for a large
+    archive. The record's parsed JSON object took about 3.5 KB an input in a build (200,000 records:
+    739 MB at the peak), the dict of its gallery fields a run kept 2.2 KB."""
+
+    source: str
+    status: str
+    reason: str
+    outputs: tuple[str, ...]
+    voi: str | None
+    shard: str | None
+    grouping: tuple[Any, ...] | None  # GALLERY_TAGS' values in order; None: the record has none of them
+    sheet: str | None
+    thumbs: tuple[tuple[int, ...], ...]  # per output, (x, y, width, height) on ``sheet``
+    windows: tuple[Any, ...] | None  # per output, (center, width) or None
 
 
-def latest_records(lines: Iterable[bytes], manifest: str) -> dict[str, dict[str, Any]]:
+def _intern(value: Any) -> Any:
+    return sys.intern(value) if value.__class__ is str else value
+
+
+def entry_of(record: dict[str, Any], shared: dict[Any, Any]) -> Entry:
+    """The :class:`Entry` of a manifest record (a parsed line, or the object a run writes as one);
+    ``shared``: the tuples seen so far (rectangles, windows), so equal ones are one object
+    (strings are shared through ``sys.intern``)."""
+    fields = record.get("gallery") or {}
+    grouping = None
+    if any(k in fields for k in GALLERY_TAGS):
+        grouping = tuple(_intern(fields.get(k)) for k in GALLERY_TAGS)
+        try:
+            grouping = shared.setdefault(grouping, grouping)
+        except TypeError:  # a list among the values (a record written by hand): kept as it is
+            pass
+    thumbs = tuple(shared.setdefault(box, box) for box in map(tuple, fields.get("thumbs") or ()))
+    windows = fields.get("windows")
+    if windows is not None:
+        windows = tuple(w if w is None else tuple(w) for w in windows)
+        windows = shared.setdefault(windows, windows)
+    sheet, voi, shard = fields.get("sheet"), record.get("voi"), record.get("shard")
+    return Entry(
+        record["source"], sys.intern(str(record["status"])), _intern(record.get("reason") or ""),
+        tuple(record.get("outputs") or ()), voi and sys.intern(voi), shard and sys.intern(shard),
+        grouping, sheet and sys.intern(sheet), thumbs, windows,
+    )
+
+
+def latest_records(lines: Iterable[bytes], manifest: str) -> dict[str, Entry]:
     """The latest record of every input among a manifest's ``lines`` (named ``manifest`` in
-    warnings), as the JSON objects, in the order of those latest records. Parsed with
+    warnings), as :class:`Entry` tuples, in the order of those latest records. Parsed with
     the manifest's JSON parser only (no Record objects: a build at the end of a run is a serial tail of it);
     lines that do not parse are skipped, as ``read_manifest`` skips them."""
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[str, Entry] = {}
+    shared: dict[Any, Any] = {}
     for number, raw in enumerate(lines, 1):
         try:
-            record = loads(raw)
-            source = record["source"]
-            record["status"] = str(record["status"])
-        except (ValueError, TypeError, KeyError):
+            entry = entry_of(loads(raw), shared)
+        except (ValueError, TypeError, KeyError, AttributeError):
             if raw.strip():
                 log.warning("%s:%d: skipping a bad manifest line", manifest, number)
             continue
-        latest.pop(source, None)  # the order of the latest records
-        latest[source] = record
+        latest.pop(entry.source, None)  # the order of the latest records
+        latest[entry.source] = entry
     return latest
 
 
-def _grouping_from_source(path: str) -> dict[str, Any]:
-    """The grouping attributes from a source's header (an input converted without --gallery);
-    {} when the source is gone or unreadable (it is grouped by its output folder)."""
+def _grouping_from_source(path: str) -> tuple[Any, ...]:
+    """The grouping attributes from a source's header (an input converted without --gallery), in
+    the order of GALLERY_TAGS; all None when the source is gone or unreadable (it is grouped by
+    its output folder)."""
     try:
         import pydicom
 
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(GALLERY_TAGS))
-        return {k: str(ds.get(k)) for k in GALLERY_TAGS if ds.get(k) not in (None, "")}
+        return tuple(str(ds.get(k)) if ds.get(k) not in (None, "") else None for k in GALLERY_TAGS)
     except Exception:
-        return {}
+        return (None,) * len(GALLERY_TAGS)
 
 
 class _Thumbnailer:
@@ -208,11 +254,11 @@ def build_gallery(
     manifest: str | os.PathLike | None = None,
     root: Any = None,
     run_prefix: str | None = None,
-    records: dict[str, dict[str, Any]] | None = None,
+    records: dict[str, Entry] | None = None,
 ) -> GalleryReport:
     """Write ``OUT/gallery/`` from the manifest (default ``OUT/manifest.jsonl``); return what was
-    shown. ``records``: the manifest's latest records (:func:`latest_records`, at least their
-    :data:`RECORD_FIELDS`) where the caller has them (a run's own build), else the file is read.
+    shown. ``records``: the manifest's latest records as :class:`Entry` tuples (:func:`latest_records`)
+    where the caller has them (a run's own build), else the file is read.
     ``root``: the run's open :class:`~fastdcm.run.write.OutputRoot` (else one is opened).
     Sheets no record names any more are removed: all of them, or with ``run_prefix`` (a run's own
     build) only that run's and the ones builds made, never a sheet of another run that may still be
@@ -244,24 +290,24 @@ def build_gallery(
         if records is None:
             with open(manifest, "rb") as stream:
                 records = latest_records(stream, manifest)
-        for record in records.values():
-            status, outputs = record["status"], record.get("outputs")
+        texts: dict[str, str] = {}  # the group keys and window texts, one string each
+        for entry in records.values():
+            status, outputs = entry.status, entry.outputs
             if status not in _IMAGE_STATUSES or not outputs:
-                failures.append([record["source"], status, record.get("reason", "")])
+                failures.append([entry.source, status, entry.reason])
                 continue
-            entry = record.get("gallery") or {}
-            shown = True
-            if not any(k in entry for k in GALLERY_TAGS):
+            grouping, shown = entry.grouping, True
+            if grouping is None:
                 # Grouped by the source's UIDs, which are not shown: a run made with
                 # --pseudonymize has only keyed hashes in its records, and this build has no key.
-                entry, shown = {**entry, **_grouping_from_source(record["source"])}, False
-            sheet, thumbs = entry.get("sheet"), entry.get("thumbs") or []
+                grouping, shown = _grouping_from_source(entry.source), False
+            sheet, thumbs = entry.sheet, entry.thumbs
             for i, output in enumerate(outputs):
                 box = thumbs[i] if i < len(thumbs) else None
                 thumb = (sheet, box) if box and sheet in sheets_there else thumbnailer.thumb(
-                    output, record.get("shard"), windows=str(record.get("voi") or "").startswith(STACK_VOI)
+                    output, entry.shard, windows=str(entry.voi or "").startswith(STACK_VOI)
                 )
-                images.append(_image(record, entry, i, output, thumb, shown))
+                images.append(_image(entry, grouping, i, output, thumb, shown, texts))
         thumbnailer.flush()
         report.rebuilt, report.missing = thumbnailer.made, thumbnailer.missing
         _write(root, _ordered(images), failures, report)
@@ -279,22 +325,27 @@ def build_gallery(
     return report
 
 
-def _image(record: dict[str, Any], entry: dict, i: int, output: str, thumb: Any, shown: bool) -> _Image:
-    folder = posixpath.dirname(output) or "."
-    study_uid, series_uid = entry.get("StudyInstanceUID"), entry.get("SeriesInstanceUID")
+def _image(entry: Entry, grouping: tuple[Any, ...], i: int, output: str, thumb: Any, shown: bool,
+           texts: dict[str, str]) -> _Image:
+    study_uid, series_uid, modality, series_number, instance, body_part = grouping
+    if not (study_uid and series_uid):
+        folder = posixpath.dirname(output) or "."
+    study = f"uid:{study_uid}" if study_uid else f"folder:{folder}"
+    series = f"uid:{series_uid}" if series_uid else f"folder:{folder}"
+    window = _window_text(entry.windows, i, entry.voi)
     return _Image(
-        study=f"uid:{study_uid}" if study_uid else f"folder:{folder}",
-        series=f"uid:{series_uid}" if series_uid else f"folder:{folder}",
+        study=texts.setdefault(study, study),
+        series=texts.setdefault(series, series),
         study_uid=study_uid if shown else None,
         series_uid=series_uid if shown else None,
-        modality=str(entry.get("Modality") or ""),
-        body_part=str(entry.get("BodyPartExamined") or ""),
-        series_number=_sort_number(entry.get("SeriesNumber")),
-        instance=_sort_number(entry.get("InstanceNumber")),
+        modality=_intern(str(modality or "")),
+        body_part=_intern(str(body_part or "")),
+        series_number=_sort_number(series_number),
+        instance=_sort_number(instance),
         output=output,
         thumb=thumb,
-        window=_window_text(entry.get("windows"), i, record.get("voi")),
-        status=record["status"],
+        window=texts.setdefault(window, window),
+        status=entry.status,
     )
 
 

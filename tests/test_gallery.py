@@ -318,7 +318,7 @@ def test_a_runs_page_from_its_kept_records_is_the_page_the_manifest_gives(archiv
     # going on), `fastdcm gallery` removes those no record names any more (here the sheet of the
     # first run that held only a redone input's thumbnail, when the run took that input last).
     with open(out / "manifest.jsonl", "rb") as f:
-        named = {(r.get("gallery") or {}).get("sheet") for r in gallery_mod.latest_records(f, "manifest").values()}
+        named = {r.sheet for r in gallery_mod.latest_records(f, "manifest").values()}
     assert sheets(rebuilt) == sheets(run_page) & named
 
 
@@ -330,7 +330,7 @@ def test_a_manifest_another_run_appended_to_is_read_whole(tmp_path):
 
     path = tmp_path / "manifest.jsonl"
     path.write_bytes(b'{"source":"/a","status":"converted"}\n{"source":"/b","status":"error"}')  # a torn tail
-    sink = ManifestSink(ManifestWriter(path), keep=gallery_mod.RECORD_FIELDS)
+    sink = ManifestSink(ManifestWriter(path), keep=True)
     assert sink.writer.start_size == path.stat().st_size  # (after the newline that ends the torn tail)
     assert list(sink.writer.head_lines(chunk=7)) == [b'{"source":"/a","status":"converted"}', b'{"source":"/b","status":"error"}']
     result = SimpleNamespace(status="converted", reason=None, outputs=["a.png"], frames=1, transfer_syntax=None,
@@ -338,9 +338,9 @@ def test_a_manifest_another_run_appended_to_is_read_whole(tmp_path):
     sink.accept(SimpleNamespace(path="/a"), result)
     sink.flush()
     sink.close()
-    assert list(sink.latest()) == ["/b", "/a"] and sink.latest()["/a"]["outputs"] == ["a.png"]
+    assert list(sink.latest()) == ["/b", "/a"] and sink.latest()["/a"].outputs == ("a.png",)
 
-    other = ManifestSink(ManifestWriter(path), keep=gallery_mod.RECORD_FIELDS)
+    other = ManifestSink(ManifestWriter(path), keep=True)
     with ManifestWriter(path) as intruder:
         intruder.write_lines(['{"source":"/c","status":"converted"}'])
     other.accept(SimpleNamespace(path="/b"), result)
@@ -370,3 +370,29 @@ def test_a_window_stacks_thumbnails_keep_each_windows_values(tmp_path, in_pass):
         got = np.asarray(im.convert("RGB"))[y : y + h, x : x + w].astype(int)
     errors = [np.abs(got[..., c] - expected[..., c]).mean() for c in range(3)]
     assert max(errors) < 5, errors
+
+
+def test_entries_share_their_repeated_values_and_keep_what_the_page_needs():
+    """A build holds one entry per input (10^6-10^7 for a large archive): the values records
+    repeat (UIDs, statuses, sheets, VOI texts, rectangles, windows) are one object between entries;
+    a record whose grouping values are not scalars (written by hand) is still read."""
+    shared: dict = {}
+
+    def record(i: int) -> dict:  # as parsed from a line: every value a new object
+        return json.loads(json.dumps({
+            "source": f"/d/im{i}.dcm", "status": "converted", "reason": "", "outputs": [f"im{i}.png"],
+            "voi": "window[0] LINEAR c=40 w=400", "gallery": {
+                "StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4", "Modality": "CT", "SeriesNumber": 2,
+                "InstanceNumber": i, "sheet": "gallery/sheets/a.jpg", "thumbs": [[0, 0, 86, 86]], "windows": [[40.0, 400.0]]},
+        }))
+
+    a, b = gallery_mod.entry_of(record(1), shared), gallery_mod.entry_of(record(2), shared)
+    assert a.source == "/d/im1.dcm" and a.outputs == ("im1.png",) and a.grouping[4] == 1 and a.thumbs == ((0, 0, 86, 86),)
+    for field in ("status", "voi", "sheet", "windows"):
+        assert getattr(a, field) is getattr(b, field), field
+    assert a.thumbs[0] is b.thumbs[0] and a.grouping[0] is b.grouping[0] and a.grouping[1] is b.grouping[1]
+    odd = record(3)
+    odd["gallery"]["SeriesNumber"] = [2, 3]
+    assert gallery_mod.entry_of(odd, shared).grouping[3] == [2, 3]
+    bare = gallery_mod.entry_of({"source": "/d/x.dcm", "status": "error", "reason": "cut"}, shared)
+    assert bare.grouping is None and bare.outputs == () and bare.thumbs == () and bare.windows is None

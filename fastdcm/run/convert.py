@@ -357,11 +357,9 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
             if default_start_method() == "fork":  # (forked workers have what this process loaded)
                 warm(job)
     try:
-        from ..gallery import RECORD_FIELDS
-
-        # --gallery: the manifest sink keeps the fields of its records the page needs, and the page
+        # --gallery: the manifest sink keeps what the page needs of its records, and the page
         # is built from them, not from the file parsed back (a serial tail of the run)
-        manifest_sink = ManifestSink(_open_manifest(root, manifest_path), fingerprint, keep=RECORD_FIELDS if copts.gallery else ())
+        manifest_sink = ManifestSink(_open_manifest(root, manifest_path), fingerprint, keep=bool(copts.gallery))
         sinks.append(manifest_sink)  # refused: nothing started
         if table_name is not None:
             from .sinks.table import MetadataSink

@@ -459,17 +459,19 @@ class ManifestSink:
     """The run's manifest as a sink: one record per accepted result, one write and flush per
     batch (lines written whole); a write that fails raises :class:`SinkFailed` naming the file."""
 
-    def __init__(self, writer: ManifestWriter, fingerprint: str | None = None, *, keep: tuple[str, ...] = ()) -> None:
-        """``keep``: the fields of each record written to keep in :attr:`kept` (by source, in the
-        order of the latest records, as a reader of the file would see them): the run's gallery
-        is built from them instead of parsing the manifest back at the end of the run."""
+    def __init__(self, writer: ManifestWriter, fingerprint: str | None = None, *, keep: bool = False) -> None:
+        """``keep``: keep what the gallery needs of each record written (its
+        :class:`~fastdcm.gallery.Entry`) in :attr:`kept` (by source, in the order of the latest
+        records, as a reader of the file would see them): the run's gallery is built from them
+        instead of parsing the manifest back at the end of the run."""
         self.writer = writer
         self.fingerprint = fingerprint
         self.lines: list[str] = []
         self.keep = keep
-        self.kept: dict[str, dict[str, Any]] = {}
-        self._pending: list[dict[str, Any]] = []
-        self._latest: dict[str, dict[str, Any]] | None = None
+        self.kept: dict[str, Any] = {}
+        self._shared: dict[Any, Any] = {}  # (entry_of's shared tuples)
+        self._pending: list[Any] = []
+        self._latest: dict[str, Any] | None = None
 
     @property
     def path(self) -> str:
@@ -479,7 +481,9 @@ class ManifestSink:
         data = Record.data_of(source, result, self.fingerprint)
         self.lines.append(dumps(data))
         if self.keep:
-            self._pending.append({k: data[k] for k in self.keep if k in data})
+            from ...gallery import entry_of
+
+            self._pending.append(entry_of(data, self._shared))
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []
@@ -491,18 +495,18 @@ class ManifestSink:
         except OSError as exc:  # disk full, I/O error
             raise SinkFailed(f"the manifest {self.path} cannot be written: {exc.strerror or exc}") from None
         kept = self.kept
-        for data in pending:  # (kept only once written: what a reader of the file would find)
-            kept.pop(data["source"], None)
-            kept[data["source"]] = data
+        for entry in pending:  # (kept only once written: what a reader of the file would find)
+            kept.pop(entry.source, None)
+            kept[entry.source] = entry
 
-    def latest(self) -> dict[str, dict[str, Any]] | None:
-        """Every input's latest record (its :attr:`keep` fields) in the order a reader of the whole
+    def latest(self) -> dict[str, Any] | None:
+        """Every input's latest record (its gallery :class:`~fastdcm.gallery.Entry`) in the order a reader of the whole
         file finds them, as of :meth:`close`: the records before this run's (read back then, up to
         where this run began) and this run's, kept. None when another run appended to the file
         meanwhile (read it whole then), when nothing was kept, or before close."""
         return self._latest
 
-    def _merge(self) -> dict[str, dict[str, Any]] | None:
+    def _merge(self) -> dict[str, Any] | None:
         writer = self.writer
         if not self.keep or not writer.only_mine():
             return None

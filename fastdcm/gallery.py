@@ -123,10 +123,10 @@ def _window_text(windows: list | None, i: int, voi: str | None) -> str:
 class Entry(NamedTuple):
     """What the gallery keeps of an input's latest manifest record (:func:`entry_of`).
 
-    A tuple whose repeated values (statuses, UIDs, sheet names, VOI texts, windows, rectangles)
-    are shared between entries: a build holds one per input, 10^6 or 10^7 of them for a large
-    archive. The record's parsed JSON object took about 3.5 KB an input in a build (200,000 records:
-    739 MB at the peak), the dict of its gallery fields a run kept 2.2 KB."""
+    A tuple whose repeated values (statuses, a series' attributes, sheet names, VOI texts, windows,
+    rectangles) are shared between entries: a build holds one per input, 10^6 or 10^7 of them for a
+    large archive. The record's parsed JSON object took about 3.5 KB an input in a build (200,000
+    records: 739 MB at the peak), the dict of its gallery fields a run kept 2.2 KB."""
 
     source: str
     status: str
@@ -134,39 +134,51 @@ class Entry(NamedTuple):
     outputs: tuple[str, ...]
     voi: str | None
     shard: str | None
-    grouping: tuple[Any, ...] | None  # GALLERY_TAGS' values in order; None: the record has none of them
+    #: ((Study Instance UID, Series Instance UID, Modality, Series Number, Body Part Examined),
+    #: Instance Number), the first shared by a series' entries; None: the record has none of them
+    grouping: tuple[tuple[Any, ...], Any] | None
     sheet: str | None
     thumbs: tuple[tuple[int, ...], ...]  # per output, (x, y, width, height) on ``sheet``
     windows: tuple[Any, ...] | None  # per output, (center, width) or None
 
 
-def _intern(value: Any) -> Any:
-    return sys.intern(value) if value.__class__ is str else value
+_SERIES_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "BodyPartExamined")
+_NO_SERIES = (None,) * len(_SERIES_TAGS)
+_new_entry = tuple.__new__  # (Entry's own __new__ takes keywords: 0.5 us more an entry)
 
 
 def entry_of(record: dict[str, Any], shared: dict[Any, Any]) -> Entry:
     """The :class:`Entry` of a manifest record (a parsed line, or the object a run writes as one);
-    ``shared``: the tuples seen so far (rectangles, windows), so equal ones are one object
-    (strings are shared through ``sys.intern``)."""
-    fields = record.get("gallery") or {}
-    grouping = None
-    if any(k in fields for k in GALLERY_TAGS):
-        grouping = tuple(_intern(fields.get(k)) for k in GALLERY_TAGS)
-        try:
-            grouping = shared.setdefault(grouping, grouping)
-        except TypeError:  # a list among the values (a record written by hand): kept as it is
-            pass
-    thumbs = tuple(shared.setdefault(box, box) for box in map(tuple, fields.get("thumbs") or ()))
-    windows = fields.get("windows")
-    if windows is not None:
-        windows = tuple(w if w is None else tuple(w) for w in windows)
-        windows = shared.setdefault(windows, windows)
-    sheet, voi, shard = fields.get("sheet"), record.get("voi"), record.get("shard")
-    return Entry(
-        record["source"], sys.intern(str(record["status"])), _intern(record.get("reason") or ""),
-        tuple(record.get("outputs") or ()), voi and sys.intern(voi), shard and sys.intern(shard),
-        grouping, sheet and sys.intern(sheet), thumbs, windows,
-    )
+    ``shared``: the tuples seen so far (a series' attributes, rectangles, windows), so that equal
+    ones are one object (the status, VOI text and sheet name are shared through ``sys.intern``)."""
+    fields = record.get("gallery")
+    grouping, sheet, thumbs, windows = None, None, (), None
+    if fields:
+        get = fields.get
+        series = tuple(map(get, _SERIES_TAGS))
+        instance = get("InstanceNumber")
+        if instance is not None or series != _NO_SERIES:
+            try:
+                series = shared.setdefault(series, series)
+            except TypeError:  # a list among the values (a record written by hand): kept as it is
+                pass
+            grouping = (series, instance)
+        sheet = get("sheet")
+        if sheet is not None:
+            sheet = sys.intern(sheet)
+        boxes = get("thumbs")
+        if boxes:
+            thumbs = tuple([shared.setdefault(box, box) for box in map(tuple, boxes)])
+        windows = get("windows")
+        if windows is not None:
+            windows = tuple([w if w is None else tuple(w) for w in windows])
+            windows = shared.setdefault(windows, windows)
+    voi, shard = record.get("voi"), record.get("shard")
+    return _new_entry(Entry, (
+        record["source"], sys.intern(str(record["status"])), record.get("reason") or "",
+        tuple(record.get("outputs") or ()), voi if voi is None else sys.intern(voi),
+        shard if shard is None else sys.intern(shard), grouping, sheet, thumbs, windows,
+    ))
 
 
 def latest_records(lines: Iterable[bytes], manifest: str) -> dict[str, Entry]:
@@ -188,17 +200,18 @@ def latest_records(lines: Iterable[bytes], manifest: str) -> dict[str, Entry]:
     return latest
 
 
-def _grouping_from_source(path: str) -> tuple[Any, ...]:
-    """The grouping attributes from a source's header (an input converted without --gallery), in
-    the order of GALLERY_TAGS; all None when the source is gone or unreadable (it is grouped by
-    its output folder)."""
+def _grouping_from_source(path: str) -> tuple[tuple[Any, ...], Any]:
+    """The grouping attributes from a source's header (an input converted without --gallery), as an
+    :class:`Entry`'s grouping; all None when the source is gone or unreadable (it is grouped by its
+    output folder)."""
     try:
         import pydicom
 
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(GALLERY_TAGS))
-        return tuple(str(ds.get(k)) if ds.get(k) not in (None, "") else None for k in GALLERY_TAGS)
+        value = lambda k: str(ds.get(k)) if ds.get(k) not in (None, "") else None  # noqa: E731
+        return tuple(map(value, _SERIES_TAGS)), value("InstanceNumber")
     except Exception:
-        return (None,) * len(GALLERY_TAGS)
+        return _NO_SERIES, None
 
 
 class _Thumbnailer:
@@ -327,7 +340,7 @@ def build_gallery(
 
 def _image(entry: Entry, grouping: tuple[Any, ...], i: int, output: str, thumb: Any, shown: bool,
            texts: dict[str, str]) -> _Image:
-    study_uid, series_uid, modality, series_number, instance, body_part = grouping
+    (study_uid, series_uid, modality, series_number, body_part), instance = grouping
     if not (study_uid and series_uid):
         folder = posixpath.dirname(output) or "."
     study = f"uid:{study_uid}" if study_uid else f"folder:{folder}"
@@ -338,8 +351,8 @@ def _image(entry: Entry, grouping: tuple[Any, ...], i: int, output: str, thumb: 
         series=texts.setdefault(series, series),
         study_uid=study_uid if shown else None,
         series_uid=series_uid if shown else None,
-        modality=_intern(str(modality or "")),
-        body_part=_intern(str(body_part or "")),
+        modality=modality if modality.__class__ is str else str(modality or ""),
+        body_part=body_part if body_part.__class__ is str else str(body_part or ""),
         series_number=_sort_number(series_number),
         instance=_sort_number(instance),
         output=output,

@@ -387,12 +387,13 @@ def test_entries_share_their_repeated_values_and_keep_what_the_page_needs():
         }))
 
     a, b = gallery_mod.entry_of(record(1), shared), gallery_mod.entry_of(record(2), shared)
-    assert a.source == "/d/im1.dcm" and a.outputs == ("im1.png",) and a.grouping[4] == 1 and a.thumbs == ((0, 0, 86, 86),)
+    assert a.source == "/d/im1.dcm" and a.outputs == ("im1.png",) and a.grouping == (("1.2.3", "1.2.3.4", "CT", 2, None), 1)
+    assert a.thumbs == ((0, 0, 86, 86),) and a.windows == ((40.0, 400.0),)
     for field in ("status", "voi", "sheet", "windows"):
         assert getattr(a, field) is getattr(b, field), field
-    assert a.thumbs[0] is b.thumbs[0] and a.grouping[0] is b.grouping[0] and a.grouping[1] is b.grouping[1]
+    assert a.thumbs[0] is b.thumbs[0] and a.grouping[0] is b.grouping[0]  # (the series' attributes)
     odd = record(3)
     odd["gallery"]["SeriesNumber"] = [2, 3]
-    assert gallery_mod.entry_of(odd, shared).grouping[3] == [2, 3]
+    assert gallery_mod.entry_of(odd, shared).grouping[0][3] == [2, 3]
     bare = gallery_mod.entry_of({"source": "/d/x.dcm", "status": "error", "reason": "cut"}, shared)
     assert bare.grouping is None and bare.outputs == () and bare.thumbs == () and bare.windows is None

@@ -470,6 +470,10 @@ class ManifestSink:
         self.keep = keep
         self.kept: dict[str, Any] = {}
         self._shared: dict[Any, Any] = {}  # (entry_of's shared tuples)
+        if keep:
+            from ...gallery import entry_of
+
+            self._entry_of = entry_of
         self._pending: list[Any] = []
         self._latest: dict[str, Any] | None = None
 
@@ -481,9 +485,7 @@ class ManifestSink:
         data = Record.data_of(source, result, self.fingerprint)
         self.lines.append(dumps(data))
         if self.keep:
-            from ...gallery import entry_of
-
-            self._pending.append(entry_of(data, self._shared))
+            self._pending.append(self._entry_of(data, self._shared))
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []

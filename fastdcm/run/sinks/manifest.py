@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -385,10 +386,11 @@ def read_manifest(path: str | os.PathLike, *, strict: bool = False, storage_opti
             yield record
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Previous:
     """What the manifest says about one input: its latest record's status, options
-    fingerprint, size, mtime and outputs (what ``--resume`` needs, not the whole record)."""
+    fingerprint, size, mtime and outputs (what ``--resume`` needs, not the whole record; slotted,
+    its fingerprint shared: a resume holds one per input of the manifest)."""
 
     status: Status
     fingerprint: str | None
@@ -419,8 +421,10 @@ def resume_index(path: str | os.PathLike, storage_options: dict | None = None) -
     if not (exists(os.fspath(path), storage_options) if remote else os.path.exists(path)):
         return index
     for record in read_manifest(path, storage_options=storage_options):
+        fingerprint = record.fingerprint
         index[owner_key(record.source)] = Previous(
-            record.status, record.fingerprint, record.size, record.mtime_ns, tuple(record.outputs), record.shard
+            record.status, fingerprint if fingerprint is None else sys.intern(fingerprint), record.size,
+            record.mtime_ns, tuple(record.outputs), record.shard,
         )
     return index
 

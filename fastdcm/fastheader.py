@@ -338,6 +338,35 @@ def find_elements(buffer: bytes, tags: np.ndarray, total: int | None = None) -> 
     return None if walked is None else (explicit, walked[0], walked[2])
 
 
+def find_changed(
+    buffer: bytes, tags: np.ndarray, total: int | None, last: np.ndarray, seen: np.ndarray, changed: np.ndarray,
+) -> tuple[bool, int, np.ndarray, int] | None:
+    """:func:`find_elements`, and which of the values differ from those of the call before that
+    passed the same ``last``, ``seen`` and ``changed`` (``kernels.changed_values``, which keeps
+    them): (explicit VR, where the pixel data value starts, the rows as an array, the count of
+    changed rows, whose indexes are the first entries of ``changed``), or None (as find_elements;
+    ``last`` and ``seen`` are then as they were). One compiled call (``kernels.walk_changed``)."""
+    meta = _file_meta(buffer)
+    if meta is None:
+        return None
+    ts, pos = meta
+    explicit = _explicit(buffer, ts, pos)
+    if kernels.twins_active():
+        walked = walk_python(buffer, pos, explicit, tags, _NO_TAGS, total)
+        if walked is None:
+            return None
+        rows = np.array(walked[2], np.int64).reshape(len(tags), 3)
+        count = kernels.impl().changed_values(np.frombuffer(buffer, np.uint8), rows, last, seen, changed)
+        return explicit, walked[0], rows, count
+    rows = np.empty((len(tags), 3), np.int64)
+    stack = np.empty(elements.MAX_DEPTH + 2, np.int64)
+    start, _, count = kernels.compiled().walk_changed(
+        np.frombuffer(buffer, np.uint8), pos, explicit, elements.VR_CLASS, tags, _NO_TAGS, rows, stack,
+        len(buffer) if total is None else total, last, seen, changed,
+    )
+    return None if start < 0 else (explicit, start, rows, count)
+
+
 def _walk(
     buffer: bytes, pos: int, explicit: bool, wanted: np.ndarray | None = None, unusual: np.ndarray | None = None,
     total: int | None = None,

@@ -430,3 +430,41 @@ def test_default_warmup_loads_the_core_and_full_loads_every_signature():
         assert run.returncode == 0, run.stderr
         counts[which] = json.loads(run.stdout.strip().splitlines()[-1])
     assert counts["core"] == len(core) and counts["full"] > 3 * counts["core"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(2, 8))
+def test_changed_values_matches_twin_over_a_sequence_of_calls(seed, columns, calls):
+    """``changed_values`` (the metadata table's values that differ from the last file's) and its twin,
+    called again and again on one state: the same indexes, bytes and (length, code) each time; a
+    value left out is the last call's, byte for byte."""
+    from fastdcm.kernels import twins
+
+    rng = np.random.default_rng(seed)
+    width = 8
+    states = [(np.zeros((columns, width), np.uint8), np.full((columns, 2), -3, np.int64), np.zeros(columns, np.int64))
+              for _ in range(2)]
+    buf = rng.integers(0, 3, 64).astype(np.uint8)  # few symbols: equal values are common
+    found = np.zeros((columns, 3), np.int64)
+    for _ in range(calls):
+        for w in range(columns):
+            if rng.random() < 0.5:  # this value as it was (the same bytes, found where they were)
+                continue
+            kind = rng.integers(0, 5)
+            start = int(rng.integers(0, 60))
+            length = int(rng.integers(0, 12)) if kind else 0
+            found[w] = (-1, 0, 0) if kind == 1 else (start, length, int(rng.integers(0, 2)))  # absent, longer than width, past the end
+        if rng.random() < 0.5:
+            buf = buf.copy()
+            buf[rng.integers(0, 64)] ^= 1
+        got = [kernels.changed_values(buf, found, *states[0]), twins.changed_values(buf, found, *states[1])]
+        assert got[0] == got[1]
+        for a, b in zip(states[0], states[1]):
+            np.testing.assert_array_equal(a[: got[0]] if a.ndim == 1 else a, b[: got[0]] if b.ndim == 1 else b)
+        last, seen, _ = states[0]
+        for w in range(columns):  # every value that fits is what the state holds now
+            s, n = int(found[w, 0]), int(found[w, 1])
+            if s >= 0 and n <= width and s + n <= 64:
+                assert seen[w, 0] == n and last[w, :n].tobytes() == buf[s : s + n].tobytes()
+            elif s >= 0:
+                assert seen[w, 0] == -2  # never equal: decoded every time

@@ -3,6 +3,8 @@ pass, no identifiers, resumable without duplicates, parts that survive a crash."
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
 import shutil
 from pathlib import Path
@@ -286,3 +288,41 @@ def test_a_csv_table_written_with_allow_phi_reads_back(archive, tmp_path):
     table = fastdcm.read_metadata(out / "m.csv")
     ids = {r["PatientID"] for r in table.to_pylist() if r["output"]}
     assert str(pydicom.dcmread(get_testdata_file("CT_small.dcm")).PatientID) in ids
+
+
+def test_each_files_fast_values_are_its_own_whatever_came_before(tmp_path):
+    """The fast path decodes only the values whose bytes differ from the last file's
+    (``kernels.changed_values``): over files that repeat, alternate, switch to implicit VR, lose and
+    regain an attribute and carry a value longer than the bytes kept, each row is that file's own
+    (pydicom's), with the compiled kernels and with their twins; a row's lists are its own."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from fastdcm import kernels
+    from fastdcm.run.tags import _fast, extract
+
+    specs = parse_tags("+SeriesDescription,+SliceLocation")
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    paths = []
+    for i in range(5):
+        ds = copy.deepcopy(base)
+        ds.InstanceNumber, ds.SOPInstanceUID = i + 1, f"1.2.3.{i}"
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * i]
+        ds.SliceLocation = 2.5 * i
+        if i == 1:
+            del ds.SliceLocation
+        if i == 2:
+            ds.SeriesDescription = "a series description longer than the sixty-four bytes a value keeps"
+        if i == 3:
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        path = tmp_path / f"{i}.dcm"
+        ds.save_as(path, implicit_vr=i == 3, little_endian=True, enforce_file_format=True)
+        paths.append(str(path))
+    order = [0, 0, 1, 0, 2, 2, 3, 0, 3, 4, 1, 1, 4, 2]
+    for twins in (False, True):
+        with kernels.using_twins() if twins else contextlib.nullcontext():
+            for i in order:
+                image = fastdcm.open_image(paths[i])
+                got, want = _fast(image.header_bytes, specs), extract(image.dataset, specs)
+                assert got == want, (twins, i)
+                assert got["InstanceNumber"] == i + 1 and (got["SliceLocation"] is None) == (i == 1)
+                got["ImagePositionPatient"].append(99.0)  # the next row's list is not this one

@@ -31,7 +31,9 @@ file up to its pixel data (native or encapsulated); its twin is ``fastheader``'s
 walk. ``read_header`` reads the file meta, walks, and packs the values read into one key, in
 one call (a call of a compiled function costs microseconds); its twin is
 ``fastheader.read_python``. Every read of the buffer is preceded by a check that the bytes are
-there (fuzzed files reach it).
+there (fuzzed files reach it). ``walk_changed`` walks and then tells which of the values found
+differ from the call before (``changed_values``): the metadata table's values of a series' files
+are mostly the file before it's, decoded again only where they differ.
 
 ``ybr_full_to_rgb`` converts YBR_FULL frames a codec returns unconverted (RLE, JPEG-LS, JPEG 2000
 without a colour transform), bit for bit as pydicom's conversion on this machine, 3.6-4x faster
@@ -54,11 +56,12 @@ __all__ = ["POLICY", "impl", "compiled", "using_twins", "twins_active", "warmup"
 #: THE decorator policy (``jitted.jit``). A test checks every kernel was built with it.
 POLICY = {"cache": True, "nogil": True, "error_model": "numpy"}
 
-#: The kernels, by name, in ``jitted`` (and, but for ``walk_header`` and ``read_header``, in ``twins``).
+#: The kernels, by name, in ``jitted`` (and, but for ``walk_header``, ``read_header`` and ``walk_changed``,
+#: in ``twins``).
 KERNEL_NAMES = (
     "lut_gather", "lut_gather_channels", "lut_affine", "lut_affine_stack", "stored_presence", "int_minmax", "float_minmax",
-    "voi_int", "voi_float", "walk_header", "read_header", "box_shrink", "ybr_full_to_rgb", "resample",
-    "resample_affine", "block_mean",
+    "voi_int", "voi_float", "walk_header", "read_header", "changed_values", "walk_changed", "box_shrink",
+    "ybr_full_to_rgb", "resample", "resample_affine", "block_mean",
 )
 
 _ENV = "FASTDCM_KERNELS"

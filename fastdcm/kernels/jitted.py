@@ -31,6 +31,8 @@ __all__ = [
     "voi_float",
     "walk_header",
     "read_header",
+    "changed_values",
+    "walk_changed",
     "box_shrink",
     "ybr_full_to_rgb",
     "resample",
@@ -823,7 +825,53 @@ def read_header(buf, vr_class, magic, implicit_ts, wanted, unusual, found, stack
     return start, length, k
 
 
+@jit
+def changed_values(buf, found, last, seen, changed):
+    """Which of the values ``found`` locates (walk_header's rows) differ from the call before.
+
+    Per row, ``last`` holds the value bytes of the last call (rows of up to ``last.shape[1]``
+    bytes) and ``seen`` its (length, VR code): -1 for an absent value, -2 for one that did not fit
+    (never equal); a caller starts ``seen`` at -3. A row that differs (or did not fit, or lies past
+    the end of ``buf``) has its index written to ``changed`` and its bytes, length and code kept;
+    returns the count written. Rows left out are the last call's bytes, VR code and length, so the
+    last call's values stand for them."""
+    n = buf.shape[0]
+    width = last.shape[1]
+    k = 0
+    for w in range(found.shape[0]):
+        s = found[w, 0]
+        size = found[w, 1] if s >= 0 else -1
+        code = found[w, 2] if s >= 0 else 0
+        fits = size <= width and (s < 0 or s + size <= n)
+        same = fits and seen[w, 0] == size and seen[w, 1] == code
+        if same:
+            for i in range(size):
+                if buf[s + i] != last[w, i]:
+                    same = False
+                    break
+        if not same:
+            changed[k] = w
+            k += 1
+            seen[w, 0] = size if fits else -2
+            seen[w, 1] = code
+            if fits:
+                for i in range(size):
+                    last[w, i] = buf[s + i]
+    return k
+
+
+@jit
+def walk_changed(buf, pos, explicit, vr_class, wanted, unusual, found, stack, total, last, seen, changed):
+    """:func:`walk_header`, then :func:`changed_values` on the rows it found, in one call:
+    (pixel start, pixel length, count of changed rows); the count is 0 when the walk declined
+    (start < 0: ``last`` and ``seen`` are left as they were)."""
+    start, length = walk_header(buf, pos, explicit, vr_class, wanted, unusual, found, stack, total)
+    if start < 0:
+        return start, length, 0
+    return start, length, changed_values(buf, found, last, seen, changed)
+
+
 KERNELS = (
     lut_gather, lut_gather_channels, lut_affine, lut_affine_stack, stored_presence, int_minmax, float_minmax, voi_int, voi_float, walk_header, read_header,
-    box_shrink, ybr_full_to_rgb, resample, resample_affine, block_mean,
+    changed_values, walk_changed, box_shrink, ybr_full_to_rgb, resample, resample_affine, block_mean,
 )

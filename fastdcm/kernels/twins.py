@@ -117,6 +117,23 @@ def resample_affine(raw, mask, flip, j0, a, b, ymax, ys, yn, wy, tx, wx, acc, vb
     resample(windowed.reshape(raw.shape[0], raw.shape[1], 1), ys, yn, wy, tx, wx, ymax, acc, vbuf, out)
 
 
+def changed_values(buf, found, last, seen, changed):
+    """``jitted.changed_values``, in plain Python."""
+    n, width, k = buf.shape[0], last.shape[1], 0
+    for w in range(found.shape[0]):
+        s = int(found[w, 0])
+        size = int(found[w, 1]) if s >= 0 else -1
+        code = int(found[w, 2]) if s >= 0 else 0
+        fits = size <= width and (s < 0 or s + size <= n)
+        value = bytes(buf[s : s + size]) if s >= 0 and fits else b""
+        if not (fits and seen[w, 0] == size and seen[w, 1] == code and value == last[w, : max(size, 0)].tobytes()):
+            changed[k] = w
+            k += 1
+            seen[w, 0], seen[w, 1] = (size if fits else -2), code
+            last[w, : len(value)] = np.frombuffer(value, np.uint8)
+    return k
+
+
 def _read_only(n: int, dtype) -> np.ndarray:
     """``n`` zeros of ``dtype`` as a read-only view of bytes, as frames and headers read from a file are."""
     return np.frombuffer(bytes(n * np.dtype(dtype).itemsize), dtype)
@@ -138,6 +155,7 @@ def warmup_arrays(full: bool):
         voi_float as k_voi_float,
         voi_int as k_voi_int,
         walk_header as k_walk_header,
+        walk_changed as k_walk_changed,
         read_header as k_read_header,
         box_shrink as k_box_shrink,
         ybr_full_to_rgb as k_ybr_full_to_rgb,
@@ -153,6 +171,10 @@ def warmup_arrays(full: bool):
                          np.zeros((1, 3), np.int64), np.zeros(4, np.int64), np.zeros(4, np.int64), np.zeros(8, np.uint8), 16)),
         (k_walk_header, (_read_only(16, np.uint8), 0, True, np.zeros(1 << 16, np.uint8), i64, i64,
                          np.zeros((1, 3), np.int64), np.zeros(4, np.int64), 16)),
+        # (the name guard's and the metadata table's values: every run but --allow-phi ones)
+        (k_walk_changed, (_read_only(16, np.uint8), 0, True, np.zeros(1 << 16, np.uint8), i64, i64,
+                          np.zeros((1, 3), np.int64), np.zeros(4, np.int64), 16, np.zeros((1, 4), np.uint8),
+                          np.zeros((1, 2), np.int64), np.zeros(1, np.int64))),
     ]
     # Frames read straight from the file's bytes are read-only arrays, a signature of their own: the
     # commonest (an 8- or 16-bit native frame through its window's line, to 8 bits, or its min-max)

@@ -452,7 +452,7 @@ def test_changed_values_matches_twin_over_a_sequence_of_calls(seed, columns, cal
                 continue
             kind = rng.integers(0, 5)
             start = int(rng.integers(0, 60))
-            length = int(rng.integers(0, 12)) if kind else 0
+            length = int(rng.integers(0, 12)) if kind > 1 else -1  # (a length no walk gives: never kept)
             found[w] = (-1, 0, 0) if kind == 1 else (start, length, int(rng.integers(0, 2)))  # absent, longer than width, past the end
         if rng.random() < 0.5:
             buf = buf.copy()
@@ -464,7 +464,7 @@ def test_changed_values_matches_twin_over_a_sequence_of_calls(seed, columns, cal
         last, seen, _ = states[0]
         for w in range(columns):  # every value that fits is what the state holds now
             s, n = int(found[w, 0]), int(found[w, 1])
-            if s >= 0 and n <= width and s + n <= 64:
+            if s >= 0 and 0 <= n <= width and s + n <= 64:
                 assert seen[w, 0] == n and last[w, :n].tobytes() == buf[s : s + n].tobytes()
             elif s >= 0:
                 assert seen[w, 0] == -2  # never equal: decoded every time

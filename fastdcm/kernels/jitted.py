@@ -840,9 +840,14 @@ def changed_values(buf, found, last, seen, changed):
     k = 0
     for w in range(found.shape[0]):
         s = found[w, 0]
-        size = found[w, 1] if s >= 0 else -1
-        code = found[w, 2] if s >= 0 else 0
-        fits = size <= width and (s < 0 or s + size <= n)
+        if s >= 0:
+            size = found[w, 1]
+            code = found[w, 2]
+            fits = 0 <= size and size <= width and s + size <= n
+        else:  # absent
+            size = -1
+            code = 0
+            fits = True
         same = fits and seen[w, 0] == size and seen[w, 1] == code
         if same:
             for i in range(size):

@@ -124,7 +124,7 @@ def changed_values(buf, found, last, seen, changed):
         s = int(found[w, 0])
         size = int(found[w, 1]) if s >= 0 else -1
         code = int(found[w, 2]) if s >= 0 else 0
-        fits = size <= width and (s < 0 or s + size <= n)
+        fits = 0 <= size <= width and s + size <= n if s >= 0 else True
         value = bytes(buf[s : s + size]) if s >= 0 and fits else b""
         if not (fits and seen[w, 0] == size and seen[w, 1] == code and value == last[w, : max(size, 0)].tobytes()):
             changed[k] = w

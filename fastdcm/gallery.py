@@ -41,7 +41,10 @@ from typing import Any, Iterable, NamedTuple
 from .errors import Status
 from .run.sinks.manifest import loads
 
-__all__ = ["build_gallery", "GalleryReport", "Entry", "entry_of", "latest_records", "GALLERY", "PER_PAGE", "FAILURES_PER_PAGE", "GALLERY_TAGS"]
+__all__ = [
+    "build_gallery", "GalleryReport", "Entry", "entry_of", "latest_records", "GALLERY", "PER_PAGE",
+    "FAILURES_PER_PAGE", "GALLERY_TAGS",
+]
 
 log = logging.getLogger(__name__)
 

@@ -506,10 +506,10 @@ class ManifestSink:
             kept[entry.source] = entry
 
     def latest(self) -> dict[str, Any] | None:
-        """Every input's latest record (its gallery :class:`~fastdcm.gallery.Entry`) in the order a reader of the whole
-        file finds them, as of :meth:`close`: the records before this run's (read back then, up to
-        where this run began) and this run's, kept. None when another run appended to the file
-        meanwhile (read it whole then), when nothing was kept, or before close."""
+        """Every input's latest record (its gallery :class:`~fastdcm.gallery.Entry`) in the order a
+        reader of the whole file finds them, as of :meth:`close`: the records before this run's (read
+        back then, up to where this run began) and this run's, kept. None when another run appended
+        to the file meanwhile (read it whole then), when nothing was kept, or before close."""
         return self._latest
 
     def _merge(self) -> dict[str, Any] | None:

@@ -397,3 +397,26 @@ def test_entries_share_their_repeated_values_and_keep_what_the_page_needs():
     assert gallery_mod.entry_of(odd, shared).grouping[0][3] == [2, 3]
     bare = gallery_mod.entry_of({"source": "/d/x.dcm", "status": "error", "reason": "cut"}, shared)
     assert bare.grouping is None and bare.outputs == () and bare.thumbs == () and bare.windows is None
+
+
+def test_a_sheet_packs_tiles_in_rows_of_whole_jpeg_blocks():
+    """Tiles of any shape go left to right in rows at most WIDTH wide, each at a multiple of 8 pixels
+    (a JPEG block never holds two images), never overlapping; each decodes from its rectangle."""
+    from fastdcm.run.thumbs import WIDTH, Sheet
+
+    rng = np.random.default_rng(3)
+    shapes = [(86, 86), (96, 64), (40, 96), (1, 1), (96, 96), (86, 86), (17, 90), (96, 33)] * 3
+    tiles = [np.full((h, w, 1), rng.integers(20, 235), np.uint8) for h, w in shapes]
+    sheet = Sheet()
+    boxes = sheet.add(tiles[:5]) + sheet.add(tiles[5:])
+    assert [b[2:] for b in boxes] == [[w, h] for h, w in shapes]
+    for i, (x, y, w, h) in enumerate(boxes):
+        assert x % 8 == 0 and y % 8 == 0 and x + w <= WIDTH
+        for x2, y2, w2, h2 in boxes[:i]:
+            assert x >= x2 + w2 or x2 >= x + w or y >= y2 + h2 or y2 >= y + h, (i, boxes[i])
+    decoded = np.asarray(Image.open(io.BytesIO(sheet.encode())))
+    for tile, (x, y, w, h) in zip(tiles, boxes):
+        if min(w, h) >= 16:  # (a 1-pixel tile shares its block with black: JPEG blurs it, as on any sheet)
+            assert abs(decoded[y : y + h, x : x + w].astype(int) - int(tile[0, 0, 0])).mean() < 3
+    sheet.clear()
+    assert sheet.add(tiles[:1]) == [[0, 0, 86, 86]]

@@ -20,7 +20,7 @@ from .executors import worker_label
 
 __all__ = ["TILE", "COLUMNS", "SHEETS", "thumbnail", "Sheet", "read_thumbnail"]
 
-#: The longest side of a thumbnail, in pixels (a tile of the sheet is TILE x TILE).
+#: The longest side of a thumbnail, in pixels (the page frames each in a TILE x TILE square).
 TILE = 96
 #: Tiles per row of a sheet, at most (a tile's place is its own width, in whole JPEG blocks).
 COLUMNS = 8

@@ -194,7 +194,7 @@ def _read(buffer: bytes, total: int | None = None) -> tuple[str, bool, int, int,
     VR code] rows: this thread's scratch, to be read before its next call) of a little-endian file
     with a file meta, or None. One compiled call
     (``kernels.read_header``); with the kernels' numpy twins in use, ``read_python``. The meta
-    read is kept for ``find_elements`` (``_LAST_META``)."""
+    read is kept for ``find_changed`` (``_LAST_META``)."""
     if kernels.twins_active():
         read = read_python(buffer, total)
         if read is not None and type(buffer) is bytes:
@@ -281,7 +281,7 @@ def _decode(explicit: bool, values: list[tuple[bytes, int] | None]) -> Attribute
 def _file_meta(buffer: bytes) -> tuple[str, int] | None:
     """(transfer syntax, position after the file meta) of a little-endian file, or None. The last
     buffer's answer is kept: a file's header is parsed (``_parse``), then walked again for the
-    metadata table and the name guard (``find_elements``), and its meta read once (~10 us)."""
+    metadata table and the name guard (``find_changed``), and its meta read once (~10 us)."""
     last = _LAST_META
     if last[0] is buffer:
         return last[1]
@@ -324,28 +324,17 @@ def _explicit(buffer: bytes, ts: str, pos: int) -> bool:
 _NO_TAGS = np.empty(0, np.int64)
 
 
-def find_elements(buffer: bytes, tags: np.ndarray, total: int | None = None) -> tuple[bool, int, list[list[int]]] | None:
-    """(explicit VR, where the pixel data value starts, [value start, value length, VR code] per
-    tag of ``tags``, start -1 when absent) for top-level elements of a little-endian file, by the
-    same walk (sequences of undefined length are skipped, not found); None when this walk cannot
-    read the header (pydicom can tell). Used for the metadata table's values."""
-    meta = _file_meta(buffer)
-    if meta is None:
-        return None
-    ts, pos = meta
-    explicit = _explicit(buffer, ts, pos)
-    walked = _walk(buffer, pos, explicit, tags, _NO_TAGS, total)
-    return None if walked is None else (explicit, walked[0], walked[2])
-
-
 def find_changed(
     buffer: bytes, tags: np.ndarray, total: int | None, last: np.ndarray, seen: np.ndarray, changed: np.ndarray,
 ) -> tuple[bool, int, np.ndarray, int] | None:
-    """:func:`find_elements`, and which of the values differ from those of the call before that
-    passed the same ``last``, ``seen`` and ``changed`` (``kernels.changed_values``, which keeps
-    them): (explicit VR, where the pixel data value starts, the rows as an array, the count of
-    changed rows, whose indexes are the first entries of ``changed``), or None (as find_elements;
-    ``last`` and ``seen`` are then as they were). One compiled call (``kernels.walk_changed``)."""
+    """Where the top-level elements ``tags`` of a little-endian file are, by the same walk as the
+    header's (sequences of undefined length are skipped, not found), and which of their values
+    differ from those of the call before that passed the same ``last``, ``seen`` and ``changed``
+    (``kernels.changed_values``, which keeps them): (explicit VR, where the pixel data value starts,
+    the rows [value start, value length, VR code] as an array, start -1 when absent, the count of
+    changed rows, whose indexes are the first entries of ``changed``), or None when this walk cannot
+    read the header (pydicom can tell; ``last`` and ``seen`` are then as they were). Used for the
+    metadata table's values and the name guard's. One compiled call (``kernels.walk_changed``)."""
     meta = _file_meta(buffer)
     if meta is None:
         return None

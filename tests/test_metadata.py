@@ -326,3 +326,53 @@ def test_each_files_fast_values_are_its_own_whatever_came_before(tmp_path):
                 assert got == want, (twins, i)
                 assert got["InstanceNumber"] == i + 1 and (got["SliceLocation"] is None) == (i == 1)
                 got["ImagePositionPatient"].append(99.0)  # the next row's list is not this one
+
+
+def test_rows_held_as_record_batches_and_parts_make_the_same_table(archive, tmp_path, monkeypatch):
+    """Rows become Arrow record batches while the run goes on (ROWS_PER_BATCH) and parts
+    (ROWS_PER_PART): the table is the one a run holding every row to the end writes."""
+    whole = tmp_path / "whole"
+    fastdcm.convert([str(archive)], str(whole), workers=0, quiet=True, metadata="m.parquet", batch_size=1)
+    monkeypatch.setattr(table_module, "ROWS_PER_BATCH", 2)
+    monkeypatch.setattr(table_module, "ROWS_PER_PART", 5)
+    made: list[int] = []
+    convert = table_module.MetadataSink._convert
+
+    def counted(self):
+        made.append(len(self.rows))
+        convert(self)
+
+    monkeypatch.setattr(table_module.MetadataSink, "_convert", counted)
+    pieces = tmp_path / "pieces"
+    fastdcm.convert([str(archive)], str(pieces), workers=0, quiet=True, metadata="m.parquet", batch_size=1)
+    assert len(made) > 3 and max(made) <= 10  # (one input's rows, up to 10 frames, arrive at once)
+
+    def rows(out: Path) -> list[dict]:
+        got = fastdcm.read_metadata(out / "m.parquet").to_pylist()
+        for r in got:
+            r["source"] = os.path.relpath(r["source"], archive)
+        return sorted(got, key=lambda r: (r["source"], r["frame"] or 0))
+
+    assert rows(pieces) == rows(whole) and len(rows(whole)) == 17
+    assert not (pieces / ".m.parquet.parts").exists()
+
+
+def test_the_tables_end_beside_the_gallery_reports_its_failure_and_raises_a_bug(archive, tmp_path, monkeypatch):
+    """With --gallery the table is merged and written in a thread while the page is built: a table
+    that cannot be written is the run's manifest error as before (the gallery still made), and an
+    unexpected error there is raised by convert, not lost in the thread."""
+    from fastdcm.run.sinks import SinkFailed
+
+    def full(self, last=None):
+        raise SinkFailed("the metadata table cannot be written: No space left on device")
+
+    monkeypatch.setattr(table_module.MetadataSink, "_merge", full)
+    report = fastdcm.convert([str(archive)], str(tmp_path / "a"), workers=0, quiet=True, metadata="m.parquet", gallery=True)
+    assert "No space left" in report.manifest_error and (tmp_path / "a" / "gallery" / "index.html").is_file()
+
+    def bug(self, last=None):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(table_module.MetadataSink, "_merge", bug)
+    with pytest.raises(ZeroDivisionError):
+        fastdcm.convert([str(archive)], str(tmp_path / "b"), workers=0, quiet=True, metadata="m.parquet", gallery=True)

@@ -451,10 +451,14 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
                 executor.close(abort=True)
         ran = True
     finally:
-        _close_sinks(sinks, report)
+        # The table's end (its Parquet coded by pyarrow, which lets go of the GIL) runs in a thread
+        # beside the gallery's page build: both are the run's serial tail, its workers idle.
+        beside = [table] if table is not None and copts.gallery and ran else []
+        _close_sinks([sink for sink in sinks if sink not in beside], report)
         try:
-            if copts.gallery and ran:
-                report.gallery = _gallery(out, manifest_path, root, job.run_start_ns, manifest_sink.latest())
+            with _closing_beside(beside, report):
+                if copts.gallery and ran:
+                    report.gallery = _gallery(out, manifest_path, root, job.run_start_ns, manifest_sink.latest())
         finally:
             root.remove_tmp()
             root.close()
@@ -494,6 +498,32 @@ def _close_sinks(sinks: list[Sink], report: Report) -> None:
             sink.close()
         except SinkFailed as exc:
             report.manifest_error = report.manifest_error or exc.reason
+
+
+@contextmanager
+def _closing_beside(sinks: list[Sink], report: Report) -> Iterator[None]:
+    """Close ``sinks`` in a thread of their own while the body runs; the thread is joined when the
+    body ends (also when it raises), and what the closing raised is raised then, as a close in line
+    would have raised it."""
+    if not sinks:
+        yield
+        return
+    failed: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            _close_sinks(sinks, report)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=close, name="fastdcm-close-sinks")
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+        if failed:
+            raise failed[0]
 
 
 class _Resume:

@@ -32,8 +32,13 @@ from . import SinkFailed
 __all__ = ["MetadataSink", "read_metadata", "base_schema", "table_schema", "check_table_name", "ROWS_PER_PART"]
 
 #: Rows buffered before a part is written: a crash loses at most these, and memory
-#: stays flat (about 3 MiB per 1,000 rows of the default columns).
+#: stays flat (the rows are held as Arrow record batches: see ROWS_PER_BATCH).
 ROWS_PER_PART = 4096
+#: Rows kept as Python tuples before they become one Arrow record batch, while the run goes on
+#: (``flush``): the table's end then converts at most these, not every row of a small run in the
+#: run's serial tail (3.4 ms of 13 for 1,000 CT rows), and a batch holds a row in a fraction of
+#: a tuple's memory.
+ROWS_PER_BATCH = 512
 _SEPARATOR = "\\"
 
 
@@ -98,7 +103,9 @@ class MetadataSink:
         self.columns = [f.name for f in self.schema]
         self.parts = _parts_folder(name)
         self.tag_keys = tuple(spec.column for spec in self.specs)  # (their values' keys in a result)
-        self.rows: list[tuple] = []  # the buffer: a tuple per row, in the schema's order
+        self.rows: list[tuple] = []  # the newest rows: a tuple per row, in the schema's order
+        self.batches: list[Any] = []  # the rows before them, not written yet: Arrow record batches
+        self.held = 0  # rows in ``batches``
         self.seq = 0
         self.known: set[str] | None = None  # sources with rows, read on first use (has_rows)
 
@@ -151,17 +158,26 @@ class MetadataSink:
             ) + scaled + (shard,) + tags)
 
     def flush(self) -> None:
-        if len(self.rows) >= ROWS_PER_PART:
+        if self.held + len(self.rows) >= ROWS_PER_PART:
             self._write_part()
+        elif len(self.rows) >= ROWS_PER_BATCH:
+            self._convert()
+
+    def _convert(self) -> None:
+        """The tuples buffered so far as one record batch (columns typed by the schema)."""
+        rows, self.rows = self.rows, []
+        arrays = [self.pa.array(column, type=field.type) for column, field in zip(zip(*rows), self.schema)]
+        self.batches.append(self.pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self.held += len(rows)
 
     def _take_buffer(self) -> Any:
         """The buffered rows as a pyarrow Table (None when there are none); the buffer starts anew."""
-        rows = self.rows
-        if not rows:
+        if self.rows:
+            self._convert()
+        if not self.batches:
             return None
-        self.rows = []
-        arrays = [self.pa.array(column, type=field.type) for column, field in zip(zip(*rows), self.schema)]
-        return self.pa.Table.from_arrays(arrays, schema=self.schema)
+        batches, self.batches, self.held = self.batches, [], 0
+        return self.pa.Table.from_batches(batches, schema=self.schema)
 
     def _write_part(self) -> None:
         table = self._take_buffer()

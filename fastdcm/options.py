@@ -124,6 +124,13 @@ class RenderOptions:
         default=None,
         metadata=_meta("shrink images whose longest side is above N to N (aspect kept; never enlarges)", metavar="N"),
     )
+    overlays: bool = field(
+        default=False,
+        metadata=_meta(
+            "burn in the overlay planes (60xx Overlay Data: annotations, markers, ROIs) in white, "
+            "over the rendered image, as a viewer shows them; not drawn by default"
+        ),
+    )
     decoder: str | tuple | None = field(
         default=None,
         metadata=_meta(
@@ -154,6 +161,9 @@ class RenderOptions:
                 problem = window_problem(center, width, self.voi_function)
                 if problem:
                     raise InvalidOptionError(f"windows: {center:g}/{width:g}: {problem}")
+        if self.overlays not in (True, False):  # (numpy's bool too)
+            raise InvalidOptionError(f"overlays is True or False, not {self.overlays!r}")
+        object.__setattr__(self, "overlays", bool(self.overlays))
         if self.depth not in (8, 16):
             raise InvalidOptionError(f"depth must be 8 or 16, not {self.depth!r}")
         if isinstance(self.voi_index, bool) or not isinstance(self.voi_index, (int, float)) \
@@ -625,5 +635,7 @@ def output_fingerprint(convert_options: ConvertOptions, render_options: RenderOp
     if convert_options.container is Container.FILES:
         del shaping["container"]  # (fingerprints of runs from before containers stay valid)
     shaping.update({f.name: getattr(render_options, f.name) for f in dataclasses.fields(render_options)})
+    if not render_options.overlays:
+        del shaping["overlays"]  # (fingerprints of runs from before the option stay valid)
     text = json.dumps(shaping, sort_keys=True, default=lambda v: getattr(v, "value", str(v)))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

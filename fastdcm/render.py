@@ -17,6 +17,7 @@ from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError, InvalidPixelModuleError, from_dependency
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import Frames, RenderOptions, fit_problem
+from .overlays import burn, may_have_overlays, overlay_mask
 from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, modality_of, stored_range
 from .resample import reduced_size
 from .resize import apply as resize_apply, apply_line as resize_line, resize_plan
@@ -103,13 +104,18 @@ class Image:
         try:
             stored, decoder = decode_frame(self._header, frame, options.decoder, options.reduce)
             resize = self._resize_plan(options)  # None: the frame keeps its size
+            overlay = self._overlay_mask(frame) if options.overlays else None  # (overlays.py)
             one_pass = None
             if options.windows is not None:
                 array, plan = _render_stack(stored, self._header.attrs, self.spec, frame, options)
-            elif resize is not None and (one_pass := self._windowed_and_resized(stored, frame, options, resize)):
+            elif resize is not None and overlay is None and (
+                one_pass := self._windowed_and_resized(stored, frame, options, resize)
+            ):
                 array, plan = one_pass
             else:
                 array, plan = _render_stored(stored, self._header.attrs, self.spec, frame, options)
+            if overlay is not None:  # burned in at the frame's size, before any resize
+                array = burn(array, overlay, options.y_max, options.reduce)
             if resize is not None and one_pass is None:
                 array = resize_apply(array, resize, options.y_max)
         except FastDcmError as exc:
@@ -124,6 +130,12 @@ class Image:
             CURRENT_SOURCE.reset(token)
         mapping = resize.mapping(self.spec.rows, self.spec.columns) if resize is not None else None
         return Rendered(array=array, frame=frame, voi=plan.voi, decoder=decoder, window=plan.window, mapping=mapping)
+
+    def _overlay_mask(self, frame: int) -> np.ndarray | None:
+        """The overlay planes covering ``frame`` as one mask at the image's size, or None."""
+        if not may_have_overlays(self._header.buffer, self.spec.pixel_offset):
+            return None
+        return overlay_mask(self.dataset, frame, self.spec.rows, self.spec.columns)
 
     def _resize_plan(self, options: RenderOptions) -> Any:
         """The resize of ``options`` for this image's frames (after ``reduce``), or None."""

@@ -1,0 +1,117 @@
+"""Overlay planes burned into a rendered frame (``render(..., overlays=True)``, ``--overlays``).
+
+RENDERING.md 4: overlays are not burned in unless asked for. When asked, every Overlay Plane of
+the image (groups 6000-601E, PS3.3 C.9.2, graphics and ROI alike) that carries Overlay Data and
+covers the frame is drawn in white, the output's largest value (255, 65535 at depth 16, white in
+colour and in every channel of a window stack), over the rendered frame, after the VOI and the
+MONOCHROME1 inversion, as a viewer shows it. An overlay pixel at (r, c) lands on the image pixel
+(r + origin row - 1, c + origin column - 1) (Overlay Origin is 1-based); what falls outside the
+image is cut off. Of a multi-frame overlay (C.9.3), overlay frame k (from 0) covers the image's
+frame Image Frame Origin + k (from 1; Image Frame Origin 1 when absent); a single-frame overlay
+covers the image's first frame (Image Frame Origin) only, as dcmtk draws it.
+
+The bits are unpacked by pydicom (``pydicom.overlays.get_overlay_array``). Overlays embedded in
+the high bits of the pixel data (retired since 2004: no Overlay Data element) are not drawn.
+Resized outputs are burned at the frame's own size and then resized; with ``reduce=k`` (the frame
+decoded or averaged 2^k times smaller) each output pixel becomes white in the share of its
+2^k x 2^k block that the overlay covers (the block mean of the burned-in frame where the image
+under the overlay is even).
+
+The header's bytes are searched for an Overlay Data tag first: an image without one (almost all)
+costs a byte search, not pydicom's parse of its header.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidPixelModuleError
+
+__all__ = ["may_have_overlays", "overlay_mask", "burn"]
+
+#: An Overlay Data element's tag, little endian: group 6000-601E (even), element 3000. A match
+#: in the header's bytes may be chance (then pydicom's dataset says there is none).
+_OVERLAY_DATA = re.compile(rb"[\x00\x02\x04\x06\x08\x0a\x0c\x0e\x10\x12\x14\x16\x18\x1a\x1c\x1e]\x60\x00\x30")
+_GROUPS = range(0x6000, 0x6020, 2)
+
+
+def may_have_overlays(header_bytes: bytes | None, end: int = -1) -> bool:
+    """False when ``header_bytes`` (the file's bytes, or its first bytes) hold no Overlay Data tag
+    before ``end`` (the pixel data's offset; -1: anywhere); True when they may (or are not known:
+    a pydicom Dataset source)."""
+    if header_bytes is None:
+        return True
+    return _OVERLAY_DATA.search(header_bytes, 0, end if end >= 0 else len(header_bytes)) is not None
+
+
+def overlay_mask(ds: Any, frame: int, rows: int, columns: int) -> np.ndarray | None:
+    """The union of the overlay planes of ``ds`` that cover ``frame`` (0-based) as a (rows, columns)
+    bool array in image coordinates, or None when none covers it. InvalidPixelModuleError for an
+    overlay plane that cannot be read (its data shorter than its rows and columns say, a
+    non-numeric attribute)."""
+    from pydicom.overlays import get_overlay_array
+
+    mask: np.ndarray | None = None
+    for group in _GROUPS:
+        if (group, 0x3000) not in ds:
+            continue
+        try:
+            count = _int(ds, group, 0x0015, 1)
+            first = _int(ds, group, 0x0051, 1)
+            k = frame + 1 - first
+            if not 0 <= k < count:
+                continue
+            origin = ds[(group, 0x0050)].value if (group, 0x0050) in ds else [1, 1]
+            top, left = int(origin[0]) - 1, int(origin[1]) - 1
+            bits = get_overlay_array(ds, group)
+        except (AttributeError, ValueError, TypeError, IndexError, KeyError) as exc:
+            raise InvalidPixelModuleError(f"overlay plane {group:04X}: {exc}") from None
+        if bits.ndim == 3:
+            if k >= bits.shape[0]:
+                continue
+            bits = bits[k]
+        # the part of the plane inside the image
+        r0, c0 = max(0, top), max(0, left)
+        r1, c1 = min(rows, top + bits.shape[0]), min(columns, left + bits.shape[1])
+        if r0 >= r1 or c0 >= c1:
+            continue
+        if mask is None:
+            mask = np.zeros((rows, columns), bool)
+        mask[r0:r1, c0:c1] |= bits[r0 - top : r1 - top, c0 - left : c1 - left].astype(bool)
+    return mask
+
+
+def _int(ds: Any, group: int, element: int, default: int) -> int:
+    """An overlay attribute's (first) value as an integer; ``default`` when absent or empty."""
+    from pydicom.multival import MultiValue
+
+    if (group, element) not in ds:
+        return default
+    value = ds[(group, element)].value
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        return default
+    return int(value)
+
+
+def burn(array: np.ndarray, mask: np.ndarray, ymax: int, reduce: int = 0) -> np.ndarray:
+    """``array`` (rows, columns[, channels]; uint8 or uint16) with the overlay ``mask`` (the frame's
+    full size) drawn in ``ymax``; with ``reduce`` > 0 the mask is averaged over 2^reduce blocks and
+    each pixel moved toward ``ymax`` by the share its block covers (rounded half up)."""
+    out = np.array(array, copy=True)
+    if reduce:
+        step = 1 << reduce
+        rows, cols = out.shape[:2]
+        padded = np.zeros((rows * step, cols * step), np.float64)
+        padded[: mask.shape[0], : mask.shape[1]] = mask[: rows * step, : cols * step]
+        share = padded.reshape(rows, step, cols, step).mean(axis=(1, 3))
+        if out.ndim == 3:
+            share = share[:, :, None]
+        blended = np.floor(out * (1.0 - share) + ymax * share + 0.5)
+        return np.clip(blended, 0, ymax).astype(out.dtype)
+    out[mask] = ymax  # (a colour or stack pixel: every channel)
+    return out

@@ -306,7 +306,7 @@ def build_gallery(
         if records is None:
             with open(manifest, "rb") as stream:
                 records = latest_records(stream, manifest)
-        texts: dict[str, str] = {}  # the group keys and window texts, one string each
+        texts: dict[Any, Any] = {}  # what the page items share (_image)
         for entry in records.values():
             status, outputs = entry.status, entry.outputs
             if status not in _IMAGE_STATUSES or not outputs:
@@ -342,27 +342,47 @@ def build_gallery(
 
 
 def _image(entry: Entry, grouping: tuple[Any, ...], i: int, output: str, thumb: Any, shown: bool,
-           texts: dict[str, str]) -> _Image:
-    (study_uid, series_uid, modality, series_number, body_part), instance = grouping
-    if not (study_uid and series_uid):
-        folder = posixpath.dirname(output) or "."
-    study = f"uid:{study_uid}" if study_uid else f"folder:{folder}"
-    series = f"uid:{series_uid}" if series_uid else f"folder:{folder}"
-    window = _window_text(entry.windows, i, entry.voi)
-    return _Image(
-        study=texts.setdefault(study, study),
-        series=texts.setdefault(series, series),
-        study_uid=study_uid if shown else None,
-        series_uid=series_uid if shown else None,
-        modality=modality if modality.__class__ is str else str(modality or ""),
-        body_part=body_part if body_part.__class__ is str else str(body_part or ""),
-        series_number=_sort_number(series_number),
-        instance=_sort_number(instance),
-        output=output,
-        thumb=thumb,
-        window=texts.setdefault(window, window),
-        status=entry.status,
-    )
+           texts: dict[Any, Any]) -> _Image:
+    """The page item of ``entry``'s output ``i``. ``texts``: what the items made so far share (the
+    group keys and window texts, one string each, and each series' fields, made once per series:
+    a series' attribute tuple is one object for all its entries, see :func:`entry_of`)."""
+    series_values, instance = grouping
+    study_uid, series_uid = series_values[0], series_values[1]
+    key = (series_values, shown) if study_uid and series_uid else None
+    try:
+        fields = texts.get(key) if key is not None else None
+    except TypeError:  # a list among the values (a record written by hand): made for each image
+        key, fields = None, None
+    if fields is None:
+        modality, body_part, series_number = series_values[2], series_values[4], series_values[3]
+        if not (study_uid and series_uid):
+            folder = posixpath.dirname(output) or "."
+        study = f"uid:{study_uid}" if study_uid else f"folder:{folder}"
+        series = f"uid:{series_uid}" if series_uid else f"folder:{folder}"
+        fields = (
+            texts.setdefault(study, study),
+            texts.setdefault(series, series),
+            study_uid if shown else None,
+            series_uid if shown else None,
+            modality if modality.__class__ is str else str(modality or ""),
+            body_part if body_part.__class__ is str else str(body_part or ""),
+            _sort_number(series_number),
+        )
+        if key is not None:
+            texts[key] = fields
+    windows, voi = entry.windows, entry.voi
+    window_key = ("window", windows, i, voi)
+    try:
+        window = texts.get(window_key)
+    except TypeError:  # (unhashable windows: a record written by hand)
+        window_key, window = None, None
+    if window is None:
+        window = _window_text(windows, i, voi)
+        window = texts.setdefault(window, window)
+        if window_key is not None:
+            texts[window_key] = window
+    return _Image(*fields, instance=_sort_number(instance), output=output, thumb=thumb, window=window,
+                  status=entry.status)
 
 
 def _ordered(images: list[_Image]) -> list[list[list[_Image]]]:

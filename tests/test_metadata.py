@@ -328,9 +328,11 @@ def test_each_files_fast_values_are_its_own_whatever_came_before(tmp_path):
                 got["ImagePositionPatient"].append(99.0)  # the next row's list is not this one
 
 
-def test_rows_held_as_record_batches_and_parts_make_the_same_table(archive, tmp_path, monkeypatch):
+@pytest.mark.parametrize("gallery", [False, True])
+def test_rows_held_as_record_batches_and_parts_make_the_same_table(archive, tmp_path, monkeypatch, gallery):
     """Rows become Arrow record batches while the run goes on (ROWS_PER_BATCH) and parts
-    (ROWS_PER_PART): the table is the one a run holding every row to the end writes."""
+    (ROWS_PER_PART): the table is the one a run holding every row to the end writes (with
+    --gallery, settled and written in a thread beside the page's build)."""
     whole = tmp_path / "whole"
     fastdcm.convert([str(archive)], str(whole), workers=0, quiet=True, metadata="m.parquet", batch_size=1)
     monkeypatch.setattr(table_module, "ROWS_PER_BATCH", 2)
@@ -344,7 +346,8 @@ def test_rows_held_as_record_batches_and_parts_make_the_same_table(archive, tmp_
 
     monkeypatch.setattr(table_module.MetadataSink, "_convert", counted)
     pieces = tmp_path / "pieces"
-    fastdcm.convert([str(archive)], str(pieces), workers=0, quiet=True, metadata="m.parquet", batch_size=1)
+    fastdcm.convert([str(archive)], str(pieces), workers=0, quiet=True, metadata="m.parquet", batch_size=1,
+                    gallery=gallery)
     assert len(made) > 3 and max(made) <= 10  # (one input's rows, up to 10 frames, arrive at once)
 
     def rows(out: Path) -> list[dict]:

@@ -455,6 +455,8 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
         # beside the gallery's page build: both are the run's serial tail, its workers idle.
         beside = [table] if table is not None and copts.gallery and ran else []
         _close_sinks([sink for sink in sinks if sink not in beside], report)
+        if beside:
+            table.settle()  # (the rows' conversion holds the GIL: here, before the thread starts)
         try:
             with _closing_beside(beside, report):
                 if copts.gallery and ran:

@@ -3,8 +3,10 @@ with a plain run, and memory as the table grows.
 
     python benchmarks/dataset.py                   # table + benchmarks/results/dataset.json
     python benchmarks/dataset.py --files 1000 --rounds 3 --rows 1000 100000
+    python benchmarks/dataset.py --formats jpeg    # the cost in JPEG only (the other sections as always)
 
-``cost``    the ct workload (``make_corpus.py ct``: nested CT slices), JPEG q90, 2 workers:
+``cost``    the ct workload (``make_corpus.py ct``: nested CT slices), JPEG q90 (``cost``) and PNG
+            (``cost_png``; ``--formats``: report.py's ct workload is both), 2 workers:
             ``fastdcm.convert`` plain, with ``metadata="metadata.parquet"`` (default columns), with
             ``gallery=True`` (thumbnails in the same pass and the page built at the end), and with
             both, alternated round by round (the order rotated each round, each run after an
@@ -41,15 +43,16 @@ sys.path.insert(0, str(HERE))
 from results_io import machine, today, work_dir, write_result  # noqa: E402
 
 
-def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
+def cost(work: Path, files: int, rounds: int, workers: int, fmt: str = "jpeg") -> dict:
     import fastdcm
 
     sys.path.insert(0, str(HERE))
     import make_corpus
 
     corpus = work / "ct"
-    make_corpus.build_corpus("ct", corpus, files)
-    fastdcm.convert([str(corpus)], str(work / "warm"), workers=workers, format="jpeg", quiet=True,
+    if not corpus.exists():  # (one corpus for every format)
+        make_corpus.build_corpus("ct", corpus, files)
+    fastdcm.convert([str(corpus)], str(work / f"warm-{fmt}"), workers=workers, format=fmt, quiet=True,
                     metadata="m.parquet", gallery=True)
     variants = {
         "plain": {},
@@ -67,11 +70,11 @@ def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
         # files made just before otherwise lands on whichever variant runs last.
         for name in names[i % len(names):] + names[: i % len(names)]:
             extra = variants[name]
-            out = work / f"{name}-{i}"
+            out = work / f"{fmt}-{name}-{i}"
             os.sync()
             c0 = _cpu()
             t0 = time.perf_counter()
-            report = fastdcm.convert([str(corpus)], str(out), workers=workers, format="jpeg", quiet=True, **extra)
+            report = fastdcm.convert([str(corpus)], str(out), workers=workers, format=fmt, quiet=True, **extra)
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(_cpu() - c0)
             assert report.ok and report.converted == files, report.summary()
@@ -87,14 +90,14 @@ def cost(work: Path, files: int, rounds: int, workers: int) -> dict:
     serial: dict[str, list[float]] = {name: [] for name in variants}
     for i in range(max(3, rounds // 2)):
         for name in names[i % len(names):] + names[: i % len(names)]:
-            out = work / f"serial-{name}-{i}"
+            out = work / f"serial-{fmt}-{name}-{i}"
             c0 = time.process_time()
-            report = fastdcm.convert([str(corpus)], str(out), workers=0, format="jpeg", quiet=True, **variants[name])
+            report = fastdcm.convert([str(corpus)], str(out), workers=0, format=fmt, quiet=True, **variants[name])
             serial[name].append((time.process_time() - c0) / files * 1e6)
             assert report.ok and report.converted == files, report.summary()
     us = {k: statistics.median(v) for k, v in serial.items()}
     return {
-        "files": files, "workers": workers, "rounds": rounds,
+        "format": fmt, "files": files, "workers": workers, "rounds": rounds,
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
         "files_per_s": {k: round(files / v, 1) for k, v in med.items()},
@@ -228,29 +231,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=2000, help="CT files of the cost run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--formats", nargs="+", default=["jpeg", "png"], choices=["jpeg", "png"],
+                        help="the cost section's output formats")
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 100000])
     parser.add_argument("--gallery-images", type=int, nargs="+", default=[1000, 100000])
     parser.add_argument("--json", default=str(HERE / "results" / "dataset.json"))
     args = parser.parse_args(argv)
     with work_dir("dataset-") as tmp:
         work = Path(tmp)
+        costs = {fmt: cost(work, args.files, args.rounds, args.workers, fmt) for fmt in args.formats}
         result = {
-            "cost": cost(work, args.files, args.rounds, args.workers),
+            "cost": costs.get("jpeg"),
+            "cost_png": costs.get("png"),
             "memory": memory(work, args.rows),
             "gallery": [gallery_scale(work, n) for n in args.gallery_images],
             "machine": machine(),
             "date": today(),
         }
-    c, m = result["cost"], result["memory"]
-    print(f"ct JPEG, {c['files']} files, {c['workers']} workers, median of {c['rounds']} rounds: "
-          f"plain {c['files_per_s']['plain']} files/s")
-    for name, ratio in c["ratio_over_plain"].items():
-        print(f"  with {name}: {c['files_per_s'][name]} files/s, {ratio:.2f} of plain (goal >= 0.90); "
-              f"CPU time {c['cpu_ratio_over_plain'][name]:.2f} of plain")
-    print(f"one process, CPU per file (median of {len(c['serial_cpu_us_per_file']['plain'])}): "
-          f"plain {statistics.median(c['serial_cpu_us_per_file']['plain']):.0f} us")
-    for name, added in c["serial_added_us"].items():
-        print(f"  with {name}: +{added:.0f} us, {c['serial_ratio_over_plain'][name]:.2f} of plain (goal >= 0.90)")
+    m = result["memory"]
+    for c in costs.values():
+        print(f"ct {c['format'].upper()}, {c['files']} files, {c['workers']} workers, median of {c['rounds']} rounds: "
+              f"plain {c['files_per_s']['plain']} files/s")
+        for name, ratio in c["ratio_over_plain"].items():
+            print(f"  with {name}: {c['files_per_s'][name]} files/s, {ratio:.2f} of plain (goal >= 0.90); "
+                  f"CPU time {c['cpu_ratio_over_plain'][name]:.2f} of plain")
+        print(f"  one process, CPU per file (median of {len(c['serial_cpu_us_per_file']['plain'])}): "
+              f"plain {statistics.median(c['serial_cpu_us_per_file']['plain']):.0f} us")
+        for name, added in c["serial_added_us"].items():
+            print(f"    with {name}: +{added:.0f} us, {c['serial_ratio_over_plain'][name]:.2f} of plain (goal >= 0.90)")
     for n, run in m["runs"].items():
         print(f"{run['rows']} rows: peak RSS {run['peak_rss_mib_with']} MiB with the table, "
               f"{run['peak_rss_mib_without']} MiB without (the table's share: {run['table_mib']} MiB)")

@@ -455,9 +455,9 @@ def _convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str 
         # beside the gallery's page build: both are the run's serial tail, its workers idle.
         beside = [table] if table is not None and copts.gallery and ran else []
         _close_sinks([sink for sink in sinks if sink not in beside], report)
-        if beside:
-            table.settle()  # (the rows' conversion holds the GIL: here, before the thread starts)
         try:
+            if beside:
+                table.settle()  # (the rows' conversion holds the GIL: here, before the thread starts)
             with _closing_beside(beside, report):
                 if copts.gallery and ran:
                     report.gallery = _gallery(out, manifest_path, root, job.run_start_ns, manifest_sink.latest())

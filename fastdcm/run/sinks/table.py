@@ -187,8 +187,8 @@ class MetadataSink:
         if not self.batches:
             return None
         batches, self.batches, self.held = self.batches, [], 0
-        # one chunk: the merge writes a row group per record batch (2 of 512 rows each for 1,000 rows:
-        # 6.1 against 4.6 ms for one)
+        # one chunk: the merge writes a row group per record batch (1,000 rows in two batches of 512:
+        # 6.1 against 4.6 ms in one)
         return self.pa.Table.from_batches(batches, schema=self.schema).combine_chunks()
 
     def _write_part(self) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import InvalidPixelModuleError
 
-__all__ = ["may_have_overlays", "overlay_mask", "burn"]
+__all__ = ["may_have_overlays", "overlay_mask", "burn", "describe_overlays"]
 
 #: An Overlay Data element's tag, little endian: group 6000-601E (even), element 3000. A match
 #: in the header's bytes may be chance (then pydicom's dataset says there is none).
@@ -82,6 +82,26 @@ def overlay_mask(ds: Any, frame: int, rows: int, columns: int) -> np.ndarray | N
             mask = np.zeros((rows, columns), bool)
         mask[r0:r1, c0:c1] |= bits[r0 - top : r1 - top, c0 - left : c1 - left].astype(bool)
     return mask
+
+
+def describe_overlays(ds: Any) -> list[str]:
+    """One line per overlay plane with Overlay Data (``fastdcm info``): its group, type, size,
+    origin and frames, or why it cannot be read."""
+    lines = []
+    for group in _GROUPS:
+        if (group, 0x3000) not in ds:
+            continue
+        try:
+            kind = {"G": "graphics", "R": "ROI"}.get(str(ds[(group, 0x0040)].value).strip(), "type ?") \
+                if (group, 0x0040) in ds else "type ?"
+            rows, cols = _int(ds, group, 0x0010, 0), _int(ds, group, 0x0011, 0)
+            origin = ds[(group, 0x0050)].value if (group, 0x0050) in ds else [1, 1]
+            count, first = _int(ds, group, 0x0015, 1), _int(ds, group, 0x0051, 1)
+            frames = f"frame {first}" if count == 1 else f"frames {first}-{first + count - 1}"
+            lines.append(f"{group:04X}: {kind}, {cols} x {rows} at row {int(origin[0])}, column {int(origin[1])}, {frames}")
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            lines.append(f"{group:04X}: cannot be read ({exc})")
+    return lines
 
 
 def _int(ds: Any, group: int, element: int, default: int) -> int:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
@@ -17,7 +17,7 @@ from .decoders import NATIVE, candidates, decode_frame
 from .errors import FastDcmError, InvalidOptionError, InvalidPixelModuleError, from_dependency
 from .header import Header, PixelSpec, SourceLike, read_header, source_name
 from .options import Frames, RenderOptions, fit_problem
-from .overlays import burn, may_have_overlays, overlay_mask
+from .overlays import burn, describe_overlays, may_have_overlays, overlay_mask
 from .plan import CURRENT_SOURCE, RenderPlan, StackPlan, build_plan, build_stack, channel_options, minmax_by_range, modality_of, stored_range
 from .resample import reduced_size
 from .resize import apply as resize_apply, apply_line as resize_line, resize_plan
@@ -361,9 +361,11 @@ class Inspection:
     spec: PixelSpec
     decoder: str
     voi: str  # the VOI step used for frame 0
+    overlays: list[str] = field(default_factory=list)  # the overlay planes with data (overlays.describe_overlays)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "decoder": self.decoder, "voi": self.voi, **self.spec.to_dict()}
+        return {"source": self.source, "decoder": self.decoder, "voi": self.voi, "overlays": self.overlays,
+                **self.spec.to_dict()}
 
     def __str__(self) -> str:
         s = self.spec
@@ -377,6 +379,8 @@ class Inspection:
             f"{'signed' if s.is_signed else 'unsigned'}{', float' if s.is_float else ''}",
             f"VOI (frame 1):   {self.voi}",
         ]
+        if self.overlays:
+            lines.append(f"overlays:        {len(self.overlays)} plane(s), drawn with --overlays: " + "; ".join(self.overlays))
         return "\n".join(lines)
 
 
@@ -393,4 +397,5 @@ def inspect(src: SourceLike, **options: Any) -> Inspection:
         decoder = image.decoder_for(opts)
     except FastDcmError as exc:
         decoder = f"none ({exc.reason})"
-    return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=decoder, voi=voi)
+    overlays = describe_overlays(image.dataset) if may_have_overlays(image.header_bytes, image.spec.pixel_offset) else []
+    return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=decoder, voi=voi, overlays=overlays)

@@ -160,3 +160,12 @@ def test_convert_overlays_from_the_command_line_and_resume(tmp_path):
     assert np.array_equal(burned, fastdcm.render(src / "mr.dcm", overlays=True)) and not np.array_equal(burned, plain)
     first, redone = read_manifest(out / "manifest.jsonl")  # (the resume that had nothing to do wrote no record)
     assert first.status.value == redone.status.value == "converted" and first.fingerprint != redone.fingerprint
+
+
+def test_info_lists_the_overlay_planes(tmp_path, capsys):
+    bits = np.zeros((2, 64, 64), np.uint8)
+    path = _with_overlay(get_testdata_file("emri_small.dcm"), bits, tmp_path / "mf.dcm", origin=(3, 5), frames=2, first=4)
+    assert fastdcm.inspect(path).overlays == ["6000: graphics, 64 x 64 at row 3, column 5, frames 4-5"]
+    assert cli.main(["info", path]) == 0
+    assert "overlays:        1 plane(s), drawn with --overlays: 6000: graphics" in capsys.readouterr().out
+    assert fastdcm.inspect(get_testdata_file("CT_small.dcm")).overlays == []

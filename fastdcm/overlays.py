@@ -1,8 +1,8 @@
 """Overlay planes burned into a rendered frame (``render(..., overlays=True)``, ``--overlays``).
 
 RENDERING.md 4: overlays are not burned in unless asked for. When asked, every Overlay Plane of
-the image (groups 6000-601E, PS3.3 C.9.2, graphics and ROI alike) that carries Overlay Data and
-covers the frame is drawn in white, the output's largest value (255, 65535 at depth 16, white in
+the image (groups 6000-601E, PS3.3 C.9.2, graphics and ROI alike) that covers the frame is drawn
+in white, the output's largest value (255, 65535 at depth 16, white in
 colour and in every channel of a window stack), over the rendered frame, after the VOI and the
 MONOCHROME1 inversion, as a viewer shows it. An overlay pixel at (r, c) lands on the image pixel
 (r + origin row - 1, c + origin column - 1) (Overlay Origin is 1-based); what falls outside the
@@ -10,15 +10,18 @@ image is cut off. Of a multi-frame overlay (C.9.3), overlay frame k (from 0) cov
 frame Image Frame Origin + k (from 1; Image Frame Origin 1 when absent); a single-frame overlay
 covers the image's first frame (Image Frame Origin) only, as dcmtk draws it.
 
-The bits are unpacked by pydicom (``pydicom.overlays.get_overlay_array``). Overlays embedded in
-the high bits of the pixel data (retired since 2004: no Overlay Data element) are not drawn.
+The bits are unpacked by pydicom (``pydicom.overlays.get_overlay_array``). An overlay embedded in
+the pixel data (retired in 2004, found in older archives: no Overlay Data element, Overlay Bits
+Allocated equal to Bits Allocated) is bit Overlay Bit Position of each stored value of the frame
+itself (every frame its own), placed at its origin as any plane, as dcmtk reads it; its bit must
+lie above Bits Stored (below it is the image: not drawn).
 Resized outputs are burned at the frame's own size and then resized; with ``reduce=k`` (the frame
 decoded or averaged 2^k times smaller) each output pixel becomes white in the share of its
 2^k x 2^k block that the overlay covers (the block mean of the burned-in frame where the image
 under the overlay is even).
 
-The header's bytes are searched for an Overlay Data tag first: an image without one (almost all)
-costs a byte search, not pydicom's parse of its header.
+The header's bytes are searched for an overlay plane's tag first: an image without one (almost
+all) costs a byte search, not pydicom's parse of its header.
 """
 
 from __future__ import annotations
@@ -32,41 +35,53 @@ from .errors import InvalidPixelModuleError
 
 __all__ = ["may_have_overlays", "overlay_mask", "burn", "describe_overlays"]
 
-#: An Overlay Data element's tag, little endian: group 6000-601E (even), element 3000. A match
-#: in the header's bytes may be chance (then pydicom's dataset says there is none).
-_OVERLAY_DATA = re.compile(rb"[\x00\x02\x04\x06\x08\x0a\x0c\x0e\x10\x12\x14\x16\x18\x1a\x1c\x1e]\x60\x00\x30")
+#: An Overlay Rows element's tag, little endian: group 6000-601E (even), element 0010 (every
+#: plane has one, embedded ones too). A match in the header's bytes may be chance (then pydicom's
+#: dataset says there is none).
+_OVERLAY_ROWS = re.compile(rb"[\x00\x02\x04\x06\x08\x0a\x0c\x0e\x10\x12\x14\x16\x18\x1a\x1c\x1e]\x60\x10\x00")
 _GROUPS = range(0x6000, 0x6020, 2)
 
 
 def may_have_overlays(header_bytes: bytes | None, end: int = -1) -> bool:
-    """False when ``header_bytes`` (the file's bytes, or its first bytes) hold no Overlay Data tag
+    """False when ``header_bytes`` (the file's bytes, or its first bytes) hold no overlay plane's tag
     before ``end`` (the pixel data's offset; -1: anywhere); True when they may (or are not known:
     a pydicom Dataset source)."""
     if header_bytes is None:
         return True
-    return _OVERLAY_DATA.search(header_bytes, 0, end if end >= 0 else len(header_bytes)) is not None
+    return _OVERLAY_ROWS.search(header_bytes, 0, end if end >= 0 else len(header_bytes)) is not None
 
 
-def overlay_mask(ds: Any, frame: int, rows: int, columns: int) -> np.ndarray | None:
+def overlay_mask(ds: Any, frame: int, rows: int, columns: int, stored: Any = None,
+                 bits_stored: int = 0) -> np.ndarray | None:
     """The union of the overlay planes of ``ds`` that cover ``frame`` (0-based) as a (rows, columns)
-    bool array in image coordinates, or None when none covers it. InvalidPixelModuleError for an
-    overlay plane that cannot be read (its data shorter than its rows and columns say, a
-    non-numeric attribute)."""
+    bool array in image coordinates, or None when none covers it. ``stored``: a callable giving the
+    frame's stored values at full size, unmasked (for embedded planes; called only for them), and
+    ``bits_stored`` the image's Bits Stored. InvalidPixelModuleError for an overlay plane that
+    cannot be read (its data shorter than its rows and columns say, a non-numeric attribute)."""
     from pydicom.overlays import get_overlay_array
 
     mask: np.ndarray | None = None
     for group in _GROUPS:
-        if (group, 0x3000) not in ds:
+        embedded = (group, 0x3000) not in ds
+        if embedded and not _is_embedded(ds, group, bits_stored):
             continue
         try:
             count = _int(ds, group, 0x0015, 1)
             first = _int(ds, group, 0x0051, 1)
             k = frame + 1 - first
-            if not 0 <= k < count:
+            if not embedded and not 0 <= k < count:
                 continue
             origin = ds[(group, 0x0050)].value if (group, 0x0050) in ds else [1, 1]
             top, left = int(origin[0]) - 1, int(origin[1]) - 1
-            bits = get_overlay_array(ds, group)
+            if embedded:  # the frame's own bit (each frame carries its plane)
+                values = stored() if stored is not None else None
+                if values is None or values.ndim != 2 or values.dtype.kind not in "iu":
+                    continue
+                position = _int(ds, group, 0x0102, 0)
+                bits = (values.view(f"u{values.dtype.itemsize}") >> position) & 1
+                bits = bits[: _int(ds, group, 0x0010, 0), : _int(ds, group, 0x0011, 0)]
+            else:
+                bits = get_overlay_array(ds, group)
         except (AttributeError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise InvalidPixelModuleError(f"overlay plane {group:04X}: {exc}") from None
         if bits.ndim == 3:
@@ -84,12 +99,26 @@ def overlay_mask(ds: Any, frame: int, rows: int, columns: int) -> np.ndarray | N
     return mask
 
 
-def describe_overlays(ds: Any) -> list[str]:
+def _is_embedded(ds: Any, group: int, bits_stored: int) -> bool:
+    """Whether ``group`` is a plane embedded in the pixel data (retired): no Overlay Data, Overlay
+    Bits Allocated above 1 and its Overlay Bit Position at or above the image's Bits Stored."""
+    try:
+        return (
+            (group, 0x0010) in ds
+            and _int(ds, group, 0x0100, 1) > 1
+            and bits_stored <= _int(ds, group, 0x0102, -1) < _int(ds, group, 0x0100, 1)
+        )
+    except (ValueError, TypeError):
+        return False
+
+
+def describe_overlays(ds: Any, bits_stored: int = 0) -> list[str]:
     """One line per overlay plane with Overlay Data (``fastdcm info``): its group, type, size,
     origin and frames, or why it cannot be read."""
     lines = []
     for group in _GROUPS:
-        if (group, 0x3000) not in ds:
+        embedded = (group, 0x3000) not in ds
+        if embedded and not _is_embedded(ds, group, bits_stored):
             continue
         try:
             kind = {"G": "graphics", "R": "ROI"}.get(str(ds[(group, 0x0040)].value).strip(), "type ?") \
@@ -97,8 +126,12 @@ def describe_overlays(ds: Any) -> list[str]:
             rows, cols = _int(ds, group, 0x0010, 0), _int(ds, group, 0x0011, 0)
             origin = ds[(group, 0x0050)].value if (group, 0x0050) in ds else [1, 1]
             count, first = _int(ds, group, 0x0015, 1), _int(ds, group, 0x0051, 1)
-            frames = f"frame {first}" if count == 1 else f"frames {first}-{first + count - 1}"
-            lines.append(f"{group:04X}: {kind}, {cols} x {rows} at row {int(origin[0])}, column {int(origin[1])}, {frames}")
+            if embedded:
+                where = f"in bit {_int(ds, group, 0x0102, 0)} of the pixel data (retired), every frame"
+            else:
+                frames = f"frame {first}" if count == 1 else f"frames {first}-{first + count - 1}"
+                where = f"at row {int(origin[0])}, column {int(origin[1])}, {frames}"
+            lines.append(f"{group:04X}: {kind}, {cols} x {rows} {where}")
         except (ValueError, TypeError, IndexError, KeyError) as exc:
             lines.append(f"{group:04X}: cannot be read ({exc})")
     return lines

@@ -104,7 +104,7 @@ class Image:
         try:
             stored, decoder = decode_frame(self._header, frame, options.decoder, options.reduce)
             resize = self._resize_plan(options)  # None: the frame keeps its size
-            overlay = self._overlay_mask(frame) if options.overlays else None  # (overlays.py)
+            overlay = self._overlay_mask(frame, stored, options.reduce) if options.overlays else None  # (overlays.py)
             one_pass = None
             if options.windows is not None:
                 array, plan = _render_stack(stored, self._header.attrs, self.spec, frame, options)
@@ -131,11 +131,13 @@ class Image:
         mapping = resize.mapping(self.spec.rows, self.spec.columns) if resize is not None else None
         return Rendered(array=array, frame=frame, voi=plan.voi, decoder=decoder, window=plan.window, mapping=mapping)
 
-    def _overlay_mask(self, frame: int) -> np.ndarray | None:
-        """The overlay planes covering ``frame`` as one mask at the image's size, or None."""
+    def _overlay_mask(self, frame: int, stored: np.ndarray, reduce: int) -> np.ndarray | None:
+        """The overlay planes covering ``frame`` as one mask at the image's size, or None
+        (``stored``: the frame as decoded, for planes embedded in it; at full size when ``reduce``)."""
         if not may_have_overlays(self._header.buffer, self.spec.pixel_offset):
             return None
-        return overlay_mask(self.dataset, frame, self.spec.rows, self.spec.columns)
+        full = (lambda: stored) if not reduce else (lambda: decode_frame(self._header, frame)[0])
+        return overlay_mask(self.dataset, frame, self.spec.rows, self.spec.columns, full, self.spec.bits_stored)
 
     def _resize_plan(self, options: RenderOptions) -> Any:
         """The resize of ``options`` for this image's frames (after ``reduce``), or None."""
@@ -397,5 +399,6 @@ def inspect(src: SourceLike, **options: Any) -> Inspection:
         decoder = image.decoder_for(opts)
     except FastDcmError as exc:
         decoder = f"none ({exc.reason})"
-    overlays = describe_overlays(image.dataset) if may_have_overlays(image.header_bytes, image.spec.pixel_offset) else []
+    overlays = (describe_overlays(image.dataset, image.spec.bits_stored)
+                if may_have_overlays(image.header_bytes, image.spec.pixel_offset) else [])
     return Inspection(source=image.path or source_name(src), spec=image.spec, decoder=decoder, voi=voi, overlays=overlays)

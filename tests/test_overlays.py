@@ -169,3 +169,39 @@ def test_info_lists_the_overlay_planes(tmp_path, capsys):
     assert cli.main(["info", path]) == 0
     assert "overlays:        1 plane(s), drawn with --overlays: 6000: graphics" in capsys.readouterr().out
     assert fastdcm.inspect(get_testdata_file("CT_small.dcm")).overlays == []
+
+
+def _embedded(tmp_path) -> tuple[str, str]:
+    """examples_overlay.dcm (16 bits allocated, 12 stored) and the same with its plane embedded in bit 12
+    of the pixel data (the retired encoding: no Overlay Data, Overlay Bits Allocated 16)."""
+    src = get_testdata_file("examples_overlay.dcm")
+    ds = pydicom.dcmread(src)
+    bits = ds.overlay_array(0x6000).astype(np.uint16)
+    pixels = ds.pixel_array.astype(np.uint16) | (bits << 12)
+    ds.PixelData = pixels.tobytes()
+    del ds[(0x6000, 0x3000)]
+    ds[(0x6000, 0x0100)].value = 16
+    ds[(0x6000, 0x0102)].value = 12
+    path = tmp_path / "embedded.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return src, str(path)
+
+
+def test_a_plane_embedded_in_the_pixel_data_is_drawn_as_its_overlay_data_would_be(tmp_path):
+    src, path = _embedded(tmp_path)
+    assert np.array_equal(fastdcm.render(path), fastdcm.render(src))  # (bit 12 is above Bits Stored: masked)
+    assert np.array_equal(fastdcm.render(path, overlays=True), fastdcm.render(src, overlays=True))
+    assert np.array_equal(fastdcm.render(path, overlays=True, reduce=1), fastdcm.render(src, overlays=True, reduce=1))
+    assert fastdcm.inspect(path).overlays == ["6000: graphics, 484 x 300 in bit 12 of the pixel data (retired), every frame"]
+    # a bit position inside Bits Stored is the image, not a plane
+    ds = pydicom.dcmread(path)
+    ds[(0x6000, 0x0102)].value = 4
+    inside = tmp_path / "inside.dcm"
+    ds.save_as(inside, enforce_file_format=True)
+    assert np.array_equal(fastdcm.render(inside, overlays=True), fastdcm.render(inside))
+
+
+@pytest.mark.skipif(DCMJ2PNM is None, reason="dcmtk's dcmj2pnm is not on PATH (apt-get install dcmtk)")
+def test_an_embedded_plane_as_dcmtk_draws_it(tmp_path):
+    _, path = _embedded(tmp_path)
+    assert np.abs(fastdcm.render(path, overlays=True).astype(int) - _dcmtk(path, tmp_path)).max() <= 1

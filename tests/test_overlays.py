@@ -205,3 +205,22 @@ def test_a_plane_embedded_in_the_pixel_data_is_drawn_as_its_overlay_data_would_b
 def test_an_embedded_plane_as_dcmtk_draws_it(tmp_path):
     _, path = _embedded(tmp_path)
     assert np.abs(fastdcm.render(path, overlays=True).astype(int) - _dcmtk(path, tmp_path)).max() <= 1
+
+
+def test_big_endian_and_deflated_files_draw_their_planes_too(tmp_path):
+    """The header search for a plane's tag must not miss planes where the bytes are not plain little
+    endian: a big-endian file and a deflated one draw the same overlay as the original."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
+
+    src = get_testdata_file("examples_overlay.dcm")
+    want = fastdcm.render(src, overlays=True)
+    ds = pydicom.dcmread(src)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    ds = pydicom.dcmread(src)
+    pixels = ds.pixel_array
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    ds.PixelData = pixels.astype(">u2").tobytes()
+    pydicom.dcmwrite(tmp_path / "big.dcm", ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    for name in ("deflated.dcm", "big.dcm"):
+        assert np.array_equal(fastdcm.render(tmp_path / name, overlays=True), want), name

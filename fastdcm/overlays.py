@@ -61,33 +61,28 @@ def overlay_mask(ds: Any, frame: int, rows: int, columns: int, stored: Any = Non
     from pydicom.overlays import get_overlay_array
 
     mask: np.ndarray | None = None
-    for group in _GROUPS:
-        embedded = (group, 0x3000) not in ds
-        if embedded and not _is_embedded(ds, group, bits_stored):
-            continue
+    values = None  # the frame's stored values, fetched once for the embedded planes
+    for group, embedded in _planes(ds, bits_stored):
         try:
-            count = _int(ds, group, 0x0015, 1)
-            first = _int(ds, group, 0x0051, 1)
-            k = frame + 1 - first
-            if not embedded and not 0 <= k < count:
-                continue
-            origin = ds[(group, 0x0050)].value if (group, 0x0050) in ds else [1, 1]
-            top, left = int(origin[0]) - 1, int(origin[1]) - 1
+            top, left = _origin(ds, group)
             if embedded:  # the frame's own bit (each frame carries its plane)
-                values = stored() if stored is not None else None
+                values = stored() if values is None and stored is not None else values
                 if values is None or values.ndim != 2 or values.dtype.kind not in "iu":
                     continue
                 position = _int(ds, group, 0x0102, 0)
                 bits = (values.view(f"u{values.dtype.itemsize}") >> position) & 1
                 bits = bits[: _int(ds, group, 0x0010, 0), : _int(ds, group, 0x0011, 0)]
             else:
+                k = frame + 1 - _int(ds, group, 0x0051, 1)  # the overlay frame covering ``frame``
+                if not 0 <= k < _int(ds, group, 0x0015, 1):
+                    continue
                 bits = get_overlay_array(ds, group)
+                if bits.ndim == 3:
+                    if k >= bits.shape[0]:
+                        continue
+                    bits = bits[k]
         except (AttributeError, ValueError, TypeError, IndexError, KeyError) as exc:
             raise InvalidPixelModuleError(f"overlay plane {group:04X}: {exc}") from None
-        if bits.ndim == 3:
-            if k >= bits.shape[0]:
-                continue
-            bits = bits[k]
         # the part of the plane inside the image
         r0, c0 = max(0, top), max(0, left)
         r1, c1 = min(rows, top + bits.shape[0]), min(columns, left + bits.shape[1])
@@ -97,6 +92,15 @@ def overlay_mask(ds: Any, frame: int, rows: int, columns: int, stored: Any = Non
             mask = np.zeros((rows, columns), bool)
         mask[r0:r1, c0:c1] |= bits[r0 - top : r1 - top, c0 - left : c1 - left].astype(bool)
     return mask
+
+
+def _planes(ds: Any, bits_stored: int) -> Any:
+    """(group, embedded) of each overlay plane of ``ds``: with Overlay Data, or embedded in the
+    pixel data (:func:`_is_embedded`)."""
+    for group in _GROUPS:
+        embedded = (group, 0x3000) not in ds
+        if not embedded or _is_embedded(ds, group, bits_stored):
+            yield group, embedded
 
 
 def _is_embedded(ds: Any, group: int, bits_stored: int) -> bool:
@@ -112,25 +116,28 @@ def _is_embedded(ds: Any, group: int, bits_stored: int) -> bool:
         return False
 
 
+def _origin(ds: Any, group: int) -> tuple[int, int]:
+    """Overlay Origin as 0-based (row, column) of the image (1, 1 when absent)."""
+    origin = ds[(group, 0x0050)].value if (group, 0x0050) in ds else [1, 1]
+    return int(origin[0]) - 1, int(origin[1]) - 1
+
+
 def describe_overlays(ds: Any, bits_stored: int = 0) -> list[str]:
-    """One line per overlay plane with Overlay Data (``fastdcm info``): its group, type, size,
-    origin and frames, or why it cannot be read."""
+    """One line per overlay plane (``fastdcm info``): its group, type, size, and where it is (origin
+    and frames, or its bit of the pixel data), or why it cannot be read."""
     lines = []
-    for group in _GROUPS:
-        embedded = (group, 0x3000) not in ds
-        if embedded and not _is_embedded(ds, group, bits_stored):
-            continue
+    for group, embedded in _planes(ds, bits_stored):
         try:
             kind = {"G": "graphics", "R": "ROI"}.get(str(ds[(group, 0x0040)].value).strip(), "type ?") \
                 if (group, 0x0040) in ds else "type ?"
             rows, cols = _int(ds, group, 0x0010, 0), _int(ds, group, 0x0011, 0)
-            origin = ds[(group, 0x0050)].value if (group, 0x0050) in ds else [1, 1]
-            count, first = _int(ds, group, 0x0015, 1), _int(ds, group, 0x0051, 1)
             if embedded:
                 where = f"in bit {_int(ds, group, 0x0102, 0)} of the pixel data (retired), every frame"
             else:
+                top, left = _origin(ds, group)
+                count, first = _int(ds, group, 0x0015, 1), _int(ds, group, 0x0051, 1)
                 frames = f"frame {first}" if count == 1 else f"frames {first}-{first + count - 1}"
-                where = f"at row {int(origin[0])}, column {int(origin[1])}, {frames}"
+                where = f"at row {top + 1}, column {left + 1}, {frames}"
             lines.append(f"{group:04X}: {kind}, {cols} x {rows} {where}")
         except (ValueError, TypeError, IndexError, KeyError) as exc:
             lines.append(f"{group:04X}: cannot be read ({exc})")

@@ -1,0 +1,222 @@
+"""fastdcm's 8-bit images held to an independent renderer: dcmtk's ``dcmj2pnm`` (OFFIS, C++), on
+every image of pydicom's test files and pydicom-data that dcmtk renders, every frame (up to
+:data:`FRAMES`), grey and colour (RENDERING.md: within 1, or a documented difference).
+
+dcmj2pnm is told the VOI step fastdcm used (its result records it): ``+Wi N`` for Window Center /
+Width N, ``+Wl N`` for VOI LUT N, ``+Wm`` for min-max; colour has none. JPEG-LS files are decoded by
+dcmtk's ``dcmdjpls`` first (dcmj2pnm has no JPEG-LS codec of its own). dcmtk has no JPEG 2000 codec:
+those files are held to their uncompressed originals in test_decoders.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import warnings
+
+import numpy as np
+import pytest
+
+import fastdcm
+
+from .test_corpus_render import FILES, _classify
+
+DCMJ2PNM = shutil.which("dcmj2pnm")
+DCMDJPLS = shutil.which("dcmdjpls")
+pytestmark = pytest.mark.skipif(
+    DCMJ2PNM is None or DCMDJPLS is None, reason="dcmtk is not on PATH (apt-get install dcmtk)"
+)
+
+#: Frames compared per file (the first ones).
+FRAMES = 8
+J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+       "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+
+#: Images dcmtk does not render (what dcmj2pnm 3.6.7 says), so there is nothing to compare.
+DCMTK_CANNOT = {
+    "SC_rgb_32bit.dcm": "Unsupported element value (32-bit RGB samples)",
+    "SC_rgb_32bit_2frame.dcm": "Unsupported element value (32-bit RGB samples)",
+    "SC_rgb_expb_32bit.dcm": "Unsupported element value (32-bit RGB samples)",
+    "SC_rgb_expb_32bit_2frame.dcm": "Unsupported element value (32-bit RGB samples)",
+    "gdcm-US-ALOKA-16.dcm": "Invalid element value (a 16-bit palette colour image)",
+    "gdcm-US-ALOKA-16_big.dcm": "Invalid element value (a 16-bit palette colour image)",
+    "SC_rgb_jpeg.dcm": "premature end of the JPEG stream",
+    "eCT_Supplemental.dcm": "no window: dcmj2pnm does not read the per-frame VOI of an enhanced CT",
+}
+
+#: Where fastdcm and dcmtk differ by design, and fastdcm follows RENDERING.md (each checked here
+#: against the standard's formula, or against the same data in another encoding).
+DIFFERENT = {
+    # dcmtk's min-max window spans all frames of the object; RENDERING 2.2.4 maps each frame's own
+    # smallest and largest value (test_corpus_render holds every frame to that)
+    "emri_small.dcm": "min-max over all frames",
+    "emri_small_RLE.dcm": "min-max over all frames",
+    "emri_small_big_endian.dcm": "min-max over all frames",
+    "emri_small_jpeg_ls_lossless.dcm": "min-max over all frames",
+    "rtdose.dcm": "min-max over all frames",
+    "rtdose_rle.dcm": "min-max over all frames",
+    # dcmtk's image of these big-endian 32-bit doses is not its image of the same doses in
+    # little endian (rtdose.dcm): test_dcmtk_misreads_big_endian_32_bit_doses
+    "rtdose_expb.dcm": "dcmtk misreads 32-bit big-endian values",
+    "rtdose_expb_1frame.dcm": "dcmtk misreads 32-bit big-endian values",
+    # 16-bit palette entries that all lie below 256 (the little-endian original's bytes left as they
+    # were): dcmtk takes such a LUT as 8-bit; RENDERING 3 scales 16-bit entries to 8, as pydicom does
+    "OBXXXX1A_expb.dcm": "16-bit palette entries below 256",
+    "OBXXXX1A_expb_2frame.dcm": "16-bit palette entries below 256",
+}
+
+#: dcmtk's YBR_FULL to RGB is in integers (off by up to 2); fastdcm's is C.7.6.3.1.2's equations,
+#: rounded (test_ybr_full_is_the_standards_equations).
+YBR_TOLERANCE = 2
+
+
+def _candidates() -> list[str]:
+    out = []
+    for path in FILES:
+        name = os.path.basename(path)
+        if name in DCMTK_CANNOT or name in DIFFERENT or _classify(path) != "image":
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+        if syntax not in J2K:
+            out.append(path)
+    return out
+
+
+CANDIDATES = _candidates()
+
+
+def _read_pnm(path: str) -> np.ndarray:
+    data = open(path, "rb").read()
+    m = re.match(rb"P([56])\s+(\d+)\s+(\d+)\s+(\d+)\s", data)
+    assert m and int(m.group(4)) == 255, data[:32]
+    width, height = int(m.group(2)), int(m.group(3))
+    pixels = np.frombuffer(data[m.end():], np.uint8)
+    return pixels.reshape(height, width, 3) if m.group(1) == b"6" else pixels.reshape(height, width)
+
+
+def dcmtk_frames(path: str, options: list[str], frames: int, tmp_path) -> list[np.ndarray]:
+    """dcmj2pnm's 8-bit images of the first ``frames`` frames."""
+    out = tmp_path / "dcmtk"
+    done = subprocess.run([DCMJ2PNM, *options, "--no-overlays", "+Fr", "1", str(frames), path, str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    written = sorted(tmp_path.glob("dcmtk.*"), key=lambda p: int(p.name.split(".")[1]) if p.name.count(".") > 1 else 0)
+    assert len(written) == frames, [p.name for p in written]
+    return [_read_pnm(str(p)) for p in written]
+
+
+def voi_options(voi: str | None) -> list[str]:
+    """dcmj2pnm's options for the VOI step fastdcm's result names."""
+    if voi is None:  # colour
+        return []
+    found = re.match(r"window\[(\d+)\]", voi)
+    if found:
+        return ["+Wi", str(int(found.group(1)) + 1)]
+    found = re.match(r"(?:voi_)?lut\[(\d+)\]", voi)
+    if found:
+        return ["+Wl", str(int(found.group(1)) + 1)]
+    if voi.startswith("minmax"):
+        return ["+Wm"]
+    raise AssertionError(f"a VOI step this test does not know: {voi!r}")
+
+
+@pytest.mark.parametrize("path", CANDIDATES, ids=os.path.basename)
+def test_within_1_of_dcmtk(path, tmp_path):
+    image = fastdcm.open_image(path)
+    frames = min(image.n_frames, FRAMES)
+    rendered = [image.render_frame(i) for i in range(frames)]
+    source = path
+    if image.spec.transfer_syntax_uid in JPEG_LS:
+        source = str(tmp_path / "decoded.dcm")
+        done = subprocess.run([DCMDJPLS, path, source], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    options = voi_options(rendered[0].voi if image.spec.is_grayscale else None)
+    limit = YBR_TOLERANCE if image.spec.photometric_interpretation == "YBR_FULL" else 1
+    for i, (ours, theirs) in enumerate(zip(rendered, dcmtk_frames(source, options, frames, tmp_path))):
+        if options[:1] in (["+Wi"], ["+Wl"]):  # (dcmj2pnm applies the one it is told to every frame)
+            assert ours.voi == rendered[0].voi, (i, ours.voi, rendered[0].voi)
+        got = ours.array.astype(np.int16)
+        assert got.shape == theirs.shape, (i, got.shape, theirs.shape)
+        diff = np.abs(got - theirs)
+        assert diff.max() <= limit, (
+            f"frame {i}: off by {diff.max()} at {np.unravel_index(diff.argmax(), diff.shape)}, "
+            f"{(diff > limit).mean():.2%} of the pixels ({ours.voi}; dcmj2pnm {' '.join(options)})"
+        )
+
+
+def test_most_images_are_compared():
+    """The comparison covers the corpus (a change that made most files unrenderable for it, or the
+    collection empty, fails here)."""
+    assert len(CANDIDATES) >= 100, len(CANDIDATES)
+    kinds = {fastdcm.open_image(p).spec.photometric_interpretation for p in CANDIDATES}
+    assert {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"} <= kinds, kinds
+
+
+def _testdata(name: str) -> str:
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name)
+
+
+def test_dcmtk_misreads_big_endian_32_bit_doses(tmp_path):
+    """Why rtdose_expb is left out: the same doses in big and little endian are one image for
+    fastdcm (and pydicom) and two different ones for dcmtk."""
+    le, be = _testdata("rtdose.dcm"), _testdata("rtdose_expb.dcm")
+    assert np.array_equal(fastdcm.render(le), fastdcm.render(be))
+    theirs_le = dcmtk_frames(le, ["+Wm"], 1, tmp_path)[0]
+    for p in tmp_path.glob("dcmtk*"):
+        p.unlink()
+    theirs_be = dcmtk_frames(be, ["+Wm"], 1, tmp_path)[0]
+    assert np.abs(theirs_le.astype(int) - theirs_be).max() > 100
+
+
+def test_min_max_is_each_frames_own():
+    """Why the multi-frame min-max files are left out: dcmtk's +Wm spans the object; fastdcm maps
+    each frame's own range (RENDERING 2.2.4), exactly."""
+    import pydicom
+
+    path = _testdata("emri_small.dcm")
+    stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
+    assert stored[0].max() != stored.max()  # (frame 0's range is not the object's)
+    for i in (0, 5):
+        frame = stored[i]
+        lo, hi = frame.min(), frame.max()
+        want = np.floor((frame - lo) / (hi - lo) * 255 + 0.5)
+        assert np.array_equal(fastdcm.render(path, frame=i), want)
+
+
+def test_sixteen_bit_palette_entries_are_scaled_as_written():
+    """Why OBXXXX1A_expb is left out: its 16-bit LUT entries all lie below 256 (bytes of the
+    little-endian original kept as they were); fastdcm scales 16-bit entries to 8 (RENDERING 3), as
+    pydicom's apply_color_lut reads them; dcmtk would take the LUT as 8-bit."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    path = _testdata("OBXXXX1A_expb.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.RedPaletteColorLookupTableDescriptor[2] == 16
+    lut_rgb = apply_color_lut(ds.pixel_array, ds).astype(np.float64)
+    assert lut_rgb.max() < 256
+    want = np.floor(lut_rgb * 255 / 65535 + 0.5)
+    assert np.array_equal(fastdcm.render(path), want)
+
+
+def test_ybr_full_is_the_standards_equations():
+    """Why YBR_FULL has a tolerance of 2 against dcmtk: fastdcm is PS3.3 C.7.6.3.1.2's equations,
+    rounded half up, to the last level."""
+    from pydicom.pixels import pixel_array
+
+    path = _testdata("SC_ybr_full_uncompressed.dcm")
+    ybr = pixel_array(path, as_rgb=False).astype(np.float64)
+    y, cb, cr = ybr[..., 0], ybr[..., 1] - 128, ybr[..., 2] - 128
+    rgb = np.stack([y + 1.402 * cr, y - 0.3441362862 * cb - 0.7141362862 * cr, y + 1.772 * cb], -1)
+    want = np.clip(np.floor(rgb + 0.5), 0, 255)
+    assert np.array_equal(fastdcm.render(path), want)

@@ -388,3 +388,27 @@ def test_narrow_linear_exact_is_the_standards_formula(center, width):
             table[value] = int(y + Fraction(1, 2)) if y >= 0 else 0  # floor(y + 1/2): round half up
     want = np.vectorize(table.__getitem__)(x)
     assert np.array_equal(fastdcm.render(ds, window=None), want)
+
+
+@pytest.mark.parametrize("path", GREY, ids=os.path.basename)
+def test_16_bit_within_1_of_dcmtk(path, tmp_path):
+    """16-bit output (``depth=16``; dcmj2pnm ``+on2``): the same pipeline with y_max = 65535
+    (RENDERING 4), the file's own VOI step, the first frame; within 1 of 65,535."""
+    from PIL import Image
+
+    image = fastdcm.open_image(path)
+    rendered = image.render_frame(0, fastdcm.RenderOptions(depth=16))
+    source = path
+    if image.spec.transfer_syntax_uid in JPEG_LS:
+        source = str(tmp_path / "decoded.dcm")
+        subprocess.run([DCMDJPLS, path, source], check=True, capture_output=True, timeout=120)
+    out = tmp_path / "dcmtk16.png"
+    options = voi_options(rendered.voi)
+    done = subprocess.run([DCMJ2PNM, *options, "--no-overlays", "+on2", source, str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as im:
+        theirs = np.asarray(im).astype(np.int32)
+    assert rendered.array.dtype == np.uint16 and theirs.max() <= 65535
+    diff = np.abs(rendered.array.astype(np.int32) - theirs)
+    assert diff.max() <= 1, f"off by {diff.max()}, {(diff > 1).mean():.2%} of the pixels ({rendered.voi}; {' '.join(options)})"

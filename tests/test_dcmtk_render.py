@@ -17,6 +17,7 @@ import subprocess
 import warnings
 
 import numpy as np
+import pydicom
 import pytest
 
 import fastdcm
@@ -81,8 +82,6 @@ def _candidates() -> list[str]:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pydicom
-
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
         if syntax not in J2K:
@@ -91,6 +90,7 @@ def _candidates() -> list[str]:
 
 
 CANDIDATES = _candidates()
+SPECS = {path: fastdcm.open_image(path).spec for path in CANDIDATES}  # (each file opened once to collect)
 
 
 def _read_pnm(path: str) -> np.ndarray:
@@ -102,12 +102,25 @@ def _read_pnm(path: str) -> np.ndarray:
     return pixels.reshape(height, width, 3) if m.group(1) == b"6" else pixels.reshape(height, width)
 
 
+def dcmtk_source(image, path: str, tmp_path) -> str:
+    """The file dcmj2pnm reads: ``path``, or for JPEG-LS its copy decoded by ``dcmdjpls``."""
+    if image.spec.transfer_syntax_uid not in JPEG_LS:
+        return path
+    source = str(tmp_path / "decoded.dcm")
+    done = subprocess.run([DCMDJPLS, path, source], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return source
+
+
+def dcmj2pnm(source: str, options: list[str], out) -> None:
+    """One dcmj2pnm run (overlays never drawn), which must succeed."""
+    done = subprocess.run([DCMJ2PNM, *options, "--no-overlays", source, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def dcmtk_frames(path: str, options: list[str], frames: int, tmp_path) -> list[np.ndarray]:
     """dcmj2pnm's 8-bit images of the first ``frames`` frames."""
-    out = tmp_path / "dcmtk"
-    done = subprocess.run([DCMJ2PNM, *options, "--no-overlays", "+Fr", "1", str(frames), path, str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    dcmj2pnm(path, [*options, "+Fr", "1", str(frames)], tmp_path / "dcmtk")
     written = sorted(tmp_path.glob("dcmtk.*"), key=lambda p: int(p.name.split(".")[1]) if p.name.count(".") > 1 else 0)
     assert len(written) == frames, [p.name for p in written]
     return [_read_pnm(str(p)) for p in written]
@@ -133,11 +146,7 @@ def test_within_1_of_dcmtk(path, tmp_path):
     image = fastdcm.open_image(path)
     frames = min(image.n_frames, FRAMES)
     rendered = [image.render_frame(i) for i in range(frames)]
-    source = path
-    if image.spec.transfer_syntax_uid in JPEG_LS:
-        source = str(tmp_path / "decoded.dcm")
-        done = subprocess.run([DCMDJPLS, path, source], capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
+    source = dcmtk_source(image, path, tmp_path)
     options = voi_options(rendered[0].voi if image.spec.is_grayscale else None)
     limit = YBR_TOLERANCE if image.spec.photometric_interpretation == "YBR_FULL" else 1
     for i, (ours, theirs) in enumerate(zip(rendered, dcmtk_frames(source, options, frames, tmp_path))):
@@ -155,8 +164,6 @@ def test_within_1_of_dcmtk(path, tmp_path):
 def _rescale(path: str) -> tuple[float, float] | None:
     """The first frame's Rescale Slope and Intercept (top level, or shared / per-frame functional
     groups), None when a Modality LUT Sequence maps the values instead."""
-    import pydicom
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -177,7 +184,7 @@ def _grey(paths: list[str], rounded: bool) -> list[str]:
     fastdcm windows them as they are (test_explicit_window_is_the_standards_formula)."""
     out = []
     for path in paths:
-        if not fastdcm.open_image(path).spec.is_grayscale:
+        if not SPECS[path].is_grayscale:
             continue
         rescale = _rescale(path)
         if rescale is not None and rounded == any(v != int(v) for v in rescale):
@@ -203,10 +210,7 @@ def test_explicit_window_within_1_of_dcmtk(path, tmp_path):
     image = fastdcm.open_image(path)
     center, width = explicit_window(image)
     ours = image.render_frame(0, fastdcm.RenderOptions(window=(center, width))).array.astype(np.int16)
-    source = path
-    if image.spec.transfer_syntax_uid in JPEG_LS:
-        source = str(tmp_path / "decoded.dcm")
-        subprocess.run([DCMDJPLS, path, source], check=True, capture_output=True, timeout=120)
+    source = dcmtk_source(image, path, tmp_path)
     theirs = dcmtk_frames(source, ["+Ww", str(center), str(width)], 1, tmp_path)[0]
     diff = np.abs(ours - theirs)
     assert diff.max() <= 1, f"off by {diff.max()}, {(diff > 1).mean():.2%} of the pixels (window {center}/{width})"
@@ -217,8 +221,6 @@ def test_explicit_window_is_the_standards_formula(path):
     """Images with a non-integer rescale, left out of the comparison with dcmtk (off by up to 3
     there): fastdcm is PS3.3 C.11.2.1.2.1's LINEAR function of the rescaled values, rounded half up,
     then inverted for MONOCHROME1, to the level."""
-    import pydicom
-
     ds = pydicom.dcmread(path)
     slope, intercept = _rescale(path)
     stored = ds.pixel_array
@@ -237,7 +239,7 @@ def test_most_images_are_compared():
     collection empty, fails here)."""
     assert len(CANDIDATES) >= 100 and len(GREY) >= 50 and len(NOT_INTEGER_RESCALE) >= 4, (
         len(CANDIDATES), len(GREY), len(NOT_INTEGER_RESCALE))
-    kinds = {fastdcm.open_image(p).spec.photometric_interpretation for p in CANDIDATES}
+    kinds = {spec.photometric_interpretation for spec in SPECS.values()}
     assert {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"} <= kinds, kinds
 
 
@@ -262,8 +264,6 @@ def test_dcmtk_misreads_big_endian_32_bit_doses(tmp_path):
 def test_min_max_is_each_frames_own():
     """Why the multi-frame min-max files are left out: dcmtk's +Wm spans the object; fastdcm maps
     each frame's own range (RENDERING 2.2.4), exactly."""
-    import pydicom
-
     path = _testdata("emri_small.dcm")
     stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
     assert stored[0].max() != stored.max()  # (frame 0's range is not the object's)
@@ -278,7 +278,6 @@ def test_sixteen_bit_palette_entries_are_scaled_as_written():
     """Why OBXXXX1A_expb is left out: its 16-bit LUT entries all lie below 256 (bytes of the
     little-endian original kept as they were); fastdcm scales 16-bit entries to 8 (RENDERING 3), as
     pydicom's apply_color_lut reads them; dcmtk would take the LUT as 8-bit."""
-    import pydicom
     from pydicom.pixels import apply_color_lut
 
     path = _testdata("OBXXXX1A_expb.dcm")
@@ -311,7 +310,6 @@ def _ct(**changes):
     (None deletes one), or "modality_lut" / "voi_lut" for a LUT sequence."""
     import copy
 
-    import pydicom
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
@@ -398,15 +396,10 @@ def test_16_bit_within_1_of_dcmtk(path, tmp_path):
 
     image = fastdcm.open_image(path)
     rendered = image.render_frame(0, fastdcm.RenderOptions(depth=16))
-    source = path
-    if image.spec.transfer_syntax_uid in JPEG_LS:
-        source = str(tmp_path / "decoded.dcm")
-        subprocess.run([DCMDJPLS, path, source], check=True, capture_output=True, timeout=120)
+    source = dcmtk_source(image, path, tmp_path)
     out = tmp_path / "dcmtk16.png"
     options = voi_options(rendered.voi)
-    done = subprocess.run([DCMJ2PNM, *options, "--no-overlays", "+on2", source, str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    dcmj2pnm(source, [*options, "+on2"], out)
     with Image.open(out) as im:
         theirs = np.asarray(im).astype(np.int32)
     assert rendered.array.dtype == np.uint16 and theirs.max() <= 65535
@@ -414,7 +407,7 @@ def test_16_bit_within_1_of_dcmtk(path, tmp_path):
     assert diff.max() <= 1, f"off by {diff.max()}, {(diff > 1).mean():.2%} of the pixels ({rendered.voi}; {' '.join(options)})"
 
 
-COLOUR = [p for p in CANDIDATES if not fastdcm.open_image(p).spec.is_grayscale]
+COLOUR = [p for p in CANDIDATES if not SPECS[p].is_grayscale]
 
 
 def _read_ascii_pnm(path: str) -> np.ndarray:
@@ -434,13 +427,9 @@ def test_colour_16_bit_within_1_of_dcmtk(path, tmp_path):
     level (all but the two uncompressed YBR files identical when this test was written)."""
     image = fastdcm.open_image(path)
     ours = image.render_frame(0, fastdcm.RenderOptions(depth=16)).array
-    source = path
-    if image.spec.transfer_syntax_uid in JPEG_LS:
-        source = str(tmp_path / "decoded.dcm")
-        subprocess.run([DCMDJPLS, path, source], check=True, capture_output=True, timeout=120)
+    source = dcmtk_source(image, path, tmp_path)
     out = tmp_path / "dcmtk16.ppm"
-    done = subprocess.run([DCMJ2PNM, "--no-overlays", "+opw", source, str(out)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    dcmj2pnm(source, ["+opw"], out)
     theirs = _read_ascii_pnm(str(out))
     assert ours.dtype == np.uint16 and ours.shape == theirs.shape, (ours.dtype, ours.shape, theirs.shape)
     level = 257 if image.spec.bits_stored <= 8 else 1

@@ -281,6 +281,21 @@ def test_the_fast_header_values_equal_pydicoms_on_every_test_file():
         assert compared >= 40
 
 
+@pytest.mark.parametrize("text", [
+    b"1.5\\2\\-3e2", b" 1.5 \\ 2\\3 ", b"1\\\\2", b"1.5\\2\x00", b"1\\x", b"\\", b"1_0\\2", b"nan\\1", b"+4\\ -5",
+])
+@pytest.mark.parametrize("item", ["ImagePositionPatient", "0018,1310"])  # float and int list columns
+def test_numbers_of_a_multi_valued_text_element_read_as_the_general_path_reads_them(text, item):
+    """The header path's shortcut for numbers (each value straight through float() / int()) gives
+    what the general one (padding stripped, empty values dropped, a malformed number null) gives."""
+    from fastdcm.run.tags import _raw_value, _typed
+
+    spec = parse_tags([item])[0]
+    vr = "DS" if spec.kind == "float" else "IS"
+    items = [v.strip(" \0") for v in text.decode("ascii").split("\\")]
+    assert repr(_raw_value(text, vr, spec)) == repr(_typed(items, spec))  # (repr: nan equals nan)
+
+
 def test_a_csv_table_written_with_allow_phi_reads_back(archive, tmp_path):
     out = tmp_path / "out"
     fastdcm.convert([str(archive)], str(out), workers=0, quiet=True, metadata="m.csv", tags="+PatientID",

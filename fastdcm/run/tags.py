@@ -398,6 +398,12 @@ def _raw_value(data: bytes, vr: str, spec: TagSpec) -> Any:
             except ValueError:
                 return None  # a malformed number: null, never a wrong one
             return [value] if spec.multi else value
+        if spec.multi and spec.kind != "str":  # numbers (a position, an orientation): float() and int()
+            number = float if spec.kind == "float" else int  # drop the spaces around each themselves
+            try:
+                return [number(item) for item in text.split("\\")]
+            except ValueError:
+                pass  # an empty value, NUL padding or a malformed number: typed below as _typed types it
         items = [item.strip(" \0") if vr in _STRIPPED_VRS else item.rstrip(" \0") for item in text.split("\\")]
         return _typed(items, spec)
     return _SLOW

@@ -91,17 +91,22 @@ def test_serial_executor_gives_the_same_manifest(archive, tmp_path):
 def test_the_heap_is_frozen_for_the_run_and_thawed_after(archive, tmp_path, monkeypatch):
     """The objects there before the run are kept out of full collections while it runs (a
     gen-2 pass over numba's, pydicom's and pyarrow's objects cost a 2,000-file run 59 ms), and
-    given back to the collector when it ends; a caller's own freeze is left as it was."""
+    given back to the collector when it ends; a caller's own freeze is left as it was. The young
+    generation's threshold is raised for the run and the caller's again after it."""
     import gc
 
     import fastdcm.run.convert as run_convert
 
     seen = []
     close = run_convert._close_sinks
-    monkeypatch.setattr(run_convert, "_close_sinks", lambda *a: (seen.append(gc.get_freeze_count()), close(*a)))
+    monkeypatch.setattr(run_convert, "_close_sinks", lambda *a: (seen.append((gc.get_freeze_count(), gc.get_threshold())), close(*a)))
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     fastdcm.convert([archive], tmp_path / "a", workers=0, quiet=True)
-    assert seen and seen[-1] > 1000 and gc.get_freeze_count() == 0
+    assert seen and seen[-1][0] > 1000 and gc.get_freeze_count() == 0
+    # the young generation collected less often while the run goes on; the caller's thresholds after
+    assert seen[-1][1] == (max(thresholds[0], run_convert.RUN_GEN0_THRESHOLD), *thresholds[1:])
+    assert gc.get_threshold() == thresholds
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()

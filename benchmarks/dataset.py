@@ -13,7 +13,8 @@ with a plain run, and memory as the table grows.
             ``os.sync``) into fresh folders; the median of each, files/s, and
             each one's ratio to the plain run (the issue's goal: at most 10 %, a ratio of at least 0.90),
             in wall time and in CPU time (the process and its workers: RUSAGE_CHILDREN counts
-            workers once they have exited, which they have when ``convert`` returns); then the same
+            workers once they have exited, which they have when ``convert`` returns), and the median
+            of each round's own ratio in wall time, with their range; then the same
             variants in one process (``workers=0``), alternated, CPU time per file: what each costs
             without the pool, the second core or the parent in between.
 ``gallery`` the gallery of 1,000 and 100,000 images: build time, what the browser loads first, how
@@ -104,6 +105,12 @@ def cost(work: Path, files: int, rounds: int, workers: int, fmt: str = "jpeg") -
         "ratio_over_plain": {k: round(med["plain"] / med[k], 3) for k in variants if k != "plain"},
         # CPU time of the run and its workers: less swayed than wall time by the VM's neighbours
         "cpu_ratio_over_plain": {k: round(med_cpu["plain"] / med_cpu[k], 3) for k in variants if k != "plain"},
+        # each round's own ratio (its plain run over its variant's, run next to each other): the VM's
+        # speed drifts within a run (plain 0.94 -> 1.34 s from one round to the next once), which the
+        # medians above mix; the median of these pairs does not, and their spread shows the noise
+        "paired_ratios": {k: [round(p / v, 3) for p, v in zip(times["plain"], times[k])] for k in variants if k != "plain"},
+        "paired_ratio_over_plain": {k: round(statistics.median(p / v for p, v in zip(times["plain"], times[k])), 3)
+                                    for k in variants if k != "plain"},
         "serial_cpu_us_per_file": {k: [round(x, 1) for x in v] for k, v in serial.items()},
         "serial_added_us": {k: round(us[k] - us["plain"], 1) for k in variants if k != "plain"},
         "serial_ratio_over_plain": {k: round(us["plain"] / us[k], 3) for k in variants if k != "plain"},
@@ -253,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ct {c['format'].upper()}, {c['files']} files, {c['workers']} workers, median of {c['rounds']} rounds: "
               f"plain {c['files_per_s']['plain']} files/s")
         for name, ratio in c["ratio_over_plain"].items():
+            pairs = c["paired_ratios"][name]
             print(f"  with {name}: {c['files_per_s'][name]} files/s, {ratio:.2f} of plain (goal >= 0.90); "
-                  f"CPU time {c['cpu_ratio_over_plain'][name]:.2f} of plain")
+                  f"CPU time {c['cpu_ratio_over_plain'][name]:.2f} of plain; round by round "
+                  f"{c['paired_ratio_over_plain'][name]:.2f} ({min(pairs):.2f}-{max(pairs):.2f})")
         print(f"  one process, CPU per file (median of {len(c['serial_cpu_us_per_file']['plain'])}): "
               f"plain {statistics.median(c['serial_cpu_us_per_file']['plain']):.0f} us")
         for name, added in c["serial_added_us"].items():

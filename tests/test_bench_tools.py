@@ -183,6 +183,8 @@ def test_dataset_benchmark_measures_table_and_gallery_cost_and_memory(tmp_path):
     result = dataset.cost(tmp_path, files=12, rounds=1, workers=1)
     assert set(result["ratio_over_plain"]) == set(result["cpu_ratio_over_plain"]) == {"metadata", "gallery", "both"}
     assert all(r > 0 for r in result["ratio_over_plain"].values()) and result["files_per_s"]["gallery"] > 0
+    assert set(result["paired_ratio_over_plain"]) == set(result["paired_ratios"]) == {"metadata", "gallery", "both"}
+    assert all(len(v) == 1 and v[0] > 0 for v in result["paired_ratios"].values())
     assert set(result["serial_ratio_over_plain"]) == set(result["serial_added_us"]) == {"metadata", "gallery", "both"}
     assert all(len(v) >= 3 and min(v) > 0 for v in result["serial_cpu_us_per_file"].values())
     scale = dataset.gallery_scale(tmp_path, 300)

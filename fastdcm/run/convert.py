@@ -168,9 +168,9 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
 
 #: The young generation's threshold during a run (Python's default is 700 allocations): a run with
 #: --metadata and --gallery makes ~40 container objects an input in the parent and the worker (rows,
-#: records, dicts of values), so at 700 the collector ran every ~50 inputs, 0.3 ms each: 5.8 -> 1.4 us an
-#: input at 5,000 and none left at 20,000 (1,000 CT slices in one process, gc.callbacks). At 10,000 the
-#: young objects between two passes hold a few MB at most.
+#: records, dicts of values), so at 700 the collector ran every ~50 inputs, 0.3 ms each: 5.8-6.3 -> 1.4-2.0 us
+#: an input at 5,000 and none left at 20,000 (1,000 CT slices in one process, gc.callbacks). At 10,000
+#: the young objects between two passes hold a few MB at most.
 RUN_GEN0_THRESHOLD = 10_000
 
 

@@ -96,13 +96,13 @@ class MetadataSink:
 
     def __init__(self, root: OutputRoot, name: str, specs: Sequence[TagSpec]) -> None:
         self.pa = _pa()
-        # Every Arrow buffer of the table from the C library's malloc, not pyarrow's default pool
-        # (mimalloc in the wheels): in a parent that has forked workers, its pool's memory is shared
-        # with them copy-on-write, and a run's end with 4,000 rows spent 33-72 ms making the rows one
-        # chunk and 27-42 ms coding the Parquet in most runs (3 of 4) against 3-5 and 8-12 ms here
-        # (thread CPU time; without forked workers only a process' first table was slow). The tail of
-        # a 2,000-file run with --metadata --gallery: 28-31 -> 20-21 ms (medians of 5), the outliers
-        # of 40-127 ms gone.
+        # This run's rows and their Parquet coding in the C library's malloc, not pyarrow's default
+        # pool (mimalloc in the wheels; an older table or its parts read back still use that): in a
+        # parent that has forked workers, that pool's memory is shared with them copy-on-write, and a
+        # run's end with 4,000 rows spent 33-72 ms making the rows one chunk and 27-42 ms coding the
+        # Parquet in most runs (3 of 4) against 3-5 and 8-12 ms here (thread CPU time; without forked
+        # workers only a process' first table was slow). The tail of a 2,000-file run with --metadata
+        # --gallery: 28-31 -> 20-21 ms (medians of 5), the outliers of 40-127 ms gone.
         self.pool = self.pa.system_memory_pool()
         self.root = root
         self.name = name

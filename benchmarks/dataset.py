@@ -97,6 +97,7 @@ def cost(work: Path, files: int, rounds: int, workers: int, fmt: str = "jpeg") -
             serial[name].append((time.process_time() - c0) / files * 1e6)
             assert report.ok and report.converted == files, report.summary()
     us = {k: statistics.median(v) for k, v in serial.items()}
+    pairs = {k: [p / v for p, v in zip(times["plain"], times[k])] for k in variants if k != "plain"}
     return {
         "format": fmt, "files": files, "workers": workers, "rounds": rounds,
         "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
@@ -108,9 +109,8 @@ def cost(work: Path, files: int, rounds: int, workers: int, fmt: str = "jpeg") -
         # each round's own ratio (its plain run over its variant's, run next to each other): the VM's
         # speed drifts within a run (plain 0.94 -> 1.34 s from one round to the next once), which the
         # medians above mix; the median of these pairs does not, and their spread shows the noise
-        "paired_ratios": {k: [round(p / v, 3) for p, v in zip(times["plain"], times[k])] for k in variants if k != "plain"},
-        "paired_ratio_over_plain": {k: round(statistics.median(p / v for p, v in zip(times["plain"], times[k])), 3)
-                                    for k in variants if k != "plain"},
+        "paired_ratios": {k: [round(x, 3) for x in v] for k, v in pairs.items()},
+        "paired_ratio_over_plain": {k: round(statistics.median(v), 3) for k, v in pairs.items()},
         "serial_cpu_us_per_file": {k: [round(x, 1) for x in v] for k, v in serial.items()},
         "serial_added_us": {k: round(us[k] - us["plain"], 1) for k in variants if k != "plain"},
         "serial_ratio_over_plain": {k: round(us["plain"] / us[k], 3) for k in variants if k != "plain"},

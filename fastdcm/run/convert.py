@@ -162,7 +162,7 @@ def convert(sources: Iterable[str | os.PathLike] | str | os.PathLike, out: str |
     SIGTERM stop the run cleanly: the report has ``interrupted=True`` and the command
     that resumes it.
     """
-    with _long_lived_heap_frozen():
+    with _collector_set_for_the_run():
         return _convert(sources, out, options)
 
 
@@ -175,7 +175,7 @@ RUN_GEN0_THRESHOLD = 10_000
 
 
 @contextmanager
-def _long_lived_heap_frozen() -> Iterator[None]:
+def _collector_set_for_the_run() -> Iterator[None]:
     """The objects that exist when a run starts (the imported modules: numba's, pydicom's,
     pyarrow's, some 130,000 of them) kept out of the garbage collector's full passes for the run.
     A run keeps a record per input for the gallery and the table's buffered rows; once those

@@ -187,6 +187,10 @@ def test_dataset_benchmark_measures_table_and_gallery_cost_and_memory(tmp_path):
     assert all(len(v) == 1 and v[0] > 0 for v in result["paired_ratios"].values())
     assert set(result["serial_ratio_over_plain"]) == set(result["serial_added_us"]) == {"metadata", "gallery", "both"}
     assert all(len(v) >= 3 and min(v) > 0 for v in result["serial_cpu_us_per_file"].values())
+    least = result["floor"]
+    assert least["files"] == 12 and set(least["us_per_file"]) == {
+        "header_walk", "thumbnail", "sheet_jpeg", "sheet_write", "arrow_parquet"}
+    assert all(v > 0 for v in least["us_per_file"].values()) and 0 < least["ratio"] < 1
     scale = dataset.gallery_scale(tmp_path, 300)
     assert scale["pages"] == 2 and scale["index_html_bytes"] > 1000 and scale["build_s"] >= 0
     mem = dataset.memory(tmp_path, rows=[10, 30])

@@ -180,13 +180,27 @@ def test_dataset_benchmark_measures_table_and_gallery_cost_and_memory(tmp_path):
     pytest.importorskip("pyarrow")
     import dataset
 
+    from fastdcm.run import pipeline, thumbs
+
+    real = pipeline.thumbnail, thumbs.Sheet.encode
     result = dataset.cost(tmp_path, files=12, rounds=1, workers=1)
-    assert set(result["ratio_over_plain"]) == set(result["cpu_ratio_over_plain"]) == {"metadata", "gallery", "both"}
+    variants = {"metadata", "gallery", "both", "both_images_free"}
+    assert set(result["ratio_over_plain"]) == set(result["cpu_ratio_over_plain"]) == variants
     assert all(r > 0 for r in result["ratio_over_plain"].values()) and result["files_per_s"]["gallery"] > 0
-    assert set(result["paired_ratio_over_plain"]) == set(result["paired_ratios"]) == {"metadata", "gallery", "both"}
+    assert set(result["paired_ratio_over_plain"]) == set(result["paired_ratios"]) == variants
     assert all(len(v) == 1 and v[0] > 0 for v in result["paired_ratios"].values())
-    assert set(result["serial_ratio_over_plain"]) == set(result["serial_added_us"]) == {"metadata", "gallery", "both"}
+    assert set(result["serial_ratio_over_plain"]) == set(result["serial_added_us"]) == variants
+    # the bound's stand-ins ran in its runs only (its sheets are BMPs, the others' JPEGs) and are gone after
+    assert (pipeline.thumbnail, thumbs.Sheet.encode) == real
+    for name, magic in (("both_images_free", b"BM"), ("both", b"\xff\xd8")):
+        sheets = list((tmp_path / f"jpeg-{name}-0" / "gallery" / "sheets").iterdir())
+        assert sheets and all(p.read_bytes()[:2] == magic for p in sheets), name
     assert all(len(v) >= 3 and min(v) > 0 for v in result["serial_cpu_us_per_file"].values())
+    pieces = result["serial_both_pieces_us"]  # every piece was called in the "both" runs, and timed
+    assert set(pieces) == {label for label, *_ in dataset.PIECES} and all(v > 0 for v in pieces.values())
+    from fastdcm.run.sinks.manifest import Record
+
+    assert isinstance(Record.__dict__["data_of"], staticmethod)  # (put back as it was)
     least = result["floor"]
     assert least["files"] == 12 and set(least["us_per_file"]) == {
         "header_walk", "thumbnail", "sheet_jpeg", "sheet_write", "arrow_parquet"}

@@ -87,14 +87,20 @@ class Sheet:
             boxes.append(box)
         return boxes
 
-    def encode(self) -> bytes:
-        from ..encoders import get_encoder, stack_options
-
+    def mosaic(self) -> np.ndarray:
+        """The sheet's pixels: (rows, columns, 1 or 3 samples) uint8, each tile at its box, zeros between."""
         samples = 3 if any(t.shape[2] == 3 for t in self.tiles) else 1
         width = max(x + _blocks(w) for x, _, w, _ in self.boxes)
         mosaic = np.zeros((self._y + self._row, width, samples), np.uint8)
         for tile, (x, y, w, h) in zip(self.tiles, self.boxes):
             mosaic[y : y + h, x : x + w] = tile  # a gray tile fills every channel
+        return mosaic
+
+    def encode(self) -> bytes:
+        from ..encoders import get_encoder, stack_options
+
+        mosaic = self.mosaic()
+        samples = mosaic.shape[2]
         jpeg = get_encoder("jpeg")
         if samples == 1:
             return jpeg.encode(mosaic[:, :, 0], quality=QUALITY)

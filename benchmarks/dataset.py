@@ -17,7 +17,9 @@ with a plain run, and memory as the table grows.
             workers once they have exited, which they have when ``convert`` returns), and the median
             of each round's own ratio in wall time, with their range; then the same
             variants in one process (``workers=0``), alternated, CPU time per file: what each costs
-            without the pool, the second core or the parent in between; and the ``floor``: the
+            without the pool, the second core or the parent in between; where "both" goes, each
+            piece it adds timed in one-process runs of its own (``serial_both_pieces_us``, see
+            pieces()); and the ``floor``: the
             compiled work the table and the gallery add per input (header walk, thumbnail kernel,
             sheet JPEG and write, Arrow and Parquet) timed alone, and the ratio it leaves (see floor()).
 ``gallery`` the gallery of 1,000 and 100,000 images: build time, what the browser loads first, how
@@ -98,16 +100,23 @@ def cost(work: Path, files: int, rounds: int, workers: int, fmt: str = "jpeg") -
     # One process (workers=0), the same variants alternated: the CPU time each costs per file, with no
     # pool, no second core and no parent in between (a 1-second parallel run on this VM swings by 30 %)
     serial: dict[str, list[float]] = {name: [] for name in variants}
-    spent: dict[str, list[float]] = {}  # "both": each piece's thread CPU time per file, a list entry per run
     for i in range(max(3, rounds // 2)):
         for name in names[i % len(names):] + names[: i % len(names)]:
             out = work / f"serial-{fmt}-{name}-{i}"
             c0 = time.process_time()
-            with images_free(name.endswith("_images_free")), pieces(spent, files, name == "both"):
+            with images_free(name.endswith("_images_free")):
                 report = fastdcm.convert([str(corpus)], str(out), workers=0, format=fmt, quiet=True, **variants[name])
             serial[name].append((time.process_time() - c0) / files * 1e6)
             assert report.ok and report.converted == files, report.summary()
     us = {k: statistics.median(v) for k, v in serial.items()}
+    # Where "both" goes: its pieces timed in runs of their own (the timing costs ~12 us a file, which
+    # the CPU figures above must not include)
+    spent: dict[str, list[float]] = {}  # each piece's thread CPU time per file, a list entry per run
+    for i in range(max(3, rounds // 2)):
+        with pieces(spent, files):
+            report = fastdcm.convert([str(corpus)], str(work / f"pieces-{fmt}-{i}"), workers=0, format=fmt,
+                                     quiet=True, **variants["both"])
+        assert report.ok and report.converted == files, report.summary()
     least = floor(work, files, fmt, us["plain"], work / f"serial-{fmt}-metadata-0" / "metadata.parquet")
     pairs = {k: [p / v for p, v in zip(times["plain"], times[k])] for k in variants if k != "plain"}
     return {
@@ -132,7 +141,8 @@ def cost(work: Path, files: int, rounds: int, workers: int, fmt: str = "jpeg") -
     }
 
 
-#: What the table and the gallery do per input beyond a plain run, as (label, module, owner, name):
+#: What a run with the table and the gallery does per input for them, as (label, module, owner, name)
+#: (a plain run reads the name guard's header values and makes a manifest record too, smaller):
 #: ``pieces`` times each call of ``owner.name`` (module attributes are looked up when a run starts).
 PIECES = (
     ("header values (the table's, the gallery's, the name guard's)", "fastdcm.run.pipeline", "_Attributes", "read"),
@@ -150,16 +160,13 @@ PIECES = (
 
 
 @contextlib.contextmanager
-def pieces(spent: dict[str, list[float]], files: int, on: bool = True) -> Iterator[None]:
-    """While it is open (and ``on``), each of :data:`PIECES` is timed (thread CPU time, so the
+def pieces(spent: dict[str, list[float]], files: int) -> Iterator[None]:
+    """While it is open, each of :data:`PIECES` is timed (thread CPU time, so the
     table's end in its own thread counts too) and its time per file appended to ``spent[label]``.
     In one process only (``workers=0``): a forked worker's time stays in the worker. A timed call
     costs about 1.3 us more here (the wrapper and two clock reads), 0.66 us of it within the time it
     counts (a timed call of a function that does nothing), so each piece reads that much high a call
     (the selections' copies, three calls an input, about 2 us)."""
-    if not on:
-        yield
-        return
     import importlib
 
     totals = dict.fromkeys((label for label, *_ in PIECES), 0.0)
@@ -214,13 +221,12 @@ def images_free(on: bool = True) -> Iterator[None]:
     from fastdcm.run import pipeline, thumbs
 
     tiles: dict = {}
+    real = pipeline.thumbnail
 
     def thumbnail(array):
-        shape = array.shape
-        tile = tiles.get(shape)
-        if tile is None:
-            k = max(1, -(-max(shape[0], shape[1]) // thumbs.TILE))
-            tile = tiles[shape] = np.zeros((-(-shape[0] // k), -(-shape[1] // k), 3 if array.ndim == 3 else 1), np.uint8)
+        tile = tiles.get(array.shape)
+        if tile is None:  # (the real one's size, made once a shape)
+            tile = tiles[array.shape] = np.zeros_like(real(array))
         return tile
 
     def encode(sheet):
@@ -229,12 +235,12 @@ def images_free(on: bool = True) -> Iterator[None]:
         Image.fromarray(mosaic[:, :, 0] if mosaic.shape[2] == 1 else mosaic).save(out, "BMP")
         return out.getvalue()
 
-    saved = pipeline.thumbnail, thumbs.Sheet.encode
+    saved = thumbs.Sheet.encode
     pipeline.thumbnail, thumbs.Sheet.encode = thumbnail, encode
     try:
         yield
     finally:
-        pipeline.thumbnail, thumbs.Sheet.encode = saved
+        pipeline.thumbnail, thumbs.Sheet.encode = real, saved
 
 
 def floor(work: Path, files: int, fmt: str, plain_us: float, table_path: Path) -> dict:

@@ -412,7 +412,8 @@ COLOUR = [p for p in CANDIDATES if not SPECS[p].is_grayscale]
 
 def _read_ascii_pnm(path: str) -> np.ndarray:
     """A PGM/PPM in ASCII (P2/P3), any maximum value (dcmj2pnm's ``+opw``: 16 bits)."""
-    kind, width, height, top, body = open(path).read().split(maxsplit=4)
+    with open(path) as f:
+        kind, width, height, top, body = f.read().split(maxsplit=4)
     assert kind in ("P2", "P3") and int(top) == 65535, (kind, top)
     values = np.fromstring(body, dtype=np.int64, sep=" ")  # (text mode: any whitespace between values)
     shape = (int(height), int(width), 3) if kind == "P3" else (int(height), int(width))
